@@ -1,0 +1,1 @@
+"""Plotly sustainability dashboard (reads the store only)."""

@@ -1,0 +1,1 @@
+"""Reference data shipped with the wheel (replay traces for demos and tests)."""
