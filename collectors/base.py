@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-Method = Literal["measured", "estimated"]
+#: "replayed" marks figures from a replayed trace (tests, demos): never passed off as measured.
+Method = Literal["measured", "estimated", "replayed"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,496 @@
+"""NVML collector, driven through the NVML shim (tests/nvml_shim.py): no GPU needed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pynvml
+import pytest
+
+from greenprof.collectors import nvml
+from greenprof.collectors.base import Collector, SensorStatus
+from greenprof.errors import (
+    GpuLost,
+    MigUnsupported,
+    NvmlDriverNotLoaded,
+    NvmlLibraryNotFound,
+    NvmlNoPermission,
+    NvmlNotSupported,
+    SensorLost,
+    SensorPermissionError,
+    SensorUnavailable,
+)
+
+try:  # tests/ run as rootdir-relative modules or, with a tests/__init__.py, as a package
+    from nvml_shim import FakeGpu, NvmlShim
+except ImportError:  # pragma: no cover
+    from tests.nvml_shim import FakeGpu, NvmlShim
+
+UUID_A = "GPU-aaaa0000-0000-0000-0000-000000000000"
+UUID_B = "GPU-bbbb1111-1111-1111-1111-111111111111"
+UUID_C = "GPU-abcd2222-2222-2222-2222-222222222222"
+
+
+@pytest.fixture(autouse=True)
+def _no_cuda_env(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.fixture
+def shim_clock(monkeypatch):
+    """Make the collector's clock the shim's simulated clock."""
+
+    def use(shim: NvmlShim) -> NvmlShim:
+        monkeypatch.setattr(nvml, "_clock", lambda: shim.clock_s)
+        return shim
+
+    return use
+
+
+def status(d, domain: str) -> SensorStatus:
+    (s,) = [s for s in d.statuses if s.domain == domain]
+    return s
+
+
+def three_gpus() -> list[FakeGpu]:
+    return [FakeGpu(name="NVIDIA A100-SXM4-40GB", uuid=UUID_A),
+            FakeGpu(name="NVIDIA A100-SXM4-40GB", uuid=UUID_B),
+            FakeGpu(name="NVIDIA A100-SXM4-40GB", uuid=UUID_C)]
+
+
+# --- constants and error mapping ------------------------------------------------------------
+
+
+def test_nvml_codes_match_pynvml():
+    for name in ("NVML_SUCCESS", "NVML_ERROR_UNINITIALIZED", "NVML_ERROR_INVALID_ARGUMENT",
+                 "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION",
+                 "NVML_ERROR_DRIVER_NOT_LOADED", "NVML_ERROR_LIBRARY_NOT_FOUND",
+                 "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_GPU_IS_LOST",
+                 "NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
+                 "NVML_DEVICE_MIG_ENABLE"):
+        assert getattr(nvml, name) == getattr(pynvml, name), name
+
+
+@pytest.mark.parametrize("code, cls", [
+    (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, NvmlLibraryNotFound),
+    (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, NvmlDriverNotLoaded),
+    (pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, NvmlDriverNotLoaded),
+    (pynvml.NVML_ERROR_NOT_SUPPORTED, NvmlNotSupported),
+    (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, NvmlNotSupported),
+    (pynvml.NVML_ERROR_NO_PERMISSION, NvmlNoPermission),
+    (pynvml.NVML_ERROR_GPU_IS_LOST, GpuLost),
+    (pynvml.NVML_ERROR_UNKNOWN, SensorUnavailable),
+])
+def test_map_nvml_error(code, cls):
+    err = pynvml.NVMLError(code)
+    assert type(err) is not pynvml.NVMLError  # pynvml hands back the NVMLError_* subclass
+    mapped = nvml.map_nvml_error(err, "gpu-3 energy counter")
+    assert type(mapped) is cls
+    msg = str(mapped)
+    assert "\n" not in msg and msg
+    if code not in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+                    pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH):
+        assert msg.startswith("gpu-3 energy counter: ")
+
+
+def test_gpu_lost_is_a_sensor_lost():
+    assert isinstance(nvml.map_nvml_error(pynvml.NVMLError_GpuIsLost(), "x"), SensorLost)
+    assert isinstance(nvml.map_nvml_error(pynvml.NVMLError_NoPermission(), "x"),
+                      SensorPermissionError)
+
+
+# --- Volta+: the energy counter -------------------------------------------------------------
+
+
+def test_counter_gpu_energy_in_joules_from_mj_deltas():
+    g = FakeGpu(name="Tesla V100-SXM2-16GB", uuid=UUID_A, power_mw=250_000)
+    shim = NvmlShim([g])
+    d = nvml.discover(shim)
+
+    st = status(d, "gpu-0")
+    assert st.available and st.in_default_set and st.method == "measured"
+    assert st.source == "nvml" and not st.why_not
+    assert "Tesla V100-SXM2-16GB" in st.detail and UUID_A in st.detail
+    assert "nvmlDeviceGetTotalEnergyConsumption" in st.detail and "20-100 ms" in st.detail
+
+    c = d.collectors["gpu-0"]
+    assert isinstance(c, nvml.NvmlEnergyCollector) and isinstance(c, Collector)
+    assert d.default_set() == [c]
+    assert (c.source, c.method, c.domain) == ("nvml", "measured", "gpu-0")
+    assert c.integrates_power is False and c.resolution_s == 0.1
+    assert c.max_read_interval_s is None
+
+    assert c.read_j() == 0.0  # relative to the counter at open, not to driver load
+    shim.advance(2.0)  # 250 W x 2 s
+    assert c.read_j() == pytest.approx(500.0)
+    g.power_mw = 100_000
+    shim.advance(0.5)  # + 100 W x 0.5 s
+    assert c.poll() == pytest.approx(550.0)
+    g.energy_mj += 1  # one more mJ is a thousandth of a joule
+    assert c.read_j() == pytest.approx(550.001)
+    d.close()
+
+
+# --- pre-Volta: integrated power --------------------------------------------------------------
+
+
+def test_pre_volta_power_integrated_by_trapezoid(shim_clock):
+    g = FakeGpu(name="Tesla P100-PCIE-16GB", uuid=UUID_A, energy_counter=False, mig=None,
+                power_mw=100_000, power_usage_mw=777_000)
+    shim = shim_clock(NvmlShim([g]))
+    d = nvml.discover(shim)  # first sample at t=0: 100 W
+    c = d.collectors["gpu-0"]
+    assert isinstance(c, nvml.NvmlPowerCollector)
+    assert c.integrates_power is True and c.max_read_interval_s == 0.5
+    assert (c.source, c.method) == ("nvml", "measured")
+    st = status(d, "gpu-0")
+    assert st.available and "NVML_FI_DEV_POWER_INSTANT" in st.detail
+    assert "Tesla P100-PCIE-16GB" in st.detail and UUID_A in st.detail
+
+    g.power_mw = 200_000
+    shim.advance(0.1)
+    assert c.poll() == pytest.approx(0.5 * (100 + 200) * 0.1)  # 15 J
+    g.power_mw = 300_000
+    shim.advance(0.2)
+    assert c.poll() == pytest.approx(15 + 0.5 * (200 + 300) * 0.2)  # 65 J
+    assert c.read_j() == pytest.approx(65.0)
+
+    # read_j between polls extrapolates the last power and never touches NVML
+    calls_before = len(shim.calls)
+    shim.advance(0.1)
+    assert c.read_j() == pytest.approx(65 + 300 * 0.1)
+    assert len(shim.calls) == calls_before
+    # the instant field was read, never the 1 s average
+    assert shim.called("nvmlDeviceGetFieldValues") == 3
+    assert shim.called("nvmlDeviceGetPowerUsage") == 0
+    d.close()
+
+
+@pytest.mark.parametrize("fault", [
+    {"power_instant": False},  # field answered NOT_SUPPORTED in its entry
+    {"errors": {"nvmlDeviceGetFieldValues": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}},
+    {"field_error": pynvml.NVML_ERROR_NO_PERMISSION},
+])
+def test_power_usage_fallback_when_the_instant_field_fails(shim_clock, fault):
+    g = FakeGpu(energy_counter=False, power_mw=999_000, power_usage_mw=150_000, **fault)
+    shim = shim_clock(NvmlShim([g]))
+    d = nvml.discover(shim)
+    c = d.collectors["gpu-0"]
+    assert "nvmlDeviceGetPowerUsage" in status(d, "gpu-0").detail
+    assert "1 s average" in c.detail and c.resolution_s == 1.0
+    n_fields = shim.called("nvmlDeviceGetFieldValues")
+    shim.advance(0.2)
+    assert c.poll() == pytest.approx(150 * 0.2)  # the PowerUsage value, not the 999 W field
+    assert shim.called("nvmlDeviceGetFieldValues") == n_fields  # the field is not retried
+    assert shim.called("nvmlDeviceGetPowerUsage") == 2
+    d.close()
+
+
+# --- typed errors before a run ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code, cls, words", [
+    (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, NvmlLibraryNotFound,
+     ["libnvidia-ml.so not found", "install the NVIDIA driver"]),
+    (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, NvmlDriverNotLoaded,
+     ["driver is not loaded", "nvidia-smi"]),
+])
+def test_nvml_unavailable_at_init(code, cls, words):
+    shim = NvmlShim([FakeGpu()], init_error=code)
+    d = nvml.discover(shim)
+    assert d.statuses == [SensorStatus(
+        source="nvml", domain="gpu", method="measured", available=False, in_default_set=False,
+        why_not=str(d.errors["gpu"]))]
+    assert type(d.errors["gpu"]) is cls
+    for w in words:
+        assert w in d.statuses[0].why_not
+    assert d.collectors == {}
+    assert shim.shutdown_calls == 0  # init failed: nothing to shut down
+
+
+def test_pynvml_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
+    d = nvml.discover()
+    (st,) = d.statuses
+    assert st.domain == "gpu" and not st.available
+    assert "pip install nvidia-ml-py" in st.why_not
+
+
+def test_neither_energy_nor_power_supported():
+    shim = NvmlShim([FakeGpu(name="Quadro K600", energy_counter=False, power_instant=False,
+                             power_usage=False, mig=None)])
+    d = nvml.discover(shim)
+    st = status(d, "gpu-0")
+    assert not st.available and not st.in_default_set
+    assert isinstance(d.errors["gpu-0"], NvmlNotSupported)
+    assert "gpu-0 (Quadro K600) reports neither an energy counter nor power" in st.why_not
+    assert d.collectors == {}
+    assert shim.shutdown_calls == 1 and not shim.initialized  # nothing kept NVML open
+
+
+def test_energy_counter_not_supported_is_not_an_error_when_power_works():
+    shim = NvmlShim([FakeGpu(errors={
+        "nvmlDeviceGetTotalEnergyConsumption": pynvml.NVML_ERROR_NOT_SUPPORTED})])
+    d = nvml.discover(shim)
+    assert isinstance(d.collectors["gpu-0"], nvml.NvmlPowerCollector)
+    assert d.errors == {}
+    d.close()
+
+
+@pytest.mark.parametrize("gpu_kwargs, query", [
+    ({"errors": {"nvmlDeviceGetTotalEnergyConsumption": pynvml.NVML_ERROR_NO_PERMISSION}},
+     "gpu-0 energy counter"),
+    ({"energy_counter": False, "power_instant": False,
+      "errors": {"nvmlDeviceGetPowerUsage": pynvml.NVML_ERROR_NO_PERMISSION}},
+     "gpu-0 power reading"),
+])
+def test_no_permission(gpu_kwargs, query):
+    shim = NvmlShim([FakeGpu(**gpu_kwargs)])
+    d = nvml.discover(shim)
+    st = status(d, "gpu-0")
+    err = d.errors["gpu-0"]
+    assert isinstance(err, NvmlNoPermission) and isinstance(err, SensorPermissionError)
+    assert not st.available and st.why_not.startswith(query + ": NVML refused the query")
+    assert "/dev/nvidia" in st.why_not
+    assert shim.shutdown_calls == 1
+
+
+def test_gpu_lost_at_discovery_leaves_the_other_gpus():
+    gpus = three_gpus()
+    gpus[1].errors["nvmlDeviceGetHandleByIndex"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    shim = NvmlShim(gpus)
+    d = nvml.discover(shim)
+    assert sorted(d.collectors) == ["gpu-0", "gpu-2"]
+    assert isinstance(d.errors["gpu-1"], GpuLost)
+    assert "gpu-1: the GPU is lost" in status(d, "gpu-1").why_not
+    assert [s.domain for s in d.statuses] == ["gpu-0", "gpu-1", "gpu-2"]
+    d.close()
+    assert shim.shutdown_calls == 1
+
+
+def test_device_count_failure():
+    shim = NvmlShim([FakeGpu()], count_error=pynvml.NVML_ERROR_NO_PERMISSION)
+    d = nvml.discover(shim)
+    assert isinstance(d.errors["gpu"], NvmlNoPermission)
+    assert shim.shutdown_calls == 1
+
+
+def test_no_gpu():
+    shim = NvmlShim([])
+    d = nvml.discover(shim)
+    (st,) = d.statuses
+    assert st.domain == "gpu" and "NVML found no GPU" in st.why_not
+    assert shim.shutdown_calls == 1
+
+
+# --- mid-run failures ---------------------------------------------------------------------------
+
+
+def test_gpu_lost_during_a_run_energy_counter():
+    g = FakeGpu()
+    shim = NvmlShim([g])
+    d = nvml.discover(shim)
+    c = d.collectors["gpu-0"]
+    shim.advance(1.0)
+    assert c.read_j() == pytest.approx(300.0)
+    g.lost_at_s = 1.5
+    shim.advance(1.0)
+    with pytest.raises(GpuLost, match="gpu-0 energy counter: the GPU is lost") as ei:
+        c.read_j()
+    assert isinstance(ei.value, SensorLost)
+    with pytest.raises(GpuLost):
+        c.poll()
+    d.close()
+    assert shim.shutdown_calls == 1
+
+
+def test_gpu_lost_after_n_calls_power(shim_clock):
+    g = FakeGpu(energy_counter=False, power_instant=False)
+    shim = shim_clock(NvmlShim([g]))
+    d = nvml.discover(shim)
+    c = d.collectors["gpu-0"]
+    g.lost_after_calls = g.calls + 1  # one more reading works, then the GPU falls off the bus
+    shim.advance(0.1)
+    assert c.poll() == pytest.approx(30.0)
+    shim.advance(0.1)
+    with pytest.raises(GpuLost, match="gpu-0 power reading"):
+        c.poll()
+    # read_j no longer extrapolates a dead GPU
+    with pytest.raises(GpuLost):
+        c.read_j()
+
+
+def test_power_instant_field_lost_mid_run(shim_clock):
+    g = FakeGpu(energy_counter=False)
+    shim = shim_clock(NvmlShim([g]))
+    c = nvml.discover(shim).collectors["gpu-0"]
+    g.field_error = pynvml.NVML_ERROR_GPU_IS_LOST  # per-field failure in the returned struct
+    with pytest.raises(GpuLost, match="gpu-0"):
+        c.poll()
+
+
+def test_other_nvml_error_mid_run_is_sensor_lost():
+    g = FakeGpu()
+    shim = NvmlShim([g])
+    c = nvml.discover(shim).collectors["gpu-0"]
+    g.errors["nvmlDeviceGetTotalEnergyConsumption"] = pynvml.NVML_ERROR_UNKNOWN
+    with pytest.raises(SensorLost, match="gpu-0 energy counter") as ei:
+        c.read_j()
+    assert not isinstance(ei.value, GpuLost)
+
+
+def test_energy_counter_reset_mid_run_is_gpu_lost():
+    g = FakeGpu()
+    shim = NvmlShim([g])
+    c = nvml.discover(shim).collectors["gpu-0"]
+    g.energy_mj = 10.0  # driver reloaded: counts from zero again
+    with pytest.raises(GpuLost, match="went backwards"):
+        c.read_j()
+
+
+# --- CUDA_VISIBLE_DEVICES ------------------------------------------------------------------------
+
+
+def test_cuda_visible_devices_indices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    shim = NvmlShim(three_gpus())
+    d = nvml.discover(shim)
+    assert sorted(d.collectors) == ["gpu-0", "gpu-2"]
+    hidden = status(d, "gpu-1")
+    assert not hidden.available and "hidden by CUDA_VISIBLE_DEVICES='2,0'" in hidden.why_not
+    assert "(CUDA device 0)" in status(d, "gpu-2").detail  # CUDA ordinal differs from index
+    assert "(CUDA device 1)" in status(d, "gpu-0").detail
+    # the hidden GPU was never queried
+    assert all(idx != 1 for _, idx in shim.calls)
+    d.close()
+
+
+def test_cuda_visible_devices_uuid_prefix(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    d = nvml.discover(NvmlShim(three_gpus()))
+    assert list(d.collectors) == ["gpu-1"]
+    assert UUID_B in status(d, "gpu-1").detail
+    assert "CUDA device" in status(d, "gpu-1").detail  # CUDA ordinal 0 != NVML index 1
+    d.close()
+
+
+@pytest.mark.parametrize("value", ["", "-1", "GPU-ffff"])
+def test_cuda_visible_devices_hides_all(monkeypatch, value):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    shim = NvmlShim(three_gpus())
+    d = nvml.discover(shim)
+    (st,) = d.statuses
+    assert st.domain == "gpu" and not st.available
+    assert f"CUDA_VISIBLE_DEVICES={value!r} hides all GPUs" in st.why_not
+    assert d.collectors == {}
+    assert shim.shutdown_calls == 1
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0,1,2", [0, 1, 2]),
+    ("1, 0", [1, 0]),
+    ("0,-1,2", [0]),  # CUDA stops at the first invalid entry
+    ("0,7,1", [0]),  # out of range
+    ("1,1", [1]),
+    ("GPU-a", []),  # ambiguous prefix (GPU-aaaa..., GPU-abcd...)
+    ("GPU-AB,0", [2, 0]),
+    ("MIG-abcd/1/2", []),
+    ("", []),
+])
+def test_parse_cuda_visible_devices(value, expected):
+    uuids = [UUID_A, UUID_B, UUID_C]
+    assert nvml.parse_cuda_visible_devices(value, 3, uuids.__getitem__) == expected
+
+
+# --- MIG -------------------------------------------------------------------------------------------
+
+
+def test_mig_refused_and_pre_ampere_fine():
+    shim = NvmlShim([FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid=UUID_A, mig=1),
+                     FakeGpu(name="Tesla V100", uuid=UUID_B, mig=None),  # NOT_SUPPORTED
+                     FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid=UUID_C, mig=0)])
+    d = nvml.discover(shim)
+    st = status(d, "gpu-0")
+    assert not st.available and not st.in_default_set
+    assert st.why_not == (
+        "gpu-0 is in MIG mode: NVML reports energy per physical GPU, not per MIG instance; "
+        "greenprof refuses to attribute it (disable MIG or measure the whole GPU)")
+    assert isinstance(d.errors["gpu-0"], MigUnsupported)
+    assert UUID_A in st.detail
+    assert sorted(d.collectors) == ["gpu-1", "gpu-2"]
+    assert shim.called("nvmlDeviceGetTotalEnergyConsumption") == 2  # never read on gpu-0
+    d.close()
+
+
+# --- import has no side effects -------------------------------------------------------------
+
+
+def test_import_does_not_import_pynvml():
+    code = ("import sys, greenprof.collectors.nvml; "
+            "assert 'pynvml' not in sys.modules, 'pynvml imported at module import'; "
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_import_calls_nothing_and_discover_imports_pynvml_lazily(monkeypatch):
+    shim = NvmlShim([FakeGpu()])
+    monkeypatch.setitem(sys.modules, "pynvml", shim)
+    monkeypatch.delitem(sys.modules, "greenprof.collectors.nvml")
+    fresh = importlib.import_module("greenprof.collectors.nvml")
+    assert fresh is not nvml
+    assert shim.calls == [] and shim.init_calls == 0  # importing called nothing
+    d = fresh.discover()  # no argument: `import pynvml` now, which is the shim
+    assert shim.init_calls == 1 and "gpu-0" in d.collectors
+    d.close()
+    assert shim.shutdown_calls == 1
+
+
+# --- reference-counted shutdown -------------------------------------------------------------
+
+
+def test_shutdown_once_after_all_collectors_close():
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B, energy_counter=False)])
+    d = nvml.discover(shim)
+    c0, c1 = d.collectors["gpu-0"], d.collectors["gpu-1"]
+    assert shim.init_calls == 1 and shim.shutdown_calls == 0 and shim.initialized
+    c0.close()
+    c0.close()  # idempotent
+    assert shim.shutdown_calls == 0
+    with pytest.raises(SensorLost, match="closed"):
+        c0.read_j()
+    assert c1.poll() >= 0.0  # the other collector still reads
+    c1.close()
+    assert shim.shutdown_calls == 1 and not shim.initialized
+    d.close()  # closing everything again changes nothing
+    assert shim.shutdown_calls == 1
+
+
+def test_each_discover_is_its_own_session():
+    shim = NvmlShim([FakeGpu()])
+    d1, d2 = nvml.discover(shim), nvml.discover(shim)
+    assert shim.init_calls == 2
+    d1.close()
+    assert d2.collectors["gpu-0"].read_j() == 0.0  # NVML still initialised for d2
+    d2.close()
+    assert shim.shutdown_calls == 2 and not shim.initialized
+
+
+# --- the real pynvml on this machine --------------------------------------------------------
+
+
+def test_real_pynvml_without_a_gpu_reports_unavailable():
+    d = nvml.discover()  # the real pynvml
+    if d.collectors:
+        d.close()
+        pytest.skip("a real NVIDIA GPU is present")
+    assert d.statuses, "discover() must say why there is no GPU"
+    for st in d.statuses:
+        assert not st.available and not st.in_default_set
+        assert st.source == "nvml" and st.why_not and "\n" not in st.why_not
+    assert all(isinstance(e, (SensorUnavailable, SensorLost)) for e in d.errors.values())
