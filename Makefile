@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (Re)install when the project definition changes; the editable install tracks source edits.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip "setuptools>=68" wheel
 	$(PIP) install --quiet -e '.[test]'
 	@touch $(STAMP)
 
