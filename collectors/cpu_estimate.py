@@ -26,6 +26,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from greenprof.errors import ConfigError
@@ -105,6 +106,22 @@ def _normalise(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+@lru_cache(maxsize=4)
+def _table_rows(table: Path) -> tuple[tuple[str, str, frozenset[str], float], ...]:
+    """CodeCarbon's table, parsed and normalised once per process: (name, norm, tokens, TDP)."""
+    rows = []
+    with open(table, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                name, tdp = row["Name"], float(row["TDP"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            norm = _normalise(name)
+            rows.append((name, norm, frozenset(norm.split()), tdp))
+    return tuple(rows)
+
+
+@lru_cache(maxsize=16)
 def lookup_tdp(cpu_model: str, table: Path) -> tuple[str, float] | None:
     """Match a CPU model string against CodeCarbon's table.
 
@@ -117,20 +134,13 @@ def lookup_tdp(cpu_model: str, table: Path) -> tuple[str, float] | None:
         return None
     want_tokens = set(want.split())
     best: tuple[int, str, float] | None = None
-    with open(table, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                name, tdp = row["Name"], float(row["TDP"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            norm = _normalise(name)
-            if norm == want:
-                return name, tdp
-            tokens = norm.split()
-            # a model number must be among the tokens, so "AMD EPYC" never matches "AMD EPYC 7763"
-            if len(tokens) >= 2 and any(any(ch.isdigit() for ch in t) for t in tokens):
-                if set(tokens) <= want_tokens and (best is None or len(norm) > best[0]):
-                    best = (len(norm), name, tdp)
+    for name, norm, tokens, tdp in _table_rows(table):
+        if norm == want:
+            return name, tdp
+        # a model number must be among the tokens, so "AMD EPYC" never matches "AMD EPYC 7763"
+        if len(tokens) >= 2 and any(any(ch.isdigit() for ch in t) for t in tokens):
+            if tokens <= want_tokens and (best is None or len(norm) > best[0]):
+                best = (len(norm), name, tdp)
     return (best[1], best[2]) if best else None
 
 
