@@ -1,0 +1,78 @@
+"""Who measured, on what: host, hardware fingerprint and software versions for every run row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def hardware() -> dict:
+    """CPU model, core counts, memory and visible GPUs (names only; no NVML init if absent)."""
+    import psutil
+
+    from greenprof.collectors.cpu_estimate import cpu_model_name
+
+    info = {
+        "cpu_model": cpu_model_name(),
+        "cpu_logical": psutil.cpu_count(logical=True),
+        "cpu_physical": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "machine": platform.machine(),
+        "gpus": _gpu_names(),
+    }
+    return info
+
+
+def _gpu_names() -> list[str]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            n = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(n.decode() if isinstance(n, bytes) else str(n))
+        return names
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def fingerprint(hw: dict | None = None) -> str:
+    """Short stable hash of the hardware description: runs on the same box compare."""
+    hw = hardware() if hw is None else hw
+    blob = json.dumps(hw, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def software() -> dict:
+    from importlib import metadata
+
+    from greenprof import __version__
+
+    out = {"greenprof": __version__, "python": platform.python_version(),
+           "os": f"{platform.system()} {platform.release()}"}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "numpy", "sqlalchemy", "nvidia-ml-py", "codecarbon"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def host() -> str:
+    return socket.gethostname() or os.uname().nodename

@@ -1,0 +1,934 @@
+"""Open, migrate, write and read the run store.
+
+    store = open_store()                     # --db / GREENPROF_DB / ./greenprof.db
+    run_id = store.start_run(model_name="SmolLM-135M", precision="fp32", prompt_tokens=32)
+    ...                                      # measure
+    store.finish_run(run_id, meter.measurement)
+    store.get_run(run_id)
+
+Any SQLAlchemy URL works; SQLite is the default and the tuned case: WAL journal (readers never
+block the writer), ``busy_timeout`` of 30 s (writers queue instead of failing), foreign keys on,
+``synchronous=NORMAL`` (a power cut may drop the last commits but never corrupts), and short write
+transactions opened with ``BEGIN IMMEDIATE`` so a writer takes the lock up front instead of
+failing halfway when it upgrades a read lock. Samples go in by executemany, in chunks of
+:data:`SAMPLE_CHUNK` rows, one transaction each, so concurrent writers interleave.
+
+The schema is created and upgraded only by the Alembic migrations in ``migrations/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.pool import StaticPool
+
+from greenprof.errors import UsageError
+
+from . import schema as S
+from .errors import (
+    BadStoreUrl,
+    NotAGreenprofDatabase,
+    RunNotFound,
+    SchemaTooNew,
+    StoreError,
+    StoreNotWritable,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from greenprof.meter import Measurement, PowerSample
+
+ENV_VAR = "GREENPROF_DB"
+DEFAULT_URL = "sqlite:///greenprof.db"
+BUSY_TIMEOUT_S = 30.0
+SAMPLE_CHUNK = 5000  # sample rows per write transaction
+STALE_NOTE = "process ended without closing the run (killed?)"
+
+URL_HINT = "a SQLAlchemy URL like sqlite:///path.db or postgresql://user@host/db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Postgres advisory lock key held while migrating, so concurrent first opens migrate once.
+_PG_MIGRATION_LOCK = 0x67726E70  # "grnp"
+_WRITE = "greenprof_write"  # execution option: this transaction starts with BEGIN IMMEDIATE
+
+# Columns a caller may set in start_run; the store owns id, status, ended_at and the results.
+_STORE_OWNED = {"id", "status", "ended_at", "duration_s", "sample_hz", "idle_window_s", "warnings"}
+RUN_FIELDS = tuple(c.name for c in S.runs.c if c.name not in _STORE_OWNED)
+
+
+# -- records returned by the read API ---------------------------------------------------------
+@dataclass
+class DomainRecord:
+    domain: str
+    method: str | None  # measured | estimated | replayed
+    source: str | None
+    energy_j: float | None  # gross; None when the domain was lost
+    idle_power_w: float | None
+    dynamic_energy_j: float | None
+    resolution_s: float | None
+    lost_reason: str | None
+
+
+@dataclass
+class SegmentRecord:
+    idx: int
+    label: str
+    kind: str  # prefill | decode | other
+    start_s: float
+    duration_s: float
+    tokens: int | None
+    energy_j: dict[str, float | None] = field(default_factory=dict)
+    dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseSummary:
+    """The segments of one kind added up: prefill, decode or other."""
+
+    kind: str
+    segments: int
+    duration_s: float
+    tokens: int | None
+    energy_j: dict[str, float | None] = field(default_factory=dict)
+    dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    id: int
+    batch_id: str | None
+    kind: str
+    status: str
+    started_at: datetime  # aware, UTC
+    ended_at: datetime | None
+    pid: int | None
+    host: str | None
+    hardware: dict | None
+    hardware_fingerprint: str | None
+    software: dict | None
+    model_name: str | None
+    model_shape: str | None
+    param_count: int | None
+    precision: str | None
+    model_file_hash: str | None
+    provider: str | None
+    threads: int | None
+    prompt_tokens: int | None
+    new_tokens: int | None
+    region: str | None
+    intensity_g_per_kwh: float | None
+    intensity_source: str | None
+    intensity_year: int | None
+    pue: float | None
+    price_usd_per_kwh: float | None
+    duration_s: float | None
+    sample_hz: float | None
+    idle_window_s: float | None
+    error: str | None
+    warnings: list | None
+    extra: dict | None
+    domains: dict[str, DomainRecord] = field(default_factory=dict)
+    phases: dict[str, PhaseSummary] = field(default_factory=dict)  # by segment kind
+    segments: list[SegmentRecord] = field(default_factory=list)  # filled by get_run only
+
+    @property
+    def energy_j(self) -> dict[str, float | None]:
+        """Gross energy per domain."""
+        return {d: r.energy_j for d, r in self.domains.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("started_at", "ended_at"):
+            d[k] = d[k].isoformat() if d[k] is not None else None
+        return d
+
+
+# -- URL handling -------------------------------------------------------------------------------
+def _redact(raw: str) -> str:
+    """Hide a password in a URL-ish string, even one SQLAlchemy cannot parse."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw)
+
+
+def resolve_url(url: str | os.PathLike | None = None, setting: str = "--db") -> tuple[URL, str]:
+    """The SQLAlchemy URL to open and where it came from (``setting``, ``GREENPROF_DB``, default).
+
+    ``setting`` names an explicit ``url`` in messages: ``--db`` for the CLI, ``track(db=...)``
+    for the decorator.
+
+    A value without ``://`` is a file path and becomes a SQLite URL; a relative SQLite path is
+    made absolute against the current directory. ``postgres://`` is read as ``postgresql://``.
+    """
+    if url is not None:
+        raw, origin = os.fspath(url), setting
+    elif os.environ.get(ENV_VAR, "").strip():
+        raw, origin = os.environ[ENV_VAR], ENV_VAR
+    else:
+        raw, origin = DEFAULT_URL, "the default database"
+    raw = raw.strip()
+    what = f"{origin} must be {URL_HINT}" if origin != "the default database" else f"the database must be {URL_HINT}"
+    if not raw:
+        raise BadStoreUrl(f"{what} (got an empty value)")
+    if "://" not in raw:
+        if raw == ":memory:":
+            return make_url("sqlite://"), origin
+        path = Path(raw).expanduser().absolute()
+        return URL.create("sqlite", database=str(path)), origin
+    try:
+        u = make_url(raw)
+    except (sa_exc.ArgumentError, ValueError) as e:
+        raise BadStoreUrl(f"{what} (got {_redact(raw)!r}: {str(e).splitlines()[0]})") from None
+    backend, _, driver = u.drivername.partition("+")
+    if backend == "postgres":  # the Heroku spelling
+        u = u.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
+            and not u.database.startswith("file:"):
+        u = u.set(database=str(Path(u.database).expanduser().absolute()))
+    try:
+        dialect_cls = u.get_dialect()
+    except sa_exc.NoSuchModuleError:
+        raise BadStoreUrl(f"{what}: no database kind {u.drivername!r} (got {_redact(raw)!r})") from None
+    if u.get_backend_name() == "postgresql" and "+" not in u.drivername:
+        u = _pick_postgres_driver(u)
+    else:
+        try:
+            dialect_cls.import_dbapi()
+        except ImportError as e:
+            raise BadStoreUrl(f"{origin}: the driver for {u.drivername!r} is not installed ({e}); "
+                              f"install it with pip") from None
+    return u, origin
+
+
+def _pick_postgres_driver(u: URL) -> URL:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg (3) when only that is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is not None:
+        return u
+    if importlib.util.find_spec("psycopg") is not None:
+        return u.set(drivername="postgresql+psycopg")
+    raise BadStoreUrl("PostgreSQL needs a driver: pip install 'psycopg[binary]' (or psycopg2-binary)")
+
+
+def _sqlite_path(u: URL) -> Path | None:
+    """The database file of a SQLite URL, None for an in-memory database."""
+    db = u.database
+    if not db or db == ":memory:" or db.startswith("file:") or u.query.get("mode") == "memory":
+        return None
+    return Path(db)
+
+
+def _check_sqlite_file(path: Path, origin: str) -> None:
+    """Refuse, before SQLite touches anything, a path greenprof cannot use. Never writes."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise StoreNotWritable(f"cannot create the database {path}: directory {parent} does not exist "
+                               f"(create it, or point {origin} elsewhere)")
+    if path.is_dir():
+        raise NotAGreenprofDatabase(f"{path} is a directory, not a greenprof database")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise StoreNotWritable(f"cannot read the database {path}: {e.strerror}") from None
+        if head and head != SQLITE_MAGIC:
+            raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
+                                        f"point {origin} at a new or a greenprof .db file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreNotWritable(f"the database {path} is read-only for this user: "
+                                   f"fix its permissions or point {origin} elsewhere")
+    # WAL needs the -wal and -shm files next to the database, even when the database exists
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreNotWritable(f"cannot write in {parent} (the database and its -wal/-shm files live "
+                               f"there): fix its permissions or point {origin} elsewhere")
+
+
+# -- engine -------------------------------------------------------------------------------------
+def _sqlite_engine(u: URL) -> Engine:
+    memory = _sqlite_path(u) is None
+    kw: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
+    if memory:
+        kw["poolclass"] = StaticPool  # one shared connection, or each would see its own database
+    engine = create_engine(u, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy's pysqlite recipe: the driver stops issuing BEGIN itself (isolation_level
+        # None); the "begin" hook below issues it, so we choose DEFERRED or IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if not memory:
+                cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock at BEGIN (waiting up to busy_timeout for it). A deferred
+        # transaction that later writes can fail at once with SQLITE_BUSY instead of waiting.
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _one_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+class _ErrorMap:
+    """Turns driver errors into typed greenprof errors with one line."""
+
+    def __init__(self, where: str, origin: str) -> None:
+        self.where, self.origin = where, origin
+
+    def __call__(self, e: BaseException) -> BaseException:
+        msg = _one_line(e)
+        low = msg.lower()
+        if "file is not a database" in low or "file is encrypted" in low:
+            return NotAGreenprofDatabase(f"{self.where} is not a greenprof database (not SQLite); "
+                                         f"point {self.origin} at a new or a greenprof .db file")
+        if "readonly database" in low or "unable to open database file" in low:
+            return StoreNotWritable(f"cannot write the database {self.where} ({msg}): "
+                                    f"fix the permissions or point {self.origin} elsewhere")
+        if "database is locked" in low or "database is busy" in low:
+            return StoreUnavailable(f"the database {self.where} stayed locked by another process for "
+                                    f"more than {BUSY_TIMEOUT_S:g} s; try again")
+        return StoreUnavailable(f"cannot use the database {self.where}: {msg}")
+
+
+# -- migrations ---------------------------------------------------------------------------------
+def alembic_config(url: str | URL | None = None, connection: Connection | None = None) -> "Config":
+    """An Alembic ``Config`` for the packaged migrations; no alembic.ini is needed.
+
+    Pass ``connection`` to migrate inside a transaction you hold (what :func:`open_store` does),
+    or ``url`` for development commands (``command.revision(..., autogenerate=True)``).
+    """
+    from importlib.resources import files
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("greenprof.store.migrations")))
+    if url is not None:
+        # ConfigParser interpolation: a literal % must be doubled
+        text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+        cfg.set_main_option("sqlalchemy.url", text.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def known_revisions() -> set[str]:
+    """Every schema revision this greenprof knows (from the packaged migration scripts)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _stamped(conn: Connection) -> tuple[tuple[str, ...], list[str]]:
+    """(revisions in greenprof's version table, every table name) of the database."""
+    names = inspect(conn).get_table_names()
+    if S.VERSION_TABLE not in names:
+        return (), names
+    rows = conn.exec_driver_sql(f"SELECT version_num FROM {S.VERSION_TABLE}").all()
+    return tuple(sorted(r[0] for r in rows)), names
+
+
+def _needs_upgrade(revs: tuple[str, ...], tables: Sequence[str], dialect: str, where: str,
+                   origin: str) -> bool:
+    """False when the database is at head; True when it is new or older; else a typed refusal."""
+    if revs == (S.SCHEMA_REVISION,):
+        return False  # the common case: no Alembic import at all
+    if not revs:
+        ours = {t.name for t in S.TABLES}
+        foreign = [t for t in tables if not t.startswith("sqlite_")]
+        if dialect != "sqlite":  # a shared server database may hold other applications' tables
+            foreign = [t for t in foreign if t in ours]
+        if foreign:
+            raise NotAGreenprofDatabase(
+                f"{where} is not a greenprof database (it has tables {', '.join(sorted(foreign)[:5])}); "
+                f"point {origin} at a new or a greenprof database")
+        return True
+    known = known_revisions()
+    unknown = [r for r in revs if r not in known]
+    if unknown:
+        raise SchemaTooNew(f"{where} was written by a newer greenprof (schema {', '.join(unknown)}); "
+                           f"upgrade greenprof (this one knows schemas up to {S.SCHEMA_REVISION})")
+    return True
+
+
+def _peek_sqlite(path: Path, origin: str) -> None:
+    """Check an existing SQLite file through a read-only connection, before the engine sets WAL
+    (which rewrites the header): a file greenprof refuses is left byte for byte as it was."""
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as e:
+        raise StoreNotWritable(f"cannot open the database {path}: {e}") from None
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        revs: tuple[str, ...] = ()
+        if S.VERSION_TABLE in tables:
+            revs = tuple(sorted(r[0] for r in conn.execute(f"SELECT version_num FROM {S.VERSION_TABLE}")))
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e) or "encrypted" in str(e):
+            raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
+                                        f"point {origin} at a new or a greenprof .db file") from None
+        raise StoreUnavailable(f"cannot read the database {path}: {e}") from None
+    finally:
+        conn.close()
+    _needs_upgrade(revs, tables, "sqlite", str(path), origin)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _to_utc_naive(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value  # taken as UTC already
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+def _num(x: Any) -> float | None:
+    """A float for the database; NaN and infinities become NULL (SQLite would store NaN as NULL
+    anyway, and a NOT NULL column would then reject the whole batch)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _pid_alive(pid: int | None, started_at: datetime | None) -> bool:
+    """Is the process that started a run still there? Unknown counts as alive."""
+    if pid is None:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started_at is not None:
+            # a process created after the run started is another program that reused the pid
+            started = started_at.replace(tzinfo=timezone.utc).timestamp()
+            if proc.create_time() > started + 1.0:
+                return False
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+# -- the store ----------------------------------------------------------------------------------
+class Store:
+    """A migrated greenprof database. Create with :func:`open_store`; safe to share across
+    threads; after ``fork`` the child drops the parent's connections and opens its own."""
+
+    def __init__(self, engine: Engine, url: URL, origin: str) -> None:
+        self._engine = engine
+        self._write_engine = engine.execution_options(**{_WRITE: True})
+        self._url = url
+        self._origin = origin
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._samples_sql: tuple[str, tuple[str, ...] | None] | None = None
+        self._software: dict[str, Any] | None = None
+        self.path = _sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+        where = str(self.path) if self.path else url.render_as_string(hide_password=True)
+        self._errors = _ErrorMap(where, origin)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The database URL, password hidden."""
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def dialect(self) -> str:
+        return str(self._engine.dialect.name)
+
+    @property
+    def engine(self) -> Engine:
+        self._after_fork()
+        return self._engine
+
+    def _after_fork(self) -> None:
+        # Pooled connections must not be shared between processes: a forked child gets fresh ones
+        # (close=False leaves the parent's connections alone).
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._engine.dispose(close=False)
+                    self._pid = os.getpid()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One short write transaction (BEGIN IMMEDIATE on SQLite)."""
+        self._after_fork()
+        try:
+            with self._write_engine.begin() as conn:
+                yield conn
+        except sa_exc.OperationalError as e:
+            raise self._errors(e) from e
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self._after_fork()
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa_exc.OperationalError as e:
+            raise self._errors(e) from e
+
+    def close(self) -> None:
+        """Close every pooled connection (on SQLite the last close checkpoints the WAL)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def revision(self) -> str | None:
+        """The schema revision the database is stamped with."""
+        with self._read() as conn:
+            revs, _ = _stamped(conn)
+        return ",".join(revs) or None
+
+    def _migrate(self) -> None:
+        """Bring the database to :data:`SCHEMA_REVISION`, or refuse it. Keeps every row."""
+        with self._read() as conn:
+            revs, tables = _stamped(conn)
+        if not _needs_upgrade(revs, tables, self.dialect, self._errors.where, self._origin):
+            return
+        self._upgrade()
+        with self._read() as conn:
+            revs, _ = _stamped(conn)
+        if revs != (S.SCHEMA_REVISION,):  # a packaging mistake, not a user one
+            raise StoreError(f"{self._errors.where}: migrations ended at schema {revs}, expected "
+                             f"{S.SCHEMA_REVISION}; reinstall greenprof")
+
+    def _upgrade(self) -> None:
+        from alembic import command
+
+        self._after_fork()
+        sqlite = self.dialect == "sqlite"
+        try:
+            with self._write_engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                if sqlite:
+                    # Batch migrations copy a table, drop the old one and rename the copy; with
+                    # foreign keys on, the DROP would cascade-delete every child row. The pragma is
+                    # a no-op inside a transaction, so it is set before BEGIN, on the raw driver
+                    # connection (SQLAlchemy would autobegin), and checked before COMMIT instead.
+                    raw.execute("PRAGMA foreign_keys = OFF")
+                try:
+                    with conn.begin():  # BEGIN IMMEDIATE: concurrent openers migrate one by one
+                        if self.dialect == "postgresql":
+                            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+                        command.upgrade(alembic_config(connection=conn), "head")
+                        if sqlite:
+                            bad = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                            if bad:
+                                raise StoreError(f"{self._errors.where}: migration broke {len(bad)} "
+                                                 f"foreign key(s) (first: {tuple(bad[0])}); nothing was changed")
+                finally:
+                    if sqlite:
+                        raw.execute("PRAGMA foreign_keys = ON")
+        except sa_exc.OperationalError as e:
+            raise self._errors(e) from e
+
+    # -- writing --------------------------------------------------------------------------------
+    def start_run(self, **fields: Any) -> int:
+        """Insert a run with status ``running`` and return its id (the RUN_ID users type).
+
+        Any column of ``runs`` except the ones the store owns may be given (``model_name``,
+        ``precision``, ``prompt_tokens``, ``region``, ``extra``, ...). Filled in when absent:
+        ``kind="measure"``, a new ``batch_id``, ``started_at`` (now, UTC), ``pid``, and from
+        :mod:`greenprof.hostinfo`: ``host``, ``hardware``, its ``hardware_fingerprint`` and
+        ``software``.
+        """
+        unknown = sorted(set(fields) - set(RUN_FIELDS))
+        if unknown:
+            raise UsageError(f"unknown run field(s) {', '.join(unknown)}; known: {', '.join(RUN_FIELDS)}")
+        row = dict(fields)
+        row.setdefault("kind", "measure")
+        if row["kind"] not in S.RUN_KINDS:
+            raise UsageError(f"run kind must be one of {', '.join(S.RUN_KINDS)} (got {row['kind']!r})")
+        if row.get("batch_id") is None:
+            row["batch_id"] = str(uuid.uuid4())
+        row["started_at"] = _to_utc_naive(row.get("started_at") or datetime.now(timezone.utc))
+        row.setdefault("pid", os.getpid())
+        if row.get("host") is None or row.get("hardware") is None or row.get("software") is None:
+            from greenprof import hostinfo
+
+            row["host"] = row.get("host") or hostinfo.host()
+            if row.get("hardware") is None:
+                row["hardware"] = hostinfo.hardware()
+            if row.get("software") is None:
+                if self._software is None:  # reading package metadata costs ms: once per store
+                    self._software = hostinfo.software()
+                row["software"] = self._software
+        if row.get("hardware_fingerprint") is None:
+            from greenprof.hostinfo import fingerprint
+
+            row["hardware_fingerprint"] = fingerprint(row["hardware"])
+        row["status"] = "running"
+        with self._write() as conn:
+            pk = conn.execute(insert(S.runs).values(**row)).inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    def finish_run(self, run_id: int, measurement: "Measurement | None", status: str | None = None,
+                   tokens: Mapping[str | int, int | None] | None = None, error: str | None = None) -> None:
+        """Save a measurement under a running run and close it.
+
+        ``status`` defaults to ``measurement.status`` (``failed`` when there is no measurement).
+        ``tokens`` maps a segment label or index to its token count; by default ``prefill``
+        carries the run's ``prompt_tokens``, each ``token-N`` one token, anything else none.
+        The results go in a few short transactions (samples in chunks of :data:`SAMPLE_CHUNK`)
+        and the status is set last, so a run reads ``completed`` only once all of it is there;
+        a process killed halfway leaves it ``running``, which :meth:`mark_stale_runs` reports.
+        """
+        with self._read() as conn:
+            run = conn.execute(select(S.runs.c.status, S.runs.c.prompt_tokens)
+                               .where(S.runs.c.id == run_id)).first()
+        if run is None:
+            raise RunNotFound(f"no run {run_id} in {self._errors.where}")
+        if run.status != "running":
+            raise UsageError(f"run {run_id} is already {run.status}: a run is finished once")
+        if status is None:
+            status = measurement.status if measurement is not None else "failed"
+        if status not in S.RUN_STATUSES or status == "running":
+            raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
+        try:
+            values: dict[str, Any] = {"status": status, "error": error}
+            if measurement is not None:
+                self._write_results(run_id, measurement, tokens or {}, run.prompt_tokens)
+                values.update(duration_s=_num(measurement.duration_s), sample_hz=measurement.sample_hz,
+                              idle_window_s=measurement.idle_window_s,
+                              warnings=list(measurement.warnings) or None)
+            values["ended_at"] = _utcnow()
+            with self._write() as conn:
+                conn.execute(update(S.runs).where(S.runs.c.id == run_id).values(**values))
+        except BaseException as e:
+            # best effort: say why the run has partial results instead of leaving it "running"
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            try:
+                with self._write() as conn:
+                    conn.execute(update(S.runs).where(S.runs.c.id == run_id, S.runs.c.status == "running")
+                                 .values(status=why, ended_at=_utcnow(),
+                                         error=f"could not save the measurement: {type(e).__name__}: {e}"))
+            except Exception:
+                pass
+            raise
+
+    def _write_results(self, run_id: int, m: "Measurement", tokens: Mapping[str | int, int | None],
+                       prompt_tokens: int | None) -> None:
+        domains = [
+            {"run_id": run_id, "domain": d, "method": m.method.get(d), "source": m.sources.get(d),
+             "energy_j": _num(e), "idle_power_w": _num(m.idle_power_w.get(d)),
+             "dynamic_energy_j": _num(e - m.idle_power_w.get(d, 0.0) * m.duration_s),
+             "resolution_s": _num(m.resolution_s.get(d)), "lost_reason": None}
+            for d, e in m.energy_j.items()
+        ]
+        domains += [
+            {"run_id": run_id, "domain": d, "method": m.method.get(d), "source": m.sources.get(d),
+             "energy_j": None, "idle_power_w": None, "dynamic_energy_j": None, "resolution_s": None,
+             "lost_reason": reason}
+            for d, reason in m.lost.items() if d not in m.energy_j
+        ]
+        segs, seg_energy = [], []
+        for idx, s in enumerate(m.segments):
+            kind = S.segment_kind(s.label)
+            if idx in tokens:
+                n = tokens[idx]
+            elif s.label in tokens:
+                n = tokens[s.label]
+            else:
+                n = prompt_tokens if kind == "prefill" else 1 if kind == "decode" else None
+            segs.append({"run_id": run_id, "idx": idx, "label": s.label, "kind": kind,
+                         "start_s": s.start_s, "duration_s": s.duration_s, "tokens": n})
+            dyn = s.dynamic_energy_j
+            seg_energy += [{"run_id": run_id, "idx": idx, "domain": d, "energy_j": _num(e),
+                            "dynamic_energy_j": _num(dyn.get(d))} for d, e in s.energy_j.items()]
+        with self._write() as conn:
+            if domains:
+                conn.execute(insert(S.run_domains), domains)
+            if segs:
+                conn.execute(insert(S.segments), segs)
+            if seg_energy:
+                conn.execute(insert(S.segment_energy), seg_energy)
+        self.add_samples(run_id, m.samples)
+
+    def add_samples(self, run_id: int, samples: Sequence["PowerSample"]) -> int:
+        """Bulk-insert power samples (executemany, :data:`SAMPLE_CHUNK` rows per transaction)."""
+        sql, order = self._samples_insert()
+        if order is None:  # named parameters (psycopg: %(name)s)
+            rows: list[Any] = [{"run_id": run_id, "t_s": s.t_s, "domain": s.domain, "power_w": _num(s.power_w)}
+                               for s in samples]
+        else:
+            rows = [(run_id, s.t_s, s.domain, _num(s.power_w)) for s in samples]
+        for chunk in _chunks(rows, SAMPLE_CHUNK):
+            with self._write() as conn:
+                conn.exec_driver_sql(sql, chunk)  # straight to cursor.executemany
+        return len(rows)
+
+    def _samples_insert(self) -> tuple[str, tuple[str, ...] | None]:
+        """The samples INSERT in this driver's parameter style, compiled once. Sending plain
+        tuples to ``executemany`` is about twice as fast as Core's per-row dict processing."""
+        if self._samples_sql is None:
+            cols = ("run_id", "t_s", "domain", "power_w")
+            compiled = insert(S.samples).compile(dialect=self._engine.dialect, column_keys=list(cols))
+            order = None
+            if compiled.positional:
+                order = tuple(compiled.positiontup or ())
+                if order != cols:  # never expected; fall back to the safe path
+                    raise StoreError(f"unexpected parameter order {order} for the samples insert")
+            self._samples_sql = (str(compiled), order)
+        return self._samples_sql
+
+    def mark_stale_runs(self) -> list[int]:
+        """Report as ``interrupted`` the runs still ``running`` whose process on this host is gone.
+
+        Runs of other hosts are left alone (their processes cannot be checked from here). A pid
+        now used by a process younger than the run counts as gone. Returns the ids updated.
+        """
+        from greenprof.hostinfo import host as this_host
+
+        host = this_host()
+        with self._read() as conn:
+            rows = conn.execute(select(S.runs.c.id, S.runs.c.pid, S.runs.c.started_at)
+                                .where(S.runs.c.status == "running", S.runs.c.host == host)).all()
+        dead = [r.id for r in rows if not _pid_alive(r.pid, r.started_at)]
+        if not dead:
+            return []
+        updated: list[int] = []
+        with self._write() as conn:
+            for r in rows:
+                if r.id not in dead:
+                    continue
+                res = conn.execute(
+                    update(S.runs).where(S.runs.c.id == r.id, S.runs.c.status == "running")
+                    .values(status="interrupted", error=f"{STALE_NOTE} (pid {r.pid} on {host})"))
+                if res.rowcount:
+                    updated.append(r.id)
+        return updated
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run and, by cascade, everything recorded under it."""
+        with self._write() as conn:
+            if conn.execute(delete(S.runs).where(S.runs.c.id == run_id)).rowcount == 0:
+                raise RunNotFound(f"no run {run_id} in {self._errors.where}")
+
+    # -- reading --------------------------------------------------------------------------------
+    def list_runs(self, *, limit: int | None = 50, status: str | None = None, kind: str | None = None,
+                  model_name: str | None = None, batch_id: str | None = None,
+                  since: datetime | None = None) -> list[RunRecord]:
+        """Runs, newest first, with their domains and phase summaries (not their segments)."""
+        q = select(S.runs).order_by(S.runs.c.id.desc())
+        if status is not None:
+            q = q.where(S.runs.c.status == status)
+        if kind is not None:
+            q = q.where(S.runs.c.kind == kind)
+        if model_name is not None:
+            q = q.where(S.runs.c.model_name == model_name)
+        if batch_id is not None:
+            q = q.where(S.runs.c.batch_id == batch_id)
+        if since is not None:
+            q = q.where(S.runs.c.started_at >= _to_utc_naive(since))
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            records = [self._record(r) for r in conn.execute(q).mappings()]
+            self._attach_details(conn, records)
+        return records
+
+    def get_run(self, run_id: int) -> RunRecord:
+        """One run with its domains, phase summaries and every segment."""
+        with self._read() as conn:
+            row = conn.execute(select(S.runs).where(S.runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFound(f"no run {run_id} in {self._errors.where}: see `greenprof list`")
+            rec = self._record(row)
+            self._attach_details(conn, [rec])
+            by_idx: dict[int, SegmentRecord] = {}
+            for s in conn.execute(select(S.segments).where(S.segments.c.run_id == run_id)
+                                  .order_by(S.segments.c.idx)):
+                by_idx[s.idx] = SegmentRecord(s.idx, s.label, s.kind, s.start_s, s.duration_s, s.tokens)
+            for e in conn.execute(select(S.segment_energy).where(S.segment_energy.c.run_id == run_id)):
+                seg = by_idx.get(e.idx)
+                if seg is not None:
+                    seg.energy_j[e.domain] = e.energy_j
+                    seg.dynamic_energy_j[e.domain] = e.dynamic_energy_j
+            rec.segments = list(by_idx.values())
+        return rec
+
+    def samples(self, run_id: int, domain: str | None = None) -> list["PowerSample"]:
+        """The run's power samples in time order (``power_w`` NaN where it was not finite)."""
+        from greenprof.meter import PowerSample
+
+        q = select(S.samples.c.t_s, S.samples.c.domain, S.samples.c.power_w) \
+            .where(S.samples.c.run_id == run_id)
+        if domain is not None:
+            q = q.where(S.samples.c.domain == domain)
+        q = q.order_by(S.samples.c.t_s, S.samples.c.domain)
+        nan = float("nan")
+        with self._read() as conn:
+            return [PowerSample(t, d, p if p is not None else nan) for t, d, p in conn.execute(q)]
+
+    def power_timeline(self, run_id: int, max_points: int = 1000) -> dict[str, S.Timeline]:
+        """At most ``max_points`` points per domain, averaged on the database side."""
+        with self._read() as conn:
+            return S.power_timeline(conn, run_id, max_points)
+
+    def count_samples(self, run_id: int | None = None) -> int:
+        q = select(func.count()).select_from(S.samples)
+        if run_id is not None:
+            q = q.where(S.samples.c.run_id == run_id)
+        with self._read() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def integrity_check(self) -> str:
+        """``"ok"``, or what SQLite's ``PRAGMA integrity_check`` found. Other databases keep
+        their own integrity (and have no such check): ``"ok"`` once a query goes through."""
+        with self._read() as conn:
+            if self.dialect != "sqlite":
+                conn.exec_driver_sql("SELECT 1").all()
+                return "ok"
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").all()]
+            bad_fk = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        result = "; ".join(rows)
+        if bad_fk:
+            extra = f"{len(bad_fk)} row(s) break a foreign key (first: {tuple(bad_fk[0])})"
+            result = extra if result == "ok" else f"{result}; {extra}"
+        return result
+
+    # -- internals ------------------------------------------------------------------------------
+    @staticmethod
+    def _record(row: Any) -> RunRecord:
+        values = {c.name: row[c.name] for c in S.runs.c}
+        values["started_at"] = _as_utc(values["started_at"])
+        values["ended_at"] = _as_utc(values["ended_at"])
+        return RunRecord(**values)
+
+    @staticmethod
+    def _attach_details(conn: Connection, records: list[RunRecord]) -> None:
+        """Fill ``domains`` and ``phases`` of the records (a few grouped queries, not one per run)."""
+        by_id = {r.id: r for r in records}
+        for ids in _chunks(list(by_id), 500):
+            for d in conn.execute(select(S.run_domains).where(S.run_domains.c.run_id.in_(ids))
+                                  .order_by(S.run_domains.c.run_id, S.run_domains.c.domain)):
+                by_id[d.run_id].domains[d.domain] = DomainRecord(
+                    d.domain, d.method, d.source, d.energy_j, d.idle_power_w, d.dynamic_energy_j,
+                    d.resolution_s, d.lost_reason)
+            seg = S.segments
+            for run_id, kind, n, dur, tok in conn.execute(
+                    select(seg.c.run_id, seg.c.kind, func.count(), func.sum(seg.c.duration_s),
+                           func.sum(seg.c.tokens))
+                    .where(seg.c.run_id.in_(ids)).group_by(seg.c.run_id, seg.c.kind)):
+                by_id[run_id].phases[kind] = PhaseSummary(kind, int(n), float(dur or 0.0),
+                                                          int(tok) if tok is not None else None)
+            se = S.segment_energy
+            for run_id, kind, domain, e, dyn in conn.execute(
+                    select(seg.c.run_id, seg.c.kind, se.c.domain, func.sum(se.c.energy_j),
+                           func.sum(se.c.dynamic_energy_j))
+                    .join(seg, (seg.c.run_id == se.c.run_id) & (seg.c.idx == se.c.idx))
+                    .where(se.c.run_id.in_(ids)).group_by(seg.c.run_id, seg.c.kind, se.c.domain)):
+                phase = by_id[run_id].phases.get(kind)
+                if phase is not None:
+                    phase.energy_j[domain] = float(e) if e is not None else None
+                    phase.dynamic_energy_j[domain] = float(dyn) if dyn is not None else None
+
+
+def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -> Store:
+    """Open (creating or migrating as needed) the greenprof database at ``url``.
+
+    ``url``: a SQLAlchemy URL or a file path; else ``$GREENPROF_DB``; else ``./greenprof.db``.
+    ``setting`` is how messages name an explicit ``url`` (``--db``, ``track(db=...)``).
+    Raises :class:`~greenprof.store.errors.StoreError` subclasses (usage errors) for a malformed
+    URL, an unwritable location, a file that is not a greenprof database or a database written
+    by a newer greenprof, each before anything is written; :class:`StoreUnavailable` when the
+    server cannot be reached or the file stays locked.
+    """
+    u, origin = resolve_url(url, setting)
+    path = _sqlite_path(u) if u.get_backend_name() == "sqlite" else None
+    if path is not None:
+        _check_sqlite_file(path, origin)
+        _peek_sqlite(path, origin)
+    try:
+        engine = _sqlite_engine(u) if u.get_backend_name() == "sqlite" else create_engine(u, pool_pre_ping=True)
+    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
+        raise BadStoreUrl(f"{origin} must be {URL_HINT} ({_one_line(e)})") from None
+    store = Store(engine, u, origin)
+    try:
+        store._migrate()
+    except sa_exc.DBAPIError as e:
+        engine.dispose()
+        raise store._errors(e) from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return store
