@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Meter", "Measurement", "Segment", "PowerSample", "GreenprofError", "__version__"]
+__all__ = ["Meter", "Measurement", "Segment", "PowerSample", "GreenprofError", "track",
+           "measure_models", "MeasureRequest", "__version__"]
 
 _LAZY = {
     "Meter": "greenprof.meter",
@@ -16,6 +17,9 @@ _LAZY = {
     "Segment": "greenprof.meter",
     "PowerSample": "greenprof.meter",
     "GreenprofError": "greenprof.errors",
+    "track": "greenprof.track",
+    "measure_models": "greenprof.measure",
+    "MeasureRequest": "greenprof.measure",
 }
 
 

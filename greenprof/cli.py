@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
 from greenprof import __version__
-from greenprof.errors import GreenprofError
+from greenprof.errors import GreenprofError, UsageError
 
 app = typer.Typer(
     name="greenprof",
@@ -90,11 +91,162 @@ def sensors(
         )
 
 
+@app.command()
+def measure(
+    models: list[str] = typer.Argument(None, metavar="[MODEL]...",
+                                       help="Built-in names (built on first use) or paths to ONNX exports. "
+                                            "Default: smollm-135m smollm-360m."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, int8 or int4 (built-in models)."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt text (needs the model's tokenizer.json)."),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt text from a file."),
+    prompt_tokens: int = typer.Option(None, "--prompt-tokens", help="A synthetic prompt of N tokens (default 128)."),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens generated per run (fixed length; EOS ignored)."),
+    runs: int = typer.Option(3, "--runs", help="Measured runs per model, for the mean and 95% CI."),
+    warmup: int = typer.Option(1, "--warmup", help="Unmeasured warm-up generations per model."),
+    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: config, else all cores)."),
+    idle_s: float = typer.Option(0.0, "--idle-s", help="Seconds of idle baseline before each run (dynamic = gross - idle)."),
+    region: str = typer.Option(None, "--region", help="Grid region for CO2e: ISO3 (FRA), ISO2, name, or USA/CA."),
+    intensity: float = typer.Option(None, "--intensity", help="Grid intensity in g CO2e/kWh (market-based factor); overrides --region."),
+    pue: float = typer.Option(None, "--pue", help="Data-centre PUE (default 1.0)."),
+    price_kwh: float = typer.Option(None, "--price-kwh", help="Electricity price in USD/kWh (default: US commercial average)."),
+    db: str = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default ./greenprof.db or GREENPROF_DB)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (runs and summary) on stdout."),
+) -> None:
+    """Measure joules, CO2e and cost per token for one or more models.
+
+    Each model runs WARMUP unmeasured generations, then RUNS measured ones, each stored in the
+    database with its segments (prefill and every token) and power timeline. Progress goes to
+    stderr; the summary table (or --json) to stdout.
+    """
+    from greenprof.config import load_settings
+    from greenprof.measure import DEFAULT_MODELS, MeasureRequest, measure_models
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot read --prompt-file {prompt_file}: {e.strerror or e}") from None
+    settings = load_settings({"db": db, "region": region, "intensity_g_per_kwh": intensity, "pue": pue,
+                              "price_usd_per_kwh": price_kwh, "threads": threads})
+    req = MeasureRequest(models=models or list(DEFAULT_MODELS), precision=precision, prompt=prompt,
+                         prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
+                         threads=settings.threads, idle_s=idle_s, sample_hz=settings.sample_hz)
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    from greenprof.measure import Terminated
+
+    try:
+        with _build_progress(err) as (on_build, status):
+            doc = measure_models(req, settings=settings, progress=status, build_progress=on_build)
+    except KeyboardInterrupt:
+        e = _Stopped("interrupted; the run in progress is stored as interrupted")
+        e.exit_code = 130
+        raise e from None
+    except Terminated:
+        e = _Stopped("terminated; the run in progress is stored as interrupted")
+        e.exit_code = 143
+        raise e from None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    _print_summary(doc)
+
+
+class _build_progress:
+    """A rich progress bar for model builds plus one-line status messages, all on stderr."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
+        self.progress.start()
+
+        def on_build(name: str, done: int, total: int) -> None:
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(f"building {name}", total=total)
+            self.progress.update(self.tasks[name], completed=done, total=total)
+
+        def status(msg: str) -> None:
+            self.progress.console.print(msg, style="dim", markup=False, highlight=False)
+
+        return on_build, status
+
+    def __exit__(self, *exc) -> bool:
+        self.progress.stop()
+        return False
+
+
+def _print_summary(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = doc["grid"]
+    table = Table(title=f"Energy per token ({grid['name']}, {grid['intensity_g_per_kwh']:.0f} g CO2e/kWh, "
+                        f"PUE {doc['pue']:g}, ${doc['price_usd_per_kwh']:g}/kWh)", title_justify="left")
+    for col, just in (("model", "left"), ("params", "right"), ("precision", "left"), ("method", "left"),
+                      ("tokens/s", "right"), ("J/prompt token", "right"), ("J/gen token (95% CI)", "right"),
+                      ("g CO2e/1k tokens", "right"), ("$/M tokens", "right")):
+        table.add_column(col, justify=just)
+    for s in doc["summary"]:
+        lo, hi = s["j_per_token_ci95"]
+        ci = f"{s['j_per_token']:.4g} [{lo:.4g}, {hi:.4g}]" if s["runs"] > 1 else f"{s['j_per_token']:.4g}"
+        table.add_row(s["model"], _human_params(s["params"]), s["precision"], s["method"],
+                      f"{s['tokens_per_s']:.1f}", f"{s['j_per_prompt_token']:.4g}", ci,
+                      f"{s['co2e_g_per_1k_tokens']:.4g}", f"{s['usd_per_m_tokens']:.4g}")
+    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160).print(table)
+    notes = list(doc.get("notes", []))
+    for s in doc["summary"]:
+        notes.extend(s.get("notes", []))
+        if s["method"] != "measured":
+            notes.append(f"{s['model']}: energy is {s['method']} (see `greenprof sensors`)")
+    err = Console(stderr=True)
+    from rich.markup import escape
+
+    for n in dict.fromkeys(notes):
+        err.print(f"[yellow]note:[/yellow] {escape(n)}")
+    ids = [i for r in doc["runs"] for i in [r["run_id"]]]
+    if ids:
+        err.print(f"stored runs {ids[0]}..{ids[-1]}; see `greenprof runs` and `greenprof show RUN_ID`")
+
+
+def _human_params(n) -> str:
+    if not n:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+
+def _register_subcommands() -> None:
+    from greenprof.cli_runs import register
+    from greenprof.models.cli import app as models_app
+
+    register(app)
+    app.add_typer(models_app, name="models", help="Built-in model family: list, build, info.")
+
+
+_register_subcommands()
+
+class _Stopped(GreenprofError):
+    """Ctrl-C or SIGTERM during a command that stores runs."""
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="greenprof")
     except GreenprofError as e:
-        sys.stderr.write(f"greenprof: error: {e}\n")
+        sys.stderr.write(f"greenprof: {'error: ' if not isinstance(e, _Stopped) else ''}{e}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("greenprof: interrupted\n")

@@ -170,8 +170,8 @@ class Meter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "completed"
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status = "interrupted"
+        elif not issubclass(exc_type, Exception):
+            status = "interrupted"  # Ctrl-C, SIGTERM turned into an exception, SystemExit
         else:
             status = "failed"
         self.stop(status=status)

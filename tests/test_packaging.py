@@ -31,6 +31,8 @@ def test_wheel_has_one_import_root(wheel):
         assert f"greenprof/{sub}/__init__.py" in names
     assert "greenprof/collectors/rapl.py" in names
     assert "greenprof/data/traces/llm-decode-demo.csv" in names
+    assert "greenprof/store/migrations/script.py.mako" in names
+    assert "greenprof/store/migrations/versions/0001_initial.py" in names
 
 
 def test_installed_wheel_runs(wheel, tmp_path):
@@ -57,6 +59,18 @@ def test_installed_wheel_runs(wheel, tmp_path):
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "gpu-0" in r.stdout
+    # the whole main job from the installed wheel: build tiny, measure it, store it, list it
+    db = tmp_path / "w.db"
+    env["GREENPROF_CACHE"] = str(tmp_path / "cache")
+    r = subprocess.run([str(exe), "measure", "tiny", "--runs", "1", "--warmup", "0", "--new-tokens", "4",
+                        "--prompt-tokens", "4", "--db", str(db), "--json"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"][0]["new_tokens"] == 4
+    r = subprocess.run([str(exe), "runs", "--db", str(db), "--json"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [x["status"] for x in json.loads(r.stdout)["runs"]] == ["completed"]
     # a tiny measurement from the installed package
     code = ("import greenprof, time\n"
             "with greenprof.Meter() as m:\n"

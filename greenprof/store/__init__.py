@@ -29,12 +29,13 @@ if TYPE_CHECKING:
         SegmentRecord,
         Store,
         open_store,
+        preflight,
         resolve_url,
     )
     from .schema import Timeline, power_timeline
 
 __all__ = [
-    "open_store", "resolve_url", "Store", "RunRecord", "DomainRecord", "SegmentRecord", "PhaseSummary",
+    "open_store", "preflight", "resolve_url", "Store", "RunRecord", "DomainRecord", "SegmentRecord", "PhaseSummary",
     "Timeline", "power_timeline",
     "StoreError", "BadStoreUrl", "StoreNotWritable", "NotAGreenprofDatabase", "SchemaTooNew",
     "RunNotFound", "StoreUnavailable",
@@ -42,6 +43,7 @@ __all__ = [
 
 _LAZY = {
     "open_store": "greenprof.store.db",
+    "preflight": "greenprof.store.db",
     "resolve_url": "greenprof.store.db",
     "Store": "greenprof.store.db",
     "RunRecord": "greenprof.store.db",

@@ -641,6 +641,23 @@ class Store:
             assert pk is not None
             return int(pk[0])
 
+    #: Run columns a caller may still change while the run is ``running`` (e.g. the token count
+    #: a ``track`` block learns only at its end).
+    UPDATABLE = ("new_tokens", "prompt_tokens", "model_name", "param_count", "precision", "extra")
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        """Change descriptive columns of a running run (see :attr:`UPDATABLE`)."""
+        bad = sorted(set(fields) - set(self.UPDATABLE))
+        if bad:
+            raise UsageError(f"cannot update {', '.join(bad)}; updatable: {', '.join(self.UPDATABLE)}")
+        if not fields:
+            return
+        with self._write() as conn:
+            res = conn.execute(update(S.runs).where(S.runs.c.id == run_id, S.runs.c.status == "running")
+                               .values(**fields))
+            if res.rowcount == 0:
+                raise RunNotFound(f"no running run {run_id} in {self._errors.where}")
+
     def finish_run(self, run_id: int, measurement: "Measurement | None", status: str | None = None,
                    tokens: Mapping[str | int, int | None] | None = None, error: str | None = None) -> None:
         """Save a measurement under a running run and close it.
@@ -675,7 +692,7 @@ class Store:
                 conn.execute(update(S.runs).where(S.runs.c.id == run_id).values(**values))
         except BaseException as e:
             # best effort: say why the run has partial results instead of leaving it "running"
-            why = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            why = "failed" if isinstance(e, Exception) else "interrupted"  # Ctrl-C, SIGTERM
             try:
                 with self._write() as conn:
                     conn.execute(update(S.runs).where(S.runs.c.id == run_id, S.runs.c.status == "running")
@@ -901,6 +918,18 @@ class Store:
                 if phase is not None:
                     phase.energy_j[domain] = float(e) if e is not None else None
                     phase.dynamic_energy_j[domain] = float(dyn) if dyn is not None else None
+
+
+def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db") -> str:
+    """Every check :func:`open_store` makes before writing, and nothing else: a command can
+    refuse a bad ``--db`` before long work, and still create the database only when it has
+    something to store. Returns the resolved URL (password redacted)."""
+    u, origin = resolve_url(url, setting)
+    path = _sqlite_path(u) if u.get_backend_name() == "sqlite" else None
+    if path is not None:
+        _check_sqlite_file(path, origin)
+        _peek_sqlite(path, origin)
+    return u.render_as_string(hide_password=True)
 
 
 def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -> Store:

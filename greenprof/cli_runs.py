@@ -1,0 +1,794 @@
+"""`greenprof runs | show | export | compare | regions`: read the run store, re-cost, export.
+
+    from greenprof.cli_runs import register
+    register(app)          # adds the five commands to a typer app
+
+Every figure is recomputed from the stored joules: carbon from the run's own grid intensity and
+PUE (or, with ``runs --region R``, from region R's intensity: a what-if without re-running),
+cost from the run's own electricity price. Data goes to stdout, notes to stderr; a user mistake
+raises a typed :class:`~greenprof.errors.GreenprofError` with a one-line message, which
+``greenprof.cli.main`` prints (exit 2 for usage errors).
+
+This module imports nothing heavy at import time (no SQLAlchemy, no rich): the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Iterable
+
+import typer
+
+if TYPE_CHECKING:
+    from greenprof.carbon import GridIntensity
+    from greenprof.config import Settings
+    from greenprof.store import RunRecord, Store
+
+#: CodeCarbon's emissions.csv columns, in the order CodeCarbon writes them: the fields of the
+#: ``EmissionsData`` dataclass in codecarbon/output_methods/emissions_data.py, CodeCarbon 3.3.2
+#: (FileOutput writes ``pandas.DataFrame.from_records([dict(EmissionsData.values)])``, so the
+#: header is exactly the dataclass fields in declaration order). Written out here rather than
+#: read from codecarbon, which is never imported at run time; tests/test_cli_runs.py checks this
+#: list against the installed CodeCarbon source so a drift fails the tests.
+CODECARBON_COLUMNS = (
+    "timestamp", "project_name", "run_id", "experiment_id", "duration", "emissions",
+    "emissions_rate", "cpu_power", "gpu_power", "ram_power", "cpu_energy", "gpu_energy",
+    "ram_energy", "energy_consumed", "water_consumed", "country_name", "country_iso_code",
+    "region", "cloud_provider", "cloud_region", "os", "python_version", "codecarbon_version",
+    "cpu_count", "cpu_model", "gpu_count", "gpu_model", "longitude", "latitude",
+    "ram_total_size", "tracking_mode", "cpu_utilization_percent", "gpu_utilization_percent",
+    "ram_utilization_percent", "ram_used_gb", "on_cloud", "pue", "wue",
+)
+CODECARBON_VERSION_WRITTEN = "3.3.2"
+
+#: Columns of `greenprof export --format csv` (one row per run).
+EXPORT_COLUMNS = (
+    "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
+    "params", "precision", "model_file_hash", "provider", "threads", "prompt_tokens", "new_tokens",
+    "method", "methods", "duration_s", "energy_j", "dynamic_energy_j", "prefill_energy_j",
+    "decode_energy_j", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",
+    "dynamic_j_per_token", "tokens_per_s", "lost_domains", "region", "intensity_g_per_kwh",
+    "intensity_source", "intensity_year", "pue", "co2e_g", "co2e_g_per_1k_tokens",
+    "price_usd_per_kwh", "cost_usd", "usd_per_m_tokens", "error",
+)
+
+J_PER_KWH = 3.6e6
+_DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, [tool.greenprof] db, ./greenprof.db)."
+
+
+# -- helpers (imports stay inside) ----------------------------------------------------------------
+def _note(msg: str) -> None:
+    typer.echo(f"greenprof: {msg}", err=True)
+
+
+def _settings(db: str | None) -> "Settings":
+    from greenprof.config import load_settings
+
+    return load_settings({"db": db})
+
+
+def _open(settings: "Settings") -> "Store":
+    """The store named by --db, GREENPROF_DB or [tool.greenprof] db, else the store's default."""
+    from greenprof.store import open_store
+
+    origin = settings.origin.get("db", "default")
+    if settings.db is None or origin.startswith("env:"):
+        return open_store(None)  # the store reads GREENPROF_DB itself and names it in messages
+    if origin == "flag":
+        return open_store(settings.db, setting="--db")
+    return open_store(settings.db, setting=f"{settings.pyproject} [tool.greenprof] db")
+
+
+def _where(store: "Store") -> str:
+    return str(store.path) if store.path is not None else store.url
+
+
+def _mark_stale(store: "Store") -> None:
+    stale = store.mark_stale_runs()
+    if stale:
+        ids = ", ".join(str(i) for i in stale)
+        _note(f"run{'s' if len(stale) > 1 else ''} {ids} left 'running' by a process that is gone: "
+              "reported as interrupted")
+
+
+def collapse_methods(methods: Iterable[str | None]) -> str:
+    """``measured`` / ``estimated`` / ``replayed`` when every domain agrees, else ``mixed``;
+    ``none`` when the run has no domain."""
+    vals = {m for m in methods if m}
+    if not vals:
+        return "none"
+    return vals.pop() if len(vals) == 1 else "mixed"
+
+
+def _fsum(values: Iterable[float | None]) -> float | None:
+    import math
+
+    vals = [v for v in values if v is not None]
+    return math.fsum(vals) if vals else None
+
+
+def _div(a: float | None, b: float | int | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+class _Grid:
+    """The intensity used to cost one run, and where it came from."""
+
+    __slots__ = ("region", "g_per_kwh", "source", "year", "what_if")
+
+    def __init__(self, region: str | None, g_per_kwh: float | None, source: str | None, year: int | None,
+                 what_if: bool) -> None:
+        self.region, self.g_per_kwh, self.source, self.year, self.what_if = \
+            region, g_per_kwh, source, year, what_if
+
+
+class _Costing:
+    """Resolves, per run, the grid intensity and price to cost it with."""
+
+    def __init__(self, settings: "Settings", what_if: "GridIntensity | None" = None) -> None:
+        self.settings = settings
+        self.what_if = what_if
+        self._fallback: _Grid | None = None
+        self._unpriced: list[int] = []
+        self.notes: list[str] = []
+
+    def _say(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+
+    def fallback(self) -> _Grid:
+        if self._fallback is None:
+            from greenprof.config import resolve_intensity
+
+            g, _ = resolve_intensity(self.settings)
+            self._fallback = _Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
+        return self._fallback
+
+    def grid(self, run: "RunRecord", needed: bool = True) -> _Grid:
+        """``needed=False`` (a run with no energy): no fallback, no note; the stored values as is."""
+        if self.what_if is not None:
+            w = self.what_if
+            return _Grid(w.region, w.intensity_g_per_kwh, w.source, w.year, True)
+        if run.intensity_g_per_kwh is not None:
+            return _Grid(run.region, run.intensity_g_per_kwh, run.intensity_source, run.intensity_year, False)
+        if run.region:
+            from greenprof import carbon
+
+            try:
+                g = carbon.lookup(run.region)
+                return _Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
+            except carbon.UnknownRegion:
+                pass
+        if not needed:
+            return _Grid(run.region, None, run.intensity_source, run.intensity_year, False)
+        self._unpriced.append(run.id)
+        return self.fallback()
+
+    def price(self, run: "RunRecord") -> float:
+        if run.price_usd_per_kwh is not None:
+            return float(run.price_usd_per_kwh)
+        return float(self.settings.price_usd_per_kwh)
+
+    def flush(self) -> None:
+        if self._unpriced:
+            ids, fb = sorted(set(self._unpriced)), self.fallback()
+            self._say(f"run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+                      f"{'have' if len(ids) > 1 else 'has'} no stored grid intensity: costed at "
+                      f"{fb.region} ({fb.g_per_kwh:g} g/kWh) from the current settings "
+                      "(--region R re-costs every run; GREENPROF_REGION / [tool.greenprof] region "
+                      "set the default)")
+            self._unpriced.clear()
+        for n in self.notes:
+            _note(n)
+        self.notes.clear()
+
+
+def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
+    """Everything `runs`, `show`, `export` and `compare` print about a run, from stored joules."""
+    from greenprof import carbon
+
+    gross = {d: r.energy_j for d, r in run.domains.items() if r.energy_j is not None}
+    lost = sorted(d for d, r in run.domains.items() if r.energy_j is None)
+    total = _fsum(gross.values())
+    dynamic = _fsum(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
+    pre = run.phases.get("prefill")
+    dec = run.phases.get("decode")
+    prefill_j = _fsum(pre.energy_j.values()) if pre else None
+    decode_j = _fsum(dec.energy_j.values()) if dec else None
+    decode_dyn = _fsum(dec.dynamic_energy_j.values()) if dec else None
+    prefill_tokens = pre.tokens if pre and pre.tokens is not None else (run.prompt_tokens if pre else None)
+    decode_tokens = dec.tokens if dec and dec.tokens is not None else (run.new_tokens if dec else None)
+    j_tok = _div(decode_j, decode_tokens)
+    j_prompt = _div(prefill_j, prefill_tokens)
+    tps = _div(decode_tokens, dec.duration_s) if dec else None
+    grid = costing.grid(run, needed=total is not None)
+    g = grid.g_per_kwh
+    pue = float(run.pue) if run.pue is not None else 1.0
+    price = costing.price(run)
+    methods = {d: r.method for d, r in run.domains.items()}
+    return {
+        "id": run.id,
+        "batch_id": run.batch_id,
+        "kind": run.kind,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "host": run.host,
+        "model": run.model_name,
+        "model_shape": run.model_shape,
+        "params": run.param_count,
+        "precision": run.precision,
+        "model_file_hash": run.model_file_hash,
+        "provider": run.provider,
+        "threads": run.threads,
+        "prompt_tokens": run.prompt_tokens,
+        "new_tokens": run.new_tokens,
+        "method": collapse_methods(methods.values()),
+        "methods": methods,
+        "duration_s": run.duration_s,
+        "energy_j": total,
+        "energy_j_by_domain": gross,
+        "dynamic_energy_j": dynamic,
+        "prefill_energy_j": prefill_j,
+        "decode_energy_j": decode_j,
+        "prefill_tokens": prefill_tokens,
+        "decode_tokens": decode_tokens,
+        "j_per_prompt_token": j_prompt,
+        "j_per_token": j_tok,
+        "dynamic_j_per_token": _div(decode_dyn, decode_tokens),
+        "tokens_per_s": tps,
+        "lost_domains": lost,
+        "region": grid.region,
+        "intensity_g_per_kwh": grid.g_per_kwh,
+        "intensity_source": grid.source,
+        "intensity_year": grid.year,
+        "what_if": grid.what_if,
+        "run_region": run.region,
+        "run_intensity_g_per_kwh": run.intensity_g_per_kwh,
+        "pue": pue,
+        "co2e_g": carbon.co2e_g(total, g, pue) if total is not None and g is not None else None,
+        "co2e_g_per_1k_tokens": (carbon.co2e_g_per_1k_tokens(j_tok, g, pue)
+                                 if j_tok is not None and g is not None else None),
+        "price_usd_per_kwh": price,
+        "cost_usd": carbon.cost_usd(total, price, pue) if total is not None else None,
+        "usd_per_m_tokens": carbon.usd_per_m_tokens(j_tok, price, pue) if j_tok is not None else None,
+        "error": run.error,
+    }
+
+
+def _num(x: Any, fmt: str = ".4g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return format(x, fmt)
+    return str(x)
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _local(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    if stderr:
+        return Console(stderr=True)
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+def _echo_json(doc: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(doc, indent=2, default=str))
+
+
+# -- commands -------------------------------------------------------------------------------------
+def runs_cmd(
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    region: str | None = typer.Option(
+        None, "--region",
+        help="Re-cost every run for this grid region (e.g. POL, USA/CA) from its stored joules, "
+             "without re-running: a what-if. Default: each run's own stored intensity."),
+    limit: int = typer.Option(50, "--limit", help="Show at most N runs, newest first (0 = all)."),
+    model: str | None = typer.Option(None, "--model", help="Only runs of this model name."),
+) -> None:
+    """List stored runs: energy, J per token and g CO2e, newest first.
+
+    Runs left 'running' by a process that is gone (killed) are reported as interrupted first.
+    """
+    from greenprof.errors import UsageError
+
+    if limit < 0:
+        raise UsageError(f"--limit must be a whole number >= 0 (got {limit})")
+    settings = _settings(db)
+    what_if = None
+    if region is not None:
+        from greenprof import carbon
+
+        what_if = carbon.lookup(region)
+    costing = _Costing(settings, what_if)
+    with _open(settings) as store:
+        _mark_stale(store)
+        records = store.list_runs(limit=limit or None, model_name=model)
+        where = _where(store)
+    rows = [summarize(r, costing) for r in records]
+    if as_json:
+        _echo_json({
+            "db": where,
+            "runs": rows,
+            "region": what_if.region if what_if else None,
+            "intensity_g_per_kwh": what_if.intensity_g_per_kwh if what_if else None,
+            "intensity_source": what_if.source if what_if else "each run's own stored intensity",
+        })
+        costing.flush()
+        return
+    from rich.table import Table
+
+    co2_head = f"g CO2e @ {what_if.region}" if what_if else "g CO2e"
+    title = (f"Runs in {where}" + (f", re-costed for {what_if.region} "
+                                   f"({what_if.intensity_g_per_kwh:g} g/kWh)" if what_if else ""))
+    table = Table(title=title, title_justify="left")
+    for col, right in (("id", True), ("started", False), ("status", False), ("model", False),
+                       ("precision", False), ("params", True), ("prompt/new", True), ("method", False),
+                       ("energy J", True), ("J/token", True), (co2_head, True), ("region", False)):
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    colour = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+    for s in rows:
+        st = s["status"]
+        table.add_row(
+            str(s["id"]), _local(s["started_at"]), f"[{colour.get(st, 'white')}]{st}[/]",
+            s["model"] or "-", s["precision"] or "-", _params(s["params"]),
+            f"{_num(s['prompt_tokens'])}/{_num(s['new_tokens'])}", s["method"],
+            _num(s["energy_j"]), _num(s["j_per_token"]), _num(s["co2e_g"]), s["region"] or "-",
+        )
+    _console().print(table)
+    if not rows:
+        _note(f"no runs in {where}" + (f" for model {model!r}" if model else "")
+              + "; `greenprof measure` records some")
+    costing.flush()
+
+
+def show_cmd(
+    run_id: int = typer.Argument(..., metavar="RUN_ID", help="A run id from `greenprof runs`."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Everything stored about one run: host, hardware, software, model, domains, phases, CO2e, cost."""
+    settings = _settings(db)
+    costing = _Costing(settings)
+    with _open(settings) as store:
+        _mark_stale(store)
+        run = _get(store, run_id)
+        n_samples = store.count_samples(run_id)
+    s = summarize(run, costing)
+    phases = {}
+    for kind, p in run.phases.items():
+        e = _fsum(p.energy_j.values())
+        phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
+                        "energy_j": e, "dynamic_energy_j": _fsum(p.dynamic_energy_j.values()),
+                        "j_per_token": _div(e, p.tokens), "energy_j_by_domain": p.energy_j}
+    if as_json:
+        doc = run.to_dict()
+        doc.pop("segments", None)
+        doc["phases"] = phases
+        doc["segment_count"] = len(run.segments)
+        doc["sample_count"] = n_samples
+        doc["summary"] = s
+        _echo_json(doc)
+        costing.flush()
+        return
+    from rich.table import Table
+
+    out = _console()
+    info = Table(title=f"Run {run.id}", title_justify="left", show_header=False)
+    info.add_column("field", style="bold")
+    info.add_column("value", overflow="fold")
+
+    def add(k: str, v: Any) -> None:
+        info.add_row(k, "-" if v is None or v == "" else str(v))
+
+    add("status", run.status)
+    add("error", run.error)
+    add("kind", run.kind)
+    add("batch", run.batch_id)
+    add("started", _local(s["started_at"]))
+    add("ended", _local(s["ended_at"]))
+    add("duration", f"{run.duration_s:.4g} s" if run.duration_s is not None else None)
+    add("host", f"{run.host} (pid {run.pid})" if run.pid is not None else run.host)
+    hw = run.hardware or {}
+    add("hardware", ", ".join(f"{k}={v}" for k, v in hw.items()) if hw else None)
+    add("fingerprint", run.hardware_fingerprint)
+    add("software", ", ".join(f"{k} {v}" for k, v in (run.software or {}).items()) or None)
+    add("model", run.model_name)
+    add("shape", run.model_shape)
+    add("params", f"{run.param_count:,}" if run.param_count is not None else None)
+    add("precision", run.precision)
+    add("model hash", run.model_file_hash)
+    add("provider", run.provider)
+    add("threads", run.threads)
+    add("tokens", f"{_num(run.prompt_tokens)} prompt, {_num(run.new_tokens)} new")
+    if s["intensity_g_per_kwh"] is not None:
+        add("grid", f"{s['intensity_g_per_kwh']:g} g CO2e/kWh ({s['region'] or 'no region'}"
+                    f"{', ' + str(s['intensity_year']) if s['intensity_year'] else ''}; "
+                    f"{s['intensity_source'] or '?'})")
+    else:
+        add("grid", s["region"])
+    add("pue", f"{s['pue']:g}")
+    add("price", f"{s['price_usd_per_kwh']:g} USD/kWh"
+        + ("" if run.price_usd_per_kwh is not None else " (not stored: current setting)"))
+    add("sampler", f"{run.sample_hz:g} Hz, idle window {run.idle_window_s or 0:g} s"
+        if run.sample_hz is not None else None)
+    add("segments", len(run.segments))
+    add("samples", n_samples)
+    for w in run.warnings or []:
+        add("warning", w)
+    add("method", s["method"])
+    if s["energy_j"] is not None:
+        add("energy", f"{_num(s['energy_j'])} J (dynamic {_num(s['dynamic_energy_j'])} J)")
+        add("CO2e", f"{_num(s['co2e_g'])} g")
+        add("cost", f"{_num(s['cost_usd'])} USD")
+    else:
+        add("energy", "none recorded")
+    add("J / generated token", _num(s["j_per_token"]))
+    add("J / prompt token", _num(s["j_per_prompt_token"]))
+    add("tokens / s", _num(s["tokens_per_s"]))
+    add("g CO2e / 1k tokens", _num(s["co2e_g_per_1k_tokens"]))
+    add("USD / M tokens", _num(s["usd_per_m_tokens"]))
+    out.print(info)
+
+    dom = Table(title="Domains", title_justify="left")
+    for col in ("domain", "method", "source", "gross J", "idle W", "dynamic J", "lost"):
+        dom.add_column(col, overflow="fold", justify="right" if col.endswith(("J", "W")) else "left")
+    for d, r in run.domains.items():
+        dom.add_row(d, r.method or "-", r.source or "-", _num(r.energy_j), _num(r.idle_power_w),
+                    _num(r.dynamic_energy_j), r.lost_reason or "")
+    out.print(dom)
+    if phases:
+        ph = Table(title="Phases", title_justify="left")
+        for col in ("phase", "segments", "duration s", "tokens", "energy J", "dynamic J", "J/token"):
+            ph.add_column(col, justify="left" if col == "phase" else "right")
+        for kind in ("prefill", "decode", "other"):
+            p = phases.get(kind)
+            if p is None:
+                continue
+            ph.add_row(kind, str(p["segments"]), _num(p["duration_s"]), _num(p["tokens"]),
+                       _num(p["energy_j"]), _num(p["dynamic_energy_j"]), _num(p["j_per_token"]))
+        out.print(ph)
+    costing.flush()
+
+
+def _get(store: "Store", run_id: int) -> "RunRecord":
+    from greenprof.store import RunNotFound
+
+    try:
+        return store.get_run(run_id)
+    except RunNotFound:
+        raise RunNotFound(f"no run {run_id} in {_where(store)}; see `greenprof runs`") from None
+
+
+def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
+    """One emissions.csv row, in CodeCarbon's units: energy in kWh, power in W, emissions in kg.
+
+    As in CodeCarbon (EmissionsTracker._do_measurements multiplies power and energy by the PUE),
+    the power and energy columns include the PUE, so emissions = energy_consumed x intensity.
+    """
+    from greenprof import carbon
+
+    pue = s["pue"]
+    groups = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0}
+    for d, r in run.domains.items():
+        if r.energy_j is None:
+            continue
+        if d.startswith("cpu-package-") or d == "cpu-estimate":
+            groups["cpu"] += r.energy_j
+        elif d.startswith("gpu-"):
+            groups["gpu"] += r.energy_j
+        elif d.startswith("dram-"):
+            groups["ram"] += r.energy_j
+    dur = run.duration_s
+    total = s["energy_j"] or 0.0
+
+    def power(j: float) -> float | str:
+        return j * pue / dur if dur else ""
+
+    kg = (s["co2e_g"] or 0.0) / 1000.0
+    iso, country, sub = "", "", ""
+    reg = s["region"] or ""
+    if reg and reg not in ("WORLD", "USER"):
+        iso = reg.split("/", 1)[0]
+        try:
+            country = carbon.lookup(iso).name
+        except Exception:
+            country = ""
+        if "/" in reg:
+            try:
+                sub = carbon.lookup(reg).name.split(",")[0].strip().lower()
+            except Exception:
+                sub = reg.split("/", 1)[1]
+    hw = run.hardware or {}
+    sw = run.software or {}
+    gpus = [str(g) for g in hw.get("gpus") or []]
+    counts: dict[str, int] = {}
+    for g in gpus:
+        counts[g] = counts.get(g, 0) + 1
+    methods = {r.method for r in run.domains.values() if r.method}
+    when = run.ended_at or run.started_at
+    return {
+        # CodeCarbon writes datetime.now().strftime("%Y-%m-%dT%H:%M:%S") (local time) at the end
+        "timestamp": when.astimezone().strftime("%Y-%m-%dT%H:%M:%S"),
+        "project_name": "greenprof",
+        "run_id": str(run.id),
+        "experiment_id": run.batch_id or "",
+        "duration": dur if dur is not None else "",
+        "emissions": kg,
+        "emissions_rate": kg / dur if dur else "",
+        "cpu_power": power(groups["cpu"]),
+        "gpu_power": power(groups["gpu"]),
+        "ram_power": power(groups["ram"]),
+        "cpu_energy": groups["cpu"] * pue / J_PER_KWH,
+        "gpu_energy": groups["gpu"] * pue / J_PER_KWH,
+        "ram_energy": groups["ram"] * pue / J_PER_KWH,
+        "energy_consumed": total * pue / J_PER_KWH,
+        "water_consumed": 0.0,  # water is not tracked; CodeCarbon's default wue=0 gives 0 too
+        "country_name": country,
+        "country_iso_code": iso,
+        "region": sub,
+        "cloud_provider": "",
+        "cloud_region": "",
+        "os": sw.get("os", ""),
+        "python_version": sw.get("python", ""),
+        "codecarbon_version": f"greenprof-{sw['greenprof']}" if sw.get("greenprof") else "",
+        "cpu_count": hw.get("cpu_logical", ""),
+        "cpu_model": hw.get("cpu_model", ""),
+        "gpu_count": len(gpus),
+        "gpu_model": ", ".join(f"{n} x {name}" for name, n in counts.items()),
+        "longitude": "",
+        "latitude": "",
+        "ram_total_size": hw.get("memory_gib", ""),
+        # the CPU estimate charges this process's CPU time; counters see the whole machine
+        "tracking_mode": "process" if "estimated" in methods else "machine",
+        "cpu_utilization_percent": "",
+        "gpu_utilization_percent": "",
+        "ram_utilization_percent": "",
+        "ram_used_gb": "",
+        "on_cloud": "N",
+        "pue": pue,
+        "wue": 0,
+    }
+
+
+def _flat(s: dict[str, Any]) -> dict[str, Any]:
+    row = {k: s.get(k) for k in EXPORT_COLUMNS}
+    row["methods"] = ";".join(f"{d}={m}" for d, m in sorted(s["methods"].items()))
+    row["lost_domains"] = ";".join(s["lost_domains"])
+    return {k: "" if v is None else v for k, v in row.items()}
+
+
+def export_cmd(
+    fmt: str = typer.Option("csv", "--format", "-f", metavar="csv|json",
+                            help="csv (one row per run) or json (one document)."),
+    codecarbon: bool = typer.Option(
+        False, "--codecarbon",
+        help=f"Write CodeCarbon's emissions.csv columns (CodeCarbon {CODECARBON_VERSION_WRITTEN}) "
+             "so tools that read CodeCarbon output read greenprof runs."),
+    output: str | None = typer.Option(None, "--output", "-o", metavar="FILE",
+                                      help="Write to FILE instead of stdout."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing -o FILE."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+) -> None:
+    """Export every run: CSV or JSON, or CodeCarbon's emissions.csv format."""
+    import csv
+    import io
+    import json
+    import os
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from greenprof import __version__
+    from greenprof.errors import GreenprofError, UsageError
+
+    fmt = fmt.strip().lower()
+    if fmt not in ("csv", "json"):
+        raise UsageError(f"--format must be csv or json (got {fmt!r})")
+    if codecarbon and fmt != "csv":
+        raise UsageError("--codecarbon writes CodeCarbon's emissions.csv: use it with --format csv")
+    target: Path | None = None
+    if output is not None and output != "-":
+        target = Path(output).expanduser()
+        if target.is_dir():
+            raise UsageError(f"-o {output} is a directory: give a file name")
+        if not target.parent.is_dir():
+            raise UsageError(f"-o {output}: directory {target.parent} does not exist")
+        if target.exists() and not force:
+            raise UsageError(f"{output} exists: pass --force to overwrite it")
+    settings = _settings(db)
+    costing = _Costing(settings)
+    with _open(settings) as store:
+        _mark_stale(store)
+        records = store.list_runs(limit=None)
+        where = _where(store)
+    records.sort(key=lambda r: r.id)  # oldest first, as a log file grows
+    buf = io.StringIO(newline="")
+    written = len(records)
+    if codecarbon:
+        kept = [r for r in records if any(d.energy_j is not None for d in r.domains.values())]
+        if len(kept) < len(records):
+            skipped = len(records) - len(kept)
+            _note(f"{skipped} run{'s' if skipped > 1 else ''} without any energy (failed before "
+                  "measuring, or still running) left out of the CodeCarbon export")
+        written = len(kept)
+        w = csv.DictWriter(buf, fieldnames=list(CODECARBON_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        for r in kept:
+            w.writerow(_codecarbon_row(r, summarize(r, costing)))
+    elif fmt == "csv":
+        w = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            w.writerow(_flat(summarize(r, costing)))
+    else:
+        runs = []
+        for r in records:
+            d = r.to_dict()
+            d.pop("segments", None)
+            d["summary"] = summarize(r, costing)
+            runs.append(d)
+        doc = {"greenprof_version": __version__, "db": where,
+               "exported_at": datetime.now(timezone.utc).isoformat(), "runs": runs}
+        buf.write(json.dumps(doc, indent=2, default=str) + "\n")
+    text = buf.getvalue()
+    if target is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            with open(target, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        except OSError as e:
+            raise GreenprofError(f"cannot write {output}: {e.strerror or e}") from None
+        _note(f"wrote {written} run{'' if written == 1 else 's'} to {os.fspath(target)}")
+    costing.flush()
+
+
+_COMPARE = (
+    # key, label, ratio?
+    ("model", "model", False),
+    ("params", "params", True),
+    ("precision", "precision", False),
+    ("method", "method", False),
+    ("region", "region", False),
+    ("tokens_per_s", "tokens/s", True),
+    ("j_per_token", "J / generated token", True),
+    ("j_per_prompt_token", "J / prompt token", True),
+    ("co2e_g_per_1k_tokens", "g CO2e / 1k tokens", True),
+    ("usd_per_m_tokens", "USD / M tokens", True),
+)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
+        return None
+    return b / a
+
+
+def _x(r: float) -> str:
+    return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
+
+
+def compare_cmd(
+    run_a: int = typer.Argument(..., metavar="RUN_ID_A", help="The baseline run (A)."),
+    run_b: int = typer.Argument(..., metavar="RUN_ID_B", help="The run compared with it (B)."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Two runs side by side, with ratios B/A (per-token energy, speed, CO2e, cost)."""
+    settings = _settings(db)
+    costing = _Costing(settings)
+    with _open(settings) as store:
+        _mark_stale(store)
+        a, b = _get(store, run_a), _get(store, run_b)
+    sa, sb = summarize(a, costing), summarize(b, costing)
+    ratios = {k: _ratio(sa[k], sb[k]) for k, _, r in _COMPARE if r}
+    sentences = []
+    if ratios["j_per_token"] is not None:
+        sentences.append(f"B (run {b.id}) uses {_x(ratios['j_per_token'])} the energy per generated "
+                         f"token of A (run {a.id})")
+    if ratios["tokens_per_s"] is not None:
+        sentences.append(f"B generates {_x(ratios['tokens_per_s'])} the tokens per second of A")
+    if ratios["co2e_g_per_1k_tokens"] is not None:
+        sentences.append(f"B emits {_x(ratios['co2e_g_per_1k_tokens'])} the CO2e per token of A"
+                         + (f" ({sb['region']} vs {sa['region']} grid)" if sa["region"] != sb["region"] else ""))
+    notes = []
+    if sa["method"] != sb["method"]:
+        notes.append(f"A is {sa['method']}, B is {sb['method']}: the ratios compare different "
+                     "kinds of figure")
+    if a.hardware_fingerprint and b.hardware_fingerprint and a.hardware_fingerprint != b.hardware_fingerprint:
+        notes.append("A and B ran on different hardware")
+    for s in (sa, sb):
+        if s["status"] != "completed":
+            notes.append(f"run {s['id']} is {s['status']}: its figures cover part of the work")
+    if as_json:
+        _echo_json({"a": sa, "b": sb, "ratios_b_over_a": ratios, "summary": sentences, "notes": notes})
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"Run {a.id} (A) vs run {b.id} (B)", title_justify="left")
+        table.add_column("")
+        table.add_column(f"A: run {a.id}", justify="right", overflow="fold")
+        table.add_column(f"B: run {b.id}", justify="right", overflow="fold")
+        table.add_column("B/A", justify="right")
+        for key, label, has_ratio in _COMPARE:
+            va, vb = sa[key], sb[key]
+            if key == "params":
+                ta, tb = _params(va), _params(vb)
+            else:
+                ta, tb = _num(va) if va is not None else "-", _num(vb) if vb is not None else "-"
+            r = ratios.get(key) if has_ratio else None
+            table.add_row(label, ta, tb, _x(r) if r is not None else "")
+        out = _console()
+        out.print(table)
+        for line in sentences:
+            out.print(line)
+    for n in notes:
+        _note(n)
+    costing.flush()
+
+
+def regions_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    search: str | None = typer.Option(None, "--search", "-s",
+                                      help="Only regions whose code or name contains TEXT."),
+) -> None:
+    """List the grid carbon intensities greenprof knows (CodeCarbon's data), for --region."""
+    from greenprof import carbon
+
+    rows = carbon.regions()
+    if search is not None:
+        needle = carbon._norm(search)
+        rows = [g for g in rows if needle in carbon._norm(g.region) or needle in carbon._norm(g.name)]
+    if as_json:
+        _echo_json({"count": len(rows), "search": search,
+                    "regions": [{"region": g.region, "name": g.name,
+                                 "intensity_g_per_kwh": g.intensity_g_per_kwh,
+                                 "year": g.year, "source": g.source} for g in rows]})
+    else:
+        from rich.table import Table
+
+        table = Table(title="Grid carbon intensity (location-based)", title_justify="left")
+        for col, right in (("region", False), ("name", False), ("g CO2e/kWh", True), ("year", True),
+                           ("source", False)):
+            table.add_column(col, justify="right" if right else "left", overflow="fold")
+        for g in rows:
+            table.add_row(g.region, g.name, f"{g.intensity_g_per_kwh:.1f}", _num(g.year),
+                          g.source.split(" (")[0])
+        _console().print(table)
+    if not rows:
+        _note(f"no region matches {search!r}; `greenprof regions` lists them all")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `runs`, `show`, `export`, `compare` and `regions` to ``app``."""
+    app.command("runs")(runs_cmd)
+    app.command("show")(show_cmd)
+    app.command("export")(export_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("regions")(regions_cmd)
+
+
+__all__ = ["register", "summarize", "collapse_methods", "CODECARBON_COLUMNS", "EXPORT_COLUMNS"]

@@ -1,0 +1,338 @@
+"""The main job: measure models token by token, store every run, summarise per model.
+
+``greenprof measure`` and ``greenprof.measure_models`` are thin shells over :func:`measure_models`.
+Everything a user can get wrong is checked before the first model is built or the database is
+written, so a bad invocation leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from greenprof.errors import GreenprofError, UsageError
+
+DEFAULT_MODELS = ("smollm-135m", "smollm-360m")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived mid-run: unwinds like Ctrl-C so the run is stored as interrupted."""
+
+
+@dataclass
+class MeasureRequest:
+    models: Sequence[str] = DEFAULT_MODELS
+    precision: str = "fp32"
+    prompt: str | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int = 64
+    runs: int = 3
+    warmup: int = 1
+    threads: int | None = None
+    idle_s: float = 0.0
+    sample_hz: float = 10.0
+    collectors: Any = "auto"
+
+
+@dataclass
+class ModelSummary:
+    model: str
+    precision: str
+    params: int | None
+    runs: int
+    tokens_per_s: float
+    j_per_token: float
+    j_per_token_ci95: tuple[float, float]
+    j_per_prompt_token: float
+    co2e_g_per_1k_tokens: float
+    usd_per_m_tokens: float
+    usd_per_m_prompt_tokens: float
+    method: str
+    run_ids: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "precision": self.precision, "params": self.params,
+            "runs": self.runs, "tokens_per_s": self.tokens_per_s,
+            "j_per_token": self.j_per_token, "j_per_token_ci95": list(self.j_per_token_ci95),
+            "j_per_prompt_token": self.j_per_prompt_token,
+            "co2e_g_per_1k_tokens": self.co2e_g_per_1k_tokens,
+            "usd_per_m_tokens": self.usd_per_m_tokens,
+            "usd_per_m_prompt_tokens": self.usd_per_m_prompt_tokens,
+            "method": self.method, "run_ids": self.run_ids, "notes": self.notes,
+        }
+
+
+def collapse_methods(methods: "dict[str, str] | Sequence[str]") -> str:
+    vals = set(methods.values() if isinstance(methods, dict) else methods)
+    if not vals:
+        return "none"
+    return vals.pop() if len(vals) == 1 else "mixed"
+
+
+def check_request(req: MeasureRequest) -> None:
+    """Reject bad numbers before anything is built or written."""
+    def positive_int(name: str, v: Any, allow_zero: bool = False) -> None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+        if not ok:
+            raise UsageError(f"{name} must be a whole number {'>= 0' if allow_zero else '> 0'} (got {v!r})")
+
+    positive_int("--new-tokens", req.new_tokens)
+    positive_int("--runs", req.runs)
+    positive_int("--warmup", req.warmup, allow_zero=True)
+    if req.prompt_tokens is not None:
+        positive_int("--prompt-tokens", req.prompt_tokens)
+    if req.threads is not None:
+        positive_int("--threads", req.threads)
+    if req.prompt is not None and req.prompt_tokens is not None:
+        raise UsageError("give either a text prompt (--prompt/--prompt-file) or --prompt-tokens, not both")
+    if req.prompt is not None and not req.prompt.strip():
+        raise UsageError("the prompt is empty: give some text, or --prompt-tokens N for a synthetic prompt")
+    if not (math.isfinite(req.idle_s) and req.idle_s >= 0):
+        raise UsageError(f"--idle-s must be a number of seconds >= 0 (got {req.idle_s!r})")
+    if not req.models:
+        raise UsageError("no model given")
+
+
+@dataclass
+class ResolvedModel:
+    label: str  # what the user typed
+    name: str  # model name stored in the run row
+    path: Path
+    shape: str | None
+    params: int | None
+    file_hash: str | None
+    builtin: bool
+
+
+def resolve_model(spec: str, precision: str, progress: Callable[[str, int, int], None] | None = None) -> ResolvedModel:
+    """A built-in name (built on first use) or a path to a user model."""
+    from greenprof.models import builder, shapes
+
+    p = Path(spec).expanduser()
+    looks_like_path = os.sep in spec or spec.endswith(".onnx") or p.exists()
+    if not looks_like_path:
+        try:
+            shape = shapes.get_shape(spec)
+        except UsageError:
+            raise UsageError(
+                f"unknown model {spec!r}: give a built-in name ({', '.join(shapes.known_names())}) "
+                "or a path to an ONNX export"
+            ) from None
+        builder.check_precision(precision)
+        cb = (lambda done, total: progress(spec, done, total)) if progress else None
+        folder = builder.build(shape.name, precision, progress=cb)
+        meta = builder.read_metadata(folder)
+        return ResolvedModel(spec, shape.name, folder, shape.name, meta.get("param_count"),
+                             meta.get("model_sha256"), True)
+    if not p.exists():
+        raise UsageError(f"model path {spec} does not exist: give a built-in name or an existing ONNX file/folder")
+    return ResolvedModel(spec, p.name, p, None, None, None, False)
+
+
+class _LazyStore:
+    """Opens the store on first use."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._store = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._store is None:
+            self._store = self._opener()
+        return getattr(self._store, name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _install_sigterm() -> Callable[[], None]:
+    """SIGTERM -> Terminated (a BaseException), so runs unwind and are stored as interrupted."""
+    if not hasattr(signal, "SIGTERM"):
+        return lambda: None
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):  # noqa: ARG001
+            raise Terminated()
+
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def measure_models(req: MeasureRequest, *, settings=None, store=None,
+                   progress: Callable[[str], None] | None = None,
+                   build_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run the measurement and return the JSON-ready document (``runs`` and ``summary``)."""
+    from greenprof import carbon
+    from greenprof.config import load_settings, resolve_intensity
+
+    say = progress or (lambda msg: None)
+    check_request(req)
+    settings = settings or load_settings()
+    grid, note = resolve_intensity(settings)
+    pue = settings.pue
+    price = settings.price_usd_per_kwh
+    if price is None:
+        price = carbon.DEFAULT_PRICE_USD_PER_KWH
+    carbon.check_pue(pue)
+    carbon.check_price(price)
+    threads = req.threads if req.threads is not None else settings.threads
+    if threads is not None and (not isinstance(threads, int) or threads <= 0):
+        raise UsageError(f"threads must be a whole number > 0 (got {threads!r})")
+    # every model spec is checked (names, paths) before the database is touched
+    from greenprof.models import shapes
+
+    for spec in req.models:
+        if os.sep not in spec and not spec.endswith(".onnx") and not Path(spec).exists():
+            try:
+                shapes.get_shape(spec)
+            except UsageError:
+                raise UsageError(
+                    f"unknown model {spec!r}: give a built-in name ({', '.join(shapes.known_names())}) "
+                    "or a path to an ONNX export") from None
+        elif not Path(spec).expanduser().exists():
+            raise UsageError(f"model path {spec} does not exist: give a built-in name or an existing ONNX file/folder")
+    from greenprof.models import builder
+
+    builder.check_precision(req.precision)
+
+    own_store = store is None
+    if own_store:
+        # refuse a bad --db now, but create/migrate the database only once a model has loaded,
+        # so a bad model leaves it exactly as it was
+        from greenprof.store import open_store, preflight
+
+        preflight(settings.db)
+        store = _LazyStore(lambda: open_store(settings.db))
+    restore_sigterm = _install_sigterm()
+    doc_runs: list[dict] = []
+    summaries: list[ModelSummary] = []
+    try:
+        for spec in req.models:
+            summaries.append(_measure_one(spec, req, store, grid, pue, price, threads, say,
+                                          build_progress, doc_runs))
+    finally:
+        restore_sigterm()
+        if own_store:
+            store.close()
+    return {
+        "runs": doc_runs,
+        "summary": [s.to_dict() for s in summaries],
+        "grid": {"region": grid.region, "name": grid.name, "intensity_g_per_kwh": grid.intensity_g_per_kwh,
+                 "source": grid.source, "year": grid.year},
+        "pue": pue,
+        "price_usd_per_kwh": price,
+        "notes": [note] if note else [],
+    }
+
+
+def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progress, doc_runs) -> ModelSummary:
+    from greenprof import carbon
+    from greenprof.meter import Meter
+    from greenprof.models.loader import load
+    from greenprof.models.runner import attribute, generate, summarize
+
+    import uuid
+
+    batch_id = str(uuid.uuid4())  # groups this model's repeated runs
+    say(f"{spec}: preparing {req.precision} model")
+    rm = resolve_model(spec, req.precision, build_progress)
+    model = load(rm.path, threads=threads, spinning=False)
+    meta = getattr(model, "metadata", None) or {}
+    params = rm.params or meta.get("param_count")
+    precision = req.precision if rm.builtin else (meta.get("precision") or "unknown")
+    provider = getattr(model, "provider", "CPUExecutionProvider")
+    if rm.file_hash is None:
+        try:
+            from greenprof.models.builder import file_hash
+
+            onnx_file = rm.path if rm.path.is_file() else Path(getattr(model, "path", rm.path))
+            rm.file_hash = file_hash(onnx_file) if Path(onnx_file).is_file() else None
+        except Exception:
+            rm.file_hash = None
+    if req.prompt is not None:
+        if model.tokenizer is None:
+            from greenprof.models.errors import TokenizerMissing
+
+            raise TokenizerMissing(
+                f"a text prompt was given but {rm.path} has no tokenizer.json: put the model's "
+                "tokenizer.json beside the .onnx file, or use --prompt-tokens N for a synthetic prompt")
+        n_prompt = len(model.tokenizer.encode(req.prompt).ids)
+        gen_kw: dict[str, Any] = dict(prompt=req.prompt, new_tokens=req.new_tokens)
+    else:
+        n_prompt = req.prompt_tokens or 128
+        gen_kw = dict(prompt_tokens=n_prompt, new_tokens=req.new_tokens)
+    for w in range(req.warmup):
+        say(f"{spec}: warm-up {w + 1}/{req.warmup}")
+        generate(model, **gen_kw)
+    per_token, per_prompt, tps, methods, run_ids, notes = [], [], [], {}, [], []
+    for r in range(req.runs):
+        say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new tokens)")
+        run_id = store.start_run(
+            kind="measure", model_name=rm.name, model_shape=rm.shape, param_count=params,
+            precision=precision, model_file_hash=rm.file_hash, provider=provider, threads=threads,
+            prompt_tokens=n_prompt, new_tokens=req.new_tokens, region=grid.region,
+            intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
+            intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
+        )
+        meter = Meter(collectors=req.collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
+        gen = None
+        try:
+            with meter:
+                gen = generate(model, meter=meter, **gen_kw)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
+            try:
+                m = meter.measurement  # what was measured until the interruption
+            except UsageError:
+                m = None  # the meter never started
+            store.finish_run(run_id, m, status=status,
+                             error=None if status == "interrupted" else f"{type(e).__name__}: {e}")
+            raise
+        m = meter.measurement
+        tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1)
+                  for s in m.segments if s.label == "prefill" or s.label.startswith("token-")}
+        store.finish_run(run_id, m, tokens=tokens)
+        att = attribute(m, gen.prompt_tokens, gen.new_tokens)
+        j_tok = sum(att.decode_j_per_token.values())
+        j_prompt = sum(att.prefill_j_per_prompt_token.values())
+        per_token.append(j_tok)
+        per_prompt.append(j_prompt)
+        tps.append(att.decode_tokens_per_s)
+        methods.update(m.method)
+        run_ids.append(run_id)
+        notes.extend(n for n in att.notes if n not in notes)
+        doc_runs.append({
+            "run_id": run_id, "model": rm.name, "precision": precision,
+            "duration_s": m.duration_s, "energy_j": m.energy_j,
+            "prefill_energy_j": sum(att.prefill_energy_j.values()),
+            "decode_energy_j": sum(att.decode_energy_j.values()),
+            "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
+            "method": collapse_methods(m.method), "methods": m.method,
+            "j_per_token": j_tok, "tokens_per_s": att.decode_tokens_per_s,
+        })
+    mean, lo, hi = summarize(per_token)
+    j_prompt_mean = statistics.fmean(per_prompt)
+    return ModelSummary(
+        model=rm.name, precision=precision, params=params, runs=req.runs,
+        tokens_per_s=statistics.fmean(tps), j_per_token=mean, j_per_token_ci95=(lo, hi),
+        j_per_prompt_token=j_prompt_mean,
+        co2e_g_per_1k_tokens=carbon.co2e_g_per_1k_tokens(mean, grid.intensity_g_per_kwh, pue),
+        usd_per_m_tokens=carbon.usd_per_m_tokens(mean, price, pue),
+        usd_per_m_prompt_tokens=carbon.usd_per_m_tokens(j_prompt_mean, price, pue),
+        method=collapse_methods(methods), run_ids=run_ids, notes=notes,
+    )
+
+
+__all__ = ["MeasureRequest", "ModelSummary", "measure_models", "DEFAULT_MODELS", "Terminated",
+           "GreenprofError"]

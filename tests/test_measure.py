@@ -1,0 +1,246 @@
+"""`greenprof measure` and the `track` decorator end to end: real onnxruntime, real SQLite."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import greenprof
+from greenprof.measure import MeasureRequest, measure_models
+
+FAST = ["tiny", "--runs", "2", "--warmup", "1", "--new-tokens", "8", "--prompt-tokens", "8"]
+
+
+def cli(*args, cwd=None, env=None, timeout=300):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "greenprof.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=e, timeout=timeout)
+
+
+def rows(db, sql):
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchall()
+
+
+def test_measure_json_document(tmp_path):
+    db = tmp_path / "g.db"
+    r = cli("measure", *FAST, "--db", str(db), "--region", "FRA", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["runs"]) == 2
+    for run in doc["runs"]:
+        assert {"run_id", "model", "precision", "duration_s", "energy_j", "prefill_energy_j",
+                "decode_energy_j", "prompt_tokens", "new_tokens", "method"} <= set(run)
+        assert run["new_tokens"] == 8 and run["prompt_tokens"] == 8
+        assert run["method"] == "estimated"  # no sensor on this machine
+        assert run["prefill_energy_j"] > 0 and run["decode_energy_j"] > 0
+    (s,) = doc["summary"]
+    assert s["model"] == "tiny" and s["runs"] == 2 and s["params"] > 0
+    lo, hi = s["j_per_token_ci95"]
+    assert lo <= s["j_per_token"] <= hi
+    assert s["co2e_g_per_1k_tokens"] == pytest.approx(s["j_per_token"] * 1000 / 3.6e6 * doc["grid"]["intensity_g_per_kwh"])
+    assert doc["grid"]["region"] == "FRA"
+    # the runs are in the database with segments per token and the sampler's timeline
+    ids = [run["run_id"] for run in doc["runs"]]
+    assert rows(db, "select status, prompt_tokens, new_tokens, region from runs order by id") == [
+        ("completed", 8, 8, "FRA")] * 2
+    n_tokens = rows(db, f"select count(*) from segments where run_id = {ids[0]} and label like 'token-%'")[0][0]
+    assert n_tokens == 8
+    # progress went to stderr, not stdout
+    assert "run 1/2" in r.stderr
+
+
+def test_measure_table_and_measured_with_powercap(tmp_path):
+    from powercap_fake import build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=True)
+    r = cli("measure", *FAST, "--db", str(tmp_path / "g.db"), env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
+    assert r.returncode == 0, r.stderr
+    assert "tiny" in r.stdout and "measured" in r.stdout  # the table on stdout
+    assert "world average" in r.stderr  # no region set: said once, with how to set it
+    got = rows(tmp_path / "g.db", "select distinct domain, method from run_domains order by domain")
+    assert got == [("cpu-package-0", "measured"), ("dram-0", "measured")]
+
+
+def test_no_socket_is_opened_during_measure(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("greenprof opened a socket during measure")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    from greenprof.config import load_settings
+
+    settings = load_settings({"db": str(tmp_path / "g.db"), "region": "SWE"})
+    doc = measure_models(MeasureRequest(models=["tiny"], runs=1, warmup=0, new_tokens=4, prompt_tokens=4),
+                         settings=settings)
+    assert doc["runs"][0]["new_tokens"] == 4
+
+
+def _corrupt_onnx(tmp_path):
+    p = tmp_path / "broken.onnx"
+    p.write_bytes(b"\x08\x07\x12\x04junk" * 10)
+    return p
+
+
+BAD = [
+    (["measure", "/nonexistent/model.onnx"], "does not exist"),
+    (["measure", "CORRUPT"], "onnx"),
+    (["measure", "no-such-model"], "unknown model"),
+    (["measure", "tiny", "--region", "Atlantis"], "Atlantis"),
+    (["measure", "tiny", "--new-tokens", "0"], "--new-tokens"),
+    (["measure", "tiny", "--new-tokens", "-3"], "--new-tokens"),
+    (["measure", "tiny", "--prompt-tokens", "0"], "--prompt-tokens"),
+    (["measure", "tiny", "--runs", "0"], "--runs"),
+]
+
+
+@pytest.mark.parametrize("args, msg", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])
+def test_bad_input_one_line_no_traceback_db_untouched(tmp_path, args, msg):
+    db = tmp_path / "g.db"
+    ok = cli("measure", *FAST[:1], "--runs", "1", "--warmup", "0", "--new-tokens", "2",
+             "--prompt-tokens", "2", "--db", str(db))
+    assert ok.returncode == 0, ok.stderr
+    before = db.read_bytes()
+    args = [str(_corrupt_onnx(tmp_path)) if a == "CORRUPT" else a for a in args]
+    r = cli(*args, "--db", str(db))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("greenprof: error:")]
+    assert len(lines) == 1 and msg.lower() in lines[0].lower(), r.stderr
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("db_arg, msg", [
+    ("UNWRITABLE", "cannot"),
+    ("mysql+nope://x", "--db"),
+    ("NOTADB", "not a greenprof database"),
+])
+def test_bad_database_one_line(tmp_path, db_arg, msg):
+    if db_arg == "UNWRITABLE":
+        db_arg = str(tmp_path / "missing-dir" / "g.db")
+    if db_arg == "NOTADB":
+        p = tmp_path / "notes.txt"
+        p.write_text("hello, not a database\n" * 20)
+        db_arg = str(p)
+    r = cli("measure", *FAST, "--db", db_arg)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert msg in r.stderr
+    if db_arg.endswith("notes.txt"):
+        assert Path(db_arg).read_text() == "hello, not a database\n" * 20
+
+
+def test_several_processes_measure_into_one_file(tmp_path):
+    db = tmp_path / "shared.db"
+    procs = [subprocess.Popen([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "3",
+                               "--warmup", "0", "--new-tokens", "16", "--prompt-tokens", "4", "--db", str(db),
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    ids = sorted(r["run_id"] for out, _ in outs for r in json.loads(out)["runs"])
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert rows(db, "select count(*), min(status), max(status) from runs") == [(12, "completed", "completed")]
+    assert rows(db, "select count(*) from segments where label like 'token-%'") == [(12 * 16,)]
+    assert rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def _start_long_measure(db):
+    return subprocess.Popen([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "500",
+                             "--warmup", "0", "--new-tokens", "1500", "--prompt-tokens", "4", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_completed_runs(db, n, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if db.exists():
+            try:
+                if rows(db, "select count(*) from runs where status = 'completed'")[0][0] >= n:
+                    return
+            except sqlite3.Error:
+                pass
+        time.sleep(0.1)
+    raise AssertionError("measure never completed a run")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_is_stored_as_interrupted(tmp_path, sig):
+    db = tmp_path / "g.db"
+    p = _start_long_measure(db)
+    _wait_for_completed_runs(db, 2)
+    # a run takes ~0.3 s and the gap between runs ~ms: wait until one is under way
+    end = time.time() + 30
+    while rows(db, "select count(*) from runs where status = 'running'")[0][0] == 0 and time.time() < end:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == (130 if sig == signal.SIGINT else 143) and "Traceback" not in err, err
+    assert "stored as interrupted" in err
+    statuses = dict(rows(db, "select status, count(*) from runs group by status"))
+    assert statuses.get("interrupted") == 1 and "running" not in statuses, statuses
+    (rid,) = rows(db, "select id from runs where status = 'interrupted'")[0]
+    # what was measured until the signal is there
+    assert rows(db, f"select count(*) from run_domains where run_id = {rid}")[0][0] >= 1
+    assert rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def test_killed_process_leaves_running_row_reported_interrupted(tmp_path):
+    db = tmp_path / "g.db"
+    p = _start_long_measure(db)
+    _wait_for_completed_runs(db, 1)
+    p.kill()
+    p.wait(timeout=30)
+    assert rows(db, "select count(*) from runs where status = 'running'")[0][0] == 1
+    assert rows(db, "pragma integrity_check") == [("ok",)]
+    from greenprof.store import open_store
+
+    with open_store(str(db)) as store:
+        stale = store.mark_stale_runs()
+        assert len(stale) == 1
+        assert store.get_run(stale[0]).status == "interrupted"
+        assert store.integrity_check() == "ok"
+
+
+def test_track_decorator_and_block(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="my-model", tokens=lambda out: len(out), db=db, region="DEU")
+    def infer(n):
+        s = 0
+        for i in range(100_000):
+            s += i
+        return list(range(n))
+
+    assert infer(12) == list(range(12))
+    t = infer.greenprof_track.last
+    assert t.run_id is not None and t.tokens == 12
+    assert t.energy_j > 0 and t.j_per_token == pytest.approx(t.energy_j / 12)
+    assert t.co2e_g == pytest.approx(t.energy_j / 3.6e6 * t.grid.intensity_g_per_kwh)
+
+    with greenprof.track(model="block", db=db) as b:
+        sum(range(50_000))
+        b.mark("prefill")
+        b.add_tokens(3)
+    with pytest.raises(KeyError, match="boom"):
+        with greenprof.track(model="fails", db=db):
+            raise KeyError("boom")
+    got = rows(db, "select model_name, kind, status, new_tokens, region, error from runs order by id")
+    assert got[0][:5] == ("my-model", "track", "completed", 12, "DEU")
+    assert got[1][:4] == ("block", "track", "completed", 3)
+    assert got[2][:3] == ("fails", "track", "failed") and "boom" in got[2][5]
+    assert rows(db, "select label from segments where run_id = 2 order by idx")[0] == ("prefill",)
+
+
+def test_track_bad_tokens_argument():
+    with pytest.raises(greenprof.GreenprofError, match="tokens="):
+        greenprof.track(model="x", tokens=5)
