@@ -219,12 +219,9 @@ def _print_summary(doc: dict) -> None:
 
 
 def _human_params(n) -> str:
-    if not n:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
+    from greenprof.fmt import human_params
+
+    return human_params(n)
 
 
 

@@ -267,12 +267,9 @@ def _num(x: Any, fmt: str = ".4g") -> str:
 
 
 def _params(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
+    from greenprof.fmt import human_params
+
+    return human_params(n)
 
 
 def _local(iso: str | None) -> str:
