@@ -55,6 +55,8 @@ class ModelSummary:
     method: str
     run_ids: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: decode J per token above the idle baseline (None without --idle-s)
+    dynamic_j_per_token: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +68,7 @@ class ModelSummary:
             "usd_per_m_tokens": self.usd_per_m_tokens,
             "usd_per_m_prompt_tokens": self.usd_per_m_prompt_tokens,
             "method": self.method, "run_ids": self.run_ids, "notes": self.notes,
+            "dynamic_j_per_token": self.dynamic_j_per_token,
         }
 
 
@@ -276,6 +279,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         say(f"{spec}: warm-up {w + 1}/{req.warmup}")
         generate(model, **gen_kw)
     per_token, per_prompt, tps, methods, run_ids, notes = [], [], [], {}, [], []
+    per_token_dynamic: list[float] = []
     for r in range(req.runs):
         say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new tokens)")
         run_id = store.start_run(
@@ -307,6 +311,8 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         j_tok = sum(att.decode_j_per_token.values())
         j_prompt = sum(att.prefill_j_per_prompt_token.values())
         per_token.append(j_tok)
+        if m.idle_power_w:
+            per_token_dynamic.append(sum(att.decode_dynamic_j_per_token.values()))
         per_prompt.append(j_prompt)
         tps.append(att.decode_tokens_per_s)
         methods.update(m.method)
@@ -320,6 +326,8 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
             "method": collapse_methods(m.method), "methods": m.method,
             "j_per_token": j_tok, "tokens_per_s": att.decode_tokens_per_s,
+            "dynamic_j_per_token": per_token_dynamic[-1] if m.idle_power_w else None,
+            "idle_power_w": m.idle_power_w,
         })
     mean, lo, hi = summarize(per_token)
     j_prompt_mean = statistics.fmean(per_prompt)
@@ -331,6 +339,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         usd_per_m_tokens=carbon.usd_per_m_tokens(mean, price, pue),
         usd_per_m_prompt_tokens=carbon.usd_per_m_tokens(j_prompt_mean, price, pue),
         method=collapse_methods(methods), run_ids=run_ids, notes=notes,
+        dynamic_j_per_token=statistics.fmean(per_token_dynamic) if per_token_dynamic else None,
     )
 
 

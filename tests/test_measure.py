@@ -244,3 +244,17 @@ def test_track_decorator_and_block(tmp_path):
 def test_track_bad_tokens_argument():
     with pytest.raises(greenprof.GreenprofError, match="tokens="):
         greenprof.track(model="x", tokens=5)
+
+
+def test_idle_baseline_gives_dynamic_figures(tmp_path):
+    r = cli("measure", *FAST, "--idle-s", "0.3", "--db", str(tmp_path / "g.db"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for run in doc["runs"]:
+        assert set(run["idle_power_w"]) == {"cpu-estimate"}
+        assert run["dynamic_j_per_token"] <= run["j_per_token"]
+    s = doc["summary"][0]
+    assert s["dynamic_j_per_token"] is not None and s["dynamic_j_per_token"] <= s["j_per_token"]
+    # without a baseline there is no dynamic figure rather than a made-up one
+    r = cli("measure", *FAST, "--db", str(tmp_path / "g.db"), "--json")
+    assert json.loads(r.stdout)["summary"][0]["dynamic_j_per_token"] is None
