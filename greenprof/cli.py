@@ -101,6 +101,7 @@ def measure(
     prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt text from a file."),
     prompt_tokens: int = typer.Option(None, "--prompt-tokens", help="A synthetic prompt of N tokens (default 128)."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens generated per run (fixed length; EOS ignored)."),
+    batch: int = typer.Option(1, "--batch", help="Sequences generated together (per-token figures are per sequence token)."),
     runs: int = typer.Option(3, "--runs", help="Measured runs per model, for the mean and 95% CI."),
     warmup: int = typer.Option(1, "--warmup", help="Unmeasured warm-up generations per model."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: config, else all cores)."),
@@ -131,7 +132,7 @@ def measure(
     settings = load_settings({"db": db, "region": region, "intensity_g_per_kwh": intensity, "pue": pue,
                               "price_usd_per_kwh": price_kwh, "threads": threads})
     req = MeasureRequest(models=models or list(DEFAULT_MODELS), precision=precision, prompt=prompt,
-                         prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
+                         prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, runs=runs, warmup=warmup,
                          threads=settings.threads, idle_s=idle_s, sample_hz=settings.sample_hz)
     from rich.console import Console
 

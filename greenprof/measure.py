@@ -31,6 +31,7 @@ class MeasureRequest:
     prompt: str | None = None
     prompt_tokens: int | None = None
     new_tokens: int = 64
+    batch: int = 1
     runs: int = 3
     warmup: int = 1
     threads: int | None = None
@@ -87,6 +88,7 @@ def check_request(req: MeasureRequest) -> None:
             raise UsageError(f"{name} must be a whole number {'>= 0' if allow_zero else '> 0'} (got {v!r})")
 
     positive_int("--new-tokens", req.new_tokens)
+    positive_int("--batch", req.batch)
     positive_int("--runs", req.runs)
     positive_int("--warmup", req.warmup, allow_zero=True)
     if req.prompt_tokens is not None:
@@ -271,10 +273,10 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
                 f"a text prompt was given but {rm.path} has no tokenizer.json: put the model's "
                 "tokenizer.json beside the .onnx file, or use --prompt-tokens N for a synthetic prompt")
         n_prompt = len(model.tokenizer.encode(req.prompt).ids)
-        gen_kw: dict[str, Any] = dict(prompt=req.prompt, new_tokens=req.new_tokens)
+        gen_kw: dict[str, Any] = dict(prompt=req.prompt, new_tokens=req.new_tokens, batch=req.batch)
     else:
         n_prompt = req.prompt_tokens or 128
-        gen_kw = dict(prompt_tokens=n_prompt, new_tokens=req.new_tokens)
+        gen_kw = dict(prompt_tokens=n_prompt, new_tokens=req.new_tokens, batch=req.batch)
     for w in range(req.warmup):
         say(f"{spec}: warm-up {w + 1}/{req.warmup}")
         generate(model, **gen_kw)
@@ -288,6 +290,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             prompt_tokens=n_prompt, new_tokens=req.new_tokens, region=grid.region,
             intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
             intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
+            extra={"batch": req.batch},
         )
         meter = Meter(collectors=req.collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None
@@ -304,10 +307,11 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
                              error=None if status == "interrupted" else f"{type(e).__name__}: {e}")
             raise
         m = meter.measurement
-        tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1)
+        # tokens per segment across the whole batch: the prompt of every row, one token per row
+        tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1) * req.batch
                   for s in m.segments if s.label == "prefill" or s.label.startswith("token-")}
         store.finish_run(run_id, m, tokens=tokens)
-        att = attribute(m, gen.prompt_tokens, gen.new_tokens)
+        att = attribute(m, gen.prompt_tokens, gen.new_tokens, batch=req.batch)
         j_tok = sum(att.decode_j_per_token.values())
         j_prompt = sum(att.prefill_j_per_prompt_token.values())
         per_token.append(j_tok)
@@ -323,7 +327,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             "duration_s": m.duration_s, "energy_j": m.energy_j,
             "prefill_energy_j": sum(att.prefill_energy_j.values()),
             "decode_energy_j": sum(att.decode_energy_j.values()),
-            "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
+            "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens, "batch": req.batch,
             "method": collapse_methods(m.method), "methods": m.method,
             "j_per_token": j_tok, "tokens_per_s": att.decode_tokens_per_s,
             "dynamic_j_per_token": per_token_dynamic[-1] if m.idle_power_w else None,

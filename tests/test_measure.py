@@ -258,3 +258,16 @@ def test_idle_baseline_gives_dynamic_figures(tmp_path):
     # without a baseline there is no dynamic figure rather than a made-up one
     r = cli("measure", *FAST, "--db", str(tmp_path / "g.db"), "--json")
     assert json.loads(r.stdout)["summary"][0]["dynamic_j_per_token"] is None
+
+
+def test_batch_counts_every_sequence_token(tmp_path):
+    db = tmp_path / "g.db"
+    r = cli("measure", *FAST, "--batch", "3", "--db", str(db), "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    assert run["batch"] == 3
+    # per-token energy is per sequence token: decode energy / (new tokens x batch)
+    assert run["j_per_token"] == pytest.approx(run["decode_energy_j"] / (8 * 3))
+    rid = run["run_id"]
+    assert rows(db, f"select sum(tokens) from segments where run_id = {rid} and label like 'token-%'") == [(24,)]
+    assert rows(db, f"select tokens from segments where run_id = {rid} and label = 'prefill'") == [(24,)]
