@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The main job on the built-in default: which sensors exist here, then measure the two smallest
-# SmolLM shapes (built once into the cache) and print the per-token table.
+# SmolLM shapes (built once into the cache), print the per-token table and write the dashboard.
 demo: $(STAMP)
 	$(VENV)/bin/greenprof sensors
 	$(VENV)/bin/greenprof measure --runs 3 --warmup 1 --new-tokens 64 --prompt-tokens 128
+	$(VENV)/bin/greenprof dashboard -o greenprof-report.html
 
 test: $(STAMP)
 	$(PY) -m pytest

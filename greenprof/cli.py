@@ -227,10 +227,12 @@ def _human_params(n) -> str:
 
 
 def _register_subcommands() -> None:
+    from greenprof.cli_dashboard import register as register_dashboard
     from greenprof.cli_runs import register
     from greenprof.models.cli import app as models_app
 
     register(app)
+    register_dashboard(app)
     app.add_typer(models_app, name="models", help="Built-in model family: list, build, info.")
 
 

@@ -16,7 +16,8 @@ from typing import Optional
 
 import typer
 
-_DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, [tool.greenprof] db, ./greenprof.db)."
+# "\\[" keeps rich (typer's help renderer) from reading "[tool.greenprof]" as a markup tag
+_DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, ./greenprof.db)."
 DEFAULT_OUTPUT = "greenprof-report.html"
 
 
@@ -34,9 +35,7 @@ def dashboard_cmd(
 ) -> None:
     """Write an HTML dashboard of every stored run (works offline) and print its path.
 
-    Charts: J per token vs parameters (95% CI), g CO2e per 1k tokens on several grids, prefill vs
-    decode energy, a run's power timeline, tokens/s vs J per token with the Pareto front, $ per
-    million tokens vs the GPT-4o mini API price, and a summary table per model.
+    Charts: J per token vs parameters (95% CI), g CO2e per 1k tokens on several grids, prefill vs decode energy, a run's power timeline, tokens/s vs J per token with the Pareto front, $ per million tokens vs the GPT-4o mini API price, and a summary table per model.
     """
     import os
     from pathlib import Path
@@ -77,7 +76,8 @@ def dashboard_cmd(
     except OSError as e:
         raise GreenprofError(f"cannot write {output}: {e.strerror or e}") from None
     size = len(html.encode("utf-8"))
-    _note(f"report written ({size / 1e6:.1f} MB); open it in a browser, no network needed")
+    shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    _note(f"report written ({shown}); open it in a browser, no network needed")
     typer.echo(os.path.abspath(path))
 
 

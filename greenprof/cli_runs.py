@@ -53,7 +53,7 @@ EXPORT_COLUMNS = (
 )
 
 J_PER_KWH = 3.6e6
-_DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, [tool.greenprof] db, ./greenprof.db)."
+_DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, ./greenprof.db)."
 
 
 # -- helpers (imports stay inside) ----------------------------------------------------------------

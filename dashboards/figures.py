@@ -1,0 +1,358 @@
+"""Plotly figures of the dashboard, as plain ``{"data": [...], "layout": {...}}`` dicts.
+
+Plain dicts rather than ``plotly.graph_objects``: no validation cost at render time and no template
+copied into every figure (the tests validate each dict with ``plotly.graph_objects.Figure``).
+
+Every user string that reaches a figure goes through :func:`ptext` first. plotly.js draws text as
+SVG with its own small HTML-like markup (``<b>``, ``<br>``, ``<a href>``...) and decodes a few
+entities (``&lt;`` ``&gt;`` ``&amp;`` and numeric ones), so escaping ``& < >`` makes a model named
+``<b>x</b>`` or ``<script>...</script>`` show exactly as typed instead of being read as markup.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+from greenprof.fmt import human_params
+
+if TYPE_CHECKING:
+    from greenprof.carbon import GridIntensity
+
+    from .queries import ModelAggregate, RunTimeline
+
+#: GPT-4o mini API list price, USD per million tokens (OpenAI pricing page, public list price).
+GPT4O_MINI_USD_PER_M = {"input": 0.15, "output": 0.60}
+
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+PRECISION_COLOURS = {"fp32": "#1f77b4", "fp16": "#17becf", "bf16": "#9467bd", "int8": "#ff7f0e",
+                     "int4": "#2ca02c"}
+#: marker per method: measured points are filled, estimates hollow
+METHOD_SYMBOLS = {"measured": "circle", "estimated": "circle-open", "replayed": "diamond",
+                  "mixed": "square-open", "none": "x"}
+GRID_COLOURS = ("#2ca02c", "#17becf", "#1f77b4", "#9467bd", "#ff7f0e", "#8c564b", "#d62728",
+                "#e377c2", "#bcbd22", "#7f7f7f")
+
+
+def ptext(value: Any) -> str:
+    """A user string as plotly.js text that displays literally (see the module docstring)."""
+    s = "" if value is None else str(value)
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def precision_colour(precision: str | None, known: dict[str, str]) -> str:
+    key = str(precision)
+    if key not in known:
+        known[key] = PRECISION_COLOURS.get(key) or PALETTE[(len(known) + 3) % len(PALETTE)]
+    return known[key]
+
+
+def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
+    """Unique display labels (plain text): ``model · precision``, plus a short machine name when
+    the same model and precision ran on several machines (the fingerprint if that is not enough)."""
+    base = [f"{m.model_name if m.model_name is not None else '(unnamed)'} · {m.precision or '?'}"
+            for m in models]
+    counts: dict[str, int] = {}
+    for b in base:
+        counts[b] = counts.get(b, 0) + 1
+    out = [f"{b} · {short_hardware(m)}" if counts[b] > 1 else b for b, m in zip(base, models)]
+    seen: dict[str, int] = {}
+    for lab in out:
+        seen[lab] = seen.get(lab, 0) + 1
+    out = [f"{lab} #{(m.hardware_fingerprint or '?')[:6]}" if seen[lab] > 1 else lab
+           for lab, m in zip(out, models)]
+    # a category axis merges equal labels: number any that still collide (contrived names)
+    taken: set[str] = set()
+    for i, lab in enumerate(out):
+        k, cand = 1, lab
+        while cand in taken:
+            k += 1
+            cand = f"{lab} ({k})"
+        taken.add(cand)
+        out[i] = cand
+    return out
+
+
+def short_hardware(m: "ModelAggregate") -> str:
+    """The first GPU's name, else the CPU model, shortened: 'H100 80GB HBM3', 'AMD EPYC 7B13'."""
+    hw = m.hardware or {}
+    gpus = hw.get("gpus") or []
+    name = str(gpus[0]) if gpus else str(hw.get("cpu_model") or "")
+    for noise in ("NVIDIA ", "(R)", "(TM)", " CPU", " Processor"):
+        name = name.replace(noise, "")
+    name = " ".join(name.split())
+    if not name:
+        return f"hw {(m.hardware_fingerprint or '?')[:6]}"
+    return name if len(name) <= 24 else name[:23] + "…"
+
+
+def _layout(title_x: str, title_y: str, *, log_x: bool = False, log_y: bool = False,
+            **extra: Any) -> dict:
+    axis = dict(gridcolor="#e6e6e6", zerolinecolor="#cccccc", linecolor="#999999", ticks="outside",
+                automargin=True)
+    layout = dict(
+        font=dict(family=FONT, size=12, color="#222222"),
+        paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+        margin=dict(l=60, r=20, t=20, b=60),
+        height=420,
+        hovermode="closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0),
+        xaxis=dict(axis, title=dict(text=title_x), type="log" if log_x else "-",
+                   exponentformat="power" if log_x else "B"),
+        yaxis=dict(axis, title=dict(text=title_y), type="log" if log_y else "-",
+                   exponentformat="power" if log_y else "B"),
+    )
+    layout.update(extra)
+    return layout
+
+
+#: Category tick labels longer than this are shortened on the axis (hover shows them whole).
+TICK_CHARS = 36
+
+
+def _category_axis(labels: Sequence[str]) -> dict:
+    """x axis settings for per-model bar charts: every label, shortened when long."""
+    vals = [ptext(lab) for lab in labels]
+    text = [ptext(lab if len(lab) <= TICK_CHARS else lab[:TICK_CHARS - 1] + "…") for lab in labels]
+    return dict(type="category", tickmode="array", tickvals=vals, ticktext=text, tickangle=-30)
+
+
+def _category_layout(labels: Sequence[str], title_y: str, **extra: Any) -> dict:
+    layout = _layout("", title_y, **extra)
+    layout["xaxis"].update(_category_axis(labels))
+    longest = max((min(len(lab), TICK_CHARS) for lab in labels), default=0)
+    layout["height"] = 420 + int(longest * 3.5)  # room for the slanted labels below the bars
+    return layout
+
+
+def _ci_text(m: "ModelAggregate") -> str:
+    lo, hi = m.j_per_token_ci95
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{fmt(m.j_per_token)} J [95% CI {fmt(lo)}, {fmt(hi)}]"
+    return f"{fmt(m.j_per_token)} J (1 run: no CI)"
+
+
+# -- 1. J per token vs parameters -------------------------------------------------------------------
+def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
+                     colours: dict[str, str]) -> dict | None:
+    """Log-log, one series per precision (colour) and method (marker), 95 % CI error bars."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, m in enumerate(models):
+        if m.param_count and m.param_count > 0 and m.j_per_token > 0:
+            groups.setdefault((m.precision or "?", m.method), []).append(i)
+    if not groups:
+        return None
+    data = []
+    for (prec, method), idx in sorted(groups.items()):
+        plus, minus = [], []
+        for i in idx:
+            lo, hi = models[i].j_per_token_ci95
+            ok = math.isfinite(lo) and math.isfinite(hi)
+            plus.append(hi - models[i].j_per_token if ok else 0.0)
+            minus.append(models[i].j_per_token - lo if ok else 0.0)
+        colour = precision_colour(prec, colours)
+        data.append(dict(
+            type="scatter", mode="markers",
+            name=ptext(f"{prec} · {method}"), legendgroup=ptext(prec),
+            x=[models[i].param_count for i in idx],
+            y=[models[i].j_per_token for i in idx],
+            error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus,
+                         color=colour, thickness=1.2, width=4),
+            marker=dict(size=11, color=colour, symbol=METHOD_SYMBOLS.get(method, "square-open"),
+                        line=dict(width=2, color=colour)),
+            text=[ptext(labels[i]) for i in idx],
+            customdata=[[human_params(models[i].param_count), ptext(_ci_text(models[i])),
+                         models[i].runs] for i in idx],
+            hovertemplate=("<b>%{text}</b><br>%{customdata[0]} parameters<br>%{customdata[1]}"
+                           "<br>%{customdata[2]} run(s)<extra>" + ptext(method) + "</extra>"),
+        ))
+    return dict(data=data, layout=_layout("parameters", "J per generated token", log_x=True,
+                                          log_y=True))
+
+
+# -- 2. CO2e per 1k tokens, re-costed per grid ---------------------------------------------------------
+def co2e_by_grid(models: Sequence["ModelAggregate"], labels: Sequence[str],
+                 grids: Sequence["GridIntensity"]) -> dict:
+    x = [ptext(lab) for lab in labels]
+    data = [dict(
+        type="bar", name="each run's own grid (stored)", x=x,
+        y=[m.co2e_g_per_1k_own_grid for m in models],
+        marker=dict(color="#444444"),
+        customdata=[[lab, ptext(_grid_of(m))] for lab, m in zip(x, models)],
+        hovertemplate="%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<br>%{customdata[1]}<extra>stored grid</extra>",
+    )]
+    for k, g in enumerate(grids):
+        name = f"{g.name} ({g.region}, {g.intensity_g_per_kwh:.4g} g/kWh{f', {g.year}' if g.year else ''})"
+        data.append(dict(
+            type="bar", name=ptext(name), x=x,
+            y=[m.co2e_g_per_1k_at(g.intensity_g_per_kwh) for m in models],
+            marker=dict(color=GRID_COLOURS[k % len(GRID_COLOURS)]), customdata=[[lab] for lab in x],
+            hovertemplate="%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<extra>" + ptext(g.name) + "</extra>",
+        ))
+    return dict(data=data, layout=_category_layout(labels, "g CO2e per 1k generated tokens", log_y=True,
+                                                   barmode="group", bargap=0.15, bargroupgap=0.05))
+
+
+def _grid_of(m: "ModelAggregate") -> str:
+    if m.intensity_g_per_kwh is None:
+        return "no stored intensity: costed at the fallback grid"
+    where = m.region or "?"
+    more = f" (+{m.regions - 1} other region(s))" if m.regions > 1 else ""
+    return f"{where}: {m.intensity_g_per_kwh:.4g} g/kWh{more}"
+
+
+# -- 3. Prefill vs decode energy per request ----------------------------------------------------------
+def prefill_decode(models: Sequence["ModelAggregate"], labels: Sequence[str]) -> dict:
+    x = [ptext(lab) for lab in labels]
+    pre = [m.prefill_j_per_request or 0.0 for m in models]
+    dec = [m.decode_j_per_request or 0.0 for m in models]
+    cd_pre = [[lab, fmt(m.prompt_tokens, 3)] for lab, m in zip(x, models)]
+    cd_dec = [[lab, fmt(m.new_tokens, 3)] for lab, m in zip(x, models)]
+    return dict(data=[
+        dict(type="bar", name="prefill (prompt)", x=x, y=pre, marker=dict(color="#9ecae1"),
+             customdata=cd_pre,
+             hovertemplate="%{customdata[0]}<br>prefill: %{y:.4g} J for %{customdata[1]} prompt tokens<extra></extra>"),
+        dict(type="bar", name="decode (generation)", x=x, y=dec, marker=dict(color="#3182bd"),
+             customdata=cd_dec,
+             hovertemplate="%{customdata[0]}<br>decode: %{y:.4g} J for %{customdata[1]} new tokens<extra></extra>"),
+    ], layout=_category_layout(labels, "J per request (mean over runs)", barmode="stack"))
+
+
+# -- 4. Power timeline of one run ---------------------------------------------------------------------
+PHASE_FILL = {"prefill": "rgba(255,127,14,0.12)", "decode": "rgba(31,119,180,0.07)"}
+
+
+def power_timeline(tl: "RunTimeline") -> dict | None:
+    if not tl.lines:
+        return None
+    data = []
+    for k, (domain, line) in enumerate(sorted(tl.lines.items())):
+        colour = PALETTE[k % len(PALETTE)]
+        data.append(dict(
+            type="scatter", mode="lines", name=ptext(domain), x=line.t_s, y=line.power_w,
+            line=dict(color=colour, width=1.6), connectgaps=False,
+            customdata=[[lo, hi, n] for lo, hi, n in zip(line.min_w, line.max_w, line.samples)],
+            hovertemplate=("t=%{x:.3f} s<br>%{y:.4g} W (min %{customdata[0]:.4g}, max %{customdata[1]:.4g}, "
+                           "%{customdata[2]} samples)<extra>" + ptext(domain) + "</extra>"),
+        ))
+    shapes, annotations = [], []
+    ts = [t for line in tl.lines.values() for t in line.t_s]
+    if ts and min(ts) < 0:  # the idle baseline window comes before the meter's origin
+        shapes.append(dict(type="rect", xref="x", yref="paper", x0=min(ts), x1=0, y0=0, y1=1,
+                           fillcolor="rgba(127,127,127,0.10)", line=dict(width=0), layer="below"))
+        annotations.append(dict(x=min(ts) / 2, y=1, xref="x", yref="paper", yanchor="bottom",
+                                text="idle baseline", showarrow=False, font=dict(size=11, color="#666")))
+    boundaries: dict[float, str] = {}
+    for kind in ("prefill", "decode"):
+        ph = tl.phases.get(kind)
+        if ph is None:
+            continue
+        shapes.append(dict(type="rect", xref="x", yref="paper", x0=ph.start_s, x1=ph.end_s, y0=0, y1=1,
+                           fillcolor=PHASE_FILL[kind], line=dict(width=0), layer="below"))
+        annotations.append(dict(x=(ph.start_s + ph.end_s) / 2, y=1, xref="x", yref="paper",
+                                yanchor="bottom", text=kind, showarrow=False,
+                                font=dict(size=11, color="#444")))
+        boundaries.setdefault(ph.start_s, f"{kind} starts")
+        boundaries[ph.end_s] = f"{kind} ends"
+    pre = tl.phases.get("prefill")
+    if pre is not None:
+        boundaries[pre.end_s] = "prefill ends / decode starts"
+    for x, what in sorted(boundaries.items()):
+        shapes.append(dict(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
+                           line=dict(color="#d62728" if "decode starts" in what else "#555555",
+                                     width=2 if "decode starts" in what else 1, dash="dash")))
+    # the boundaries as an invisible trace too, so hovering a line says what it is
+    if boundaries:
+        ymax = max((p for line in tl.lines.values() for p in line.max_w if math.isfinite(p)), default=0.0)
+        xs = sorted(boundaries)
+        data.append(dict(type="scatter", mode="markers", name="phase boundaries", x=xs,
+                         y=[ymax] * len(xs), marker=dict(symbol="line-ns-open", size=14, color="#d62728"),
+                         text=[boundaries[x] for x in xs],
+                         hovertemplate="%{text} at t=%{x:.4f} s<extra></extra>"))
+    return dict(data=data, layout=_layout("seconds since the meter started", "power (W)",
+                                          shapes=shapes, annotations=annotations,
+                                          margin=dict(l=60, r=20, t=40, b=60),
+                                          legend=dict(orientation="h", yanchor="top", y=-0.18,
+                                                      xanchor="left", x=0.0),
+                                          hovermode="x unified"))
+
+
+# -- 5. Speed vs energy, Pareto front ------------------------------------------------------------------
+def pareto(models: Sequence["ModelAggregate"], labels: Sequence[str], colours: dict[str, str]) -> dict | None:
+    from .queries import pareto_front
+
+    idx = [i for i, m in enumerate(models)
+           if m.tokens_per_s and m.tokens_per_s > 0 and m.j_per_token > 0]
+    if not idx:
+        return None
+    data = []
+    by_prec: dict[str, list[int]] = {}
+    for i in idx:
+        by_prec.setdefault(models[i].precision or "?", []).append(i)
+    for prec, members in sorted(by_prec.items()):
+        colour = precision_colour(prec, colours)
+        data.append(dict(
+            type="scatter", mode="markers", name=ptext(prec),
+            x=[models[i].j_per_token for i in members], y=[models[i].tokens_per_s for i in members],
+            marker=dict(size=10, color=colour,
+                        symbol=[METHOD_SYMBOLS.get(models[i].method, "square-open") for i in members],
+                        line=dict(width=2, color=colour)),
+            text=[ptext(labels[i]) for i in members],
+            customdata=[[ptext(models[i].method)] for i in members],
+            hovertemplate="<b>%{text}</b><br>%{x:.4g} J/token<br>%{y:.4g} tokens/s<br>%{customdata[0]}<extra></extra>",
+        ))
+    front = [idx[k] for k in pareto_front([(models[i].j_per_token, models[i].tokens_per_s) for i in idx])]
+    data.append(dict(
+        type="scatter", mode="lines+markers+text", name="Pareto front",
+        x=[models[i].j_per_token for i in front], y=[models[i].tokens_per_s for i in front],
+        line=dict(color="#d62728", width=2, dash="dot", shape="hv"),
+        marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=2)),
+        text=[ptext(labels[i]) for i in front],
+        textposition=["top right" if k % 2 == 0 else "bottom right" for k in range(len(front))],
+        textfont=dict(size=10, color="#d62728"),
+        hovertemplate="<b>%{text}</b> (Pareto-optimal)<br>%{x:.4g} J/token<br>%{y:.4g} tokens/s<extra></extra>",
+    ))
+    return dict(data=data, layout=_layout("J per generated token (lower is better)",
+                                          "generated tokens per second (higher is better)",
+                                          log_x=True, log_y=True))
+
+
+# -- 6. Electricity cost per million tokens vs an API price -------------------------------------------
+def cost(models: Sequence["ModelAggregate"], labels: Sequence[str]) -> dict:
+    x = [ptext(lab) for lab in labels]
+    data: list[dict] = [dict(
+        type="bar", name="electricity, measured energy", x=x, y=[m.usd_per_m_tokens for m in models],
+        marker=dict(color="#2ca02c"),
+        customdata=[[lab, fmt(m.price_usd_per_kwh, 3) if m.price_usd_per_kwh is not None else "default"]
+                    for lab, m in zip(x, models)],
+        hovertemplate="%{customdata[0]}<br>$%{y:.3g} per M generated tokens<br>at $%{customdata[1]}/kWh<extra></extra>",
+    )]
+    annotations = []
+    for kind, dash, colour in (("output", "dash", "#d62728"), ("input", "dot", "#ff7f0e")):
+        price = GPT4O_MINI_USD_PER_M[kind]
+        label = f"GPT-4o mini API, {kind}: ${price:.2f}/M tokens"
+        data.append(dict(
+            type="scatter", mode="lines", name=label, x=x, y=[price] * len(x),
+            line=dict(color=colour, width=2, dash=dash),
+            hovertemplate=f"{label} (public list price)<extra></extra>",
+        ))
+        # the label on the line itself (annotations take log10 values on a log axis)
+        annotations.append(dict(xref="paper", x=1, xanchor="right", yref="y", y=math.log10(price),
+                                yanchor="bottom" if kind == "output" else "top", showarrow=False,
+                                text=label, font=dict(color=colour, size=11),
+                                bgcolor="rgba(255,255,255,0.8)"))
+    # the same prices as full-width lines (shapes take data values on a log axis)
+    shapes = [dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=p, y1=p, layer="below",
+                   line=dict(color=c, width=1, dash=d))
+              for p, c, d in ((GPT4O_MINI_USD_PER_M["output"], "#d62728", "dash"),
+                              (GPT4O_MINI_USD_PER_M["input"], "#ff7f0e", "dot"))]
+    return dict(data=data, layout=_category_layout(labels, "US dollars per million generated tokens",
+                                                   log_y=True, shapes=shapes, annotations=annotations))
