@@ -59,6 +59,7 @@ def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
     """Unique display labels (plain text): ``model · precision``, plus a short machine name when
     the same model and precision ran on several machines (the fingerprint if that is not enough)."""
     base = [f"{m.model_name if m.model_name is not None else '(unnamed)'} · {m.precision or '?'}"
+            + (f" · batch {m.batch_size}" if m.batch_size and m.batch_size > 1 else "")
             for m in models]
     counts: dict[str, int] = {}
     for b in base:

@@ -207,7 +207,9 @@ def _table(models: Sequence["ModelAggregate"], labels: Sequence[str], fallback: 
             "<tr class=\"model-row\">"
             f"<td class=\"model\">{escape(m.model_name if m.model_name is not None else '(unnamed)')}</td>"
             f"<td class=\"num\">{escape(F.human_params(m.param_count))}</td>"
-            f"<td>{escape(m.precision or '-')}</td>"
+            f"<td>{escape(m.precision or '-')}"
+            + (f" <span class=\"small\">batch {int(m.batch_size)}</span>" if m.batch_size and m.batch_size > 1 else "")
+            + "</td>"
             f"<td class=\"hw\">{escape(_hardware(m))}" + (f" <span class=\"small\">#{fp}</span>" if fp else "") + "</td>"
             f"<td><span class=\"badge {method}\">{method}</span></td>"
             f"<td class=\"num\">{grid}</td>"

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 J_PER_KWH = 3.6e6
 
 #: Runs of one model on one machine at one precision, as the dashboard aggregates them.
-GROUP_KEY = ("model_name", "precision", "hardware_fingerprint")
+GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ModelAggregate:
     precision: str | None
     hardware_fingerprint: str | None
     runs: int
+    batch_size: int | None  # sequences per generation; different batches are never averaged
     param_count: int | None
     method: str  # measured | estimated | replayed | mixed | none
     j_per_token: float
@@ -168,6 +169,7 @@ def per_run_query(fallback_intensity: float, fallback_price: float):
         select(
             runs.c.id.label("run_id"),
             runs.c.model_name, runs.c.precision, runs.c.hardware_fingerprint, runs.c.param_count,
+            runs.c.batch_size,
             runs.c.region, runs.c.intensity_g_per_kwh,
             jpt.label("jpt"),
             case((tokens.c.decode_s > 0, n_tok / tokens.c.decode_s)).label("tps"),
@@ -197,7 +199,7 @@ def model_aggregates(store: "Store", *, fallback_intensity: float,
     r = per_run_query(fallback_intensity, fallback_price).subquery("per_run")
     stmt = (
         select(
-            r.c.model_name, r.c.precision, r.c.hardware_fingerprint,
+            r.c.model_name, r.c.precision, r.c.hardware_fingerprint, r.c.batch_size,
             func.count().label("n"),
             func.avg(r.c.jpt).label("jpt"),
             func.sum(r.c.jpt * r.c.jpt).label("jpt_sq"),
@@ -219,7 +221,7 @@ def model_aggregates(store: "Store", *, fallback_intensity: float,
             func.min(r.c.pue).label("pue_min"),
             func.max(r.c.pue).label("pue_max"),
         )
-        .group_by(r.c.model_name, r.c.precision, r.c.hardware_fingerprint)
+        .group_by(r.c.model_name, r.c.precision, r.c.batch_size, r.c.hardware_fingerprint)
     )
     out: list[ModelAggregate] = []
     with store._read() as conn:  # typed errors for a locked or unreachable database
@@ -230,6 +232,7 @@ def model_aggregates(store: "Store", *, fallback_intensity: float,
             out.append(ModelAggregate(
                 model_name=row.model_name, precision=row.precision,
                 hardware_fingerprint=row.hardware_fingerprint, runs=n,
+                batch_size=int(row.batch_size) if row.batch_size is not None else None,
                 param_count=int(row.params) if row.params is not None else None,
                 method=_collapse(n_methods, row.method),
                 j_per_token=mean, j_per_token_ci95=ci95(n, mean, float(row.jpt_sq)),
@@ -262,7 +265,7 @@ def model_aggregates(store: "Store", *, fallback_intensity: float,
                 m.intensity_year = int(row.intensity_year) if row.intensity_year is not None else None
                 m.price_usd_per_kwh = _f(row.price_usd_per_kwh)
     out.sort(key=lambda m: (m.param_count is None, m.param_count or 0, str(m.model_name),
-                            str(m.precision), str(m.hardware_fingerprint)))
+                            str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint)))
     return out
 
 

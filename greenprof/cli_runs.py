@@ -45,7 +45,7 @@ CODECARBON_VERSION_WRITTEN = "3.3.2"
 EXPORT_COLUMNS = (
     "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
     "params", "precision", "model_file_hash", "provider", "threads", "prompt_tokens", "new_tokens",
-    "method", "methods", "duration_s", "energy_j", "dynamic_energy_j", "prefill_energy_j",
+    "batch_size", "method", "methods", "duration_s", "energy_j", "dynamic_energy_j", "prefill_energy_j",
     "decode_energy_j", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",
     "dynamic_j_per_token", "tokens_per_s", "lost_domains", "region", "intensity_g_per_kwh",
     "intensity_source", "intensity_year", "pue", "co2e_g", "co2e_g_per_1k_tokens",
@@ -225,6 +225,7 @@ def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
         "threads": run.threads,
         "prompt_tokens": run.prompt_tokens,
         "new_tokens": run.new_tokens,
+        "batch_size": run.batch_size,
         "method": collapse_methods(methods.values()),
         "methods": methods,
         "duration_s": run.duration_s,

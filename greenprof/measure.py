@@ -290,7 +290,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             prompt_tokens=n_prompt, new_tokens=req.new_tokens, region=grid.region,
             intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
             intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
-            extra={"batch": req.batch},
+            batch_size=req.batch,
         )
         meter = Meter(collectors=req.collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None

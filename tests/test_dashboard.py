@@ -564,3 +564,22 @@ def test_postgresql_aggregates_match(postgres_url):
         assert a.co2e_g_per_1k_own_grid == pytest.approx(
             sum(s["co2e_g_per_1k_tokens"] for s in rows) / len(rows), rel=1e-9)
     assert 'id="fig-timeline"' in html and "pg-big" in html
+
+
+def test_batch_sizes_are_separate_groups(tmp_path):
+    """J/token at batch 4 is not J/token at batch 1: never averaged together."""
+    from greenprof.config import load_settings
+    from greenprof.dashboards.queries import model_aggregates
+    from greenprof.measure import MeasureRequest, measure_models
+    from greenprof.store import open_store
+
+    settings = load_settings({"db": str(tmp_path / "b.db"), "region": "FRA"})
+    for batch in (1, 4):
+        measure_models(MeasureRequest(models=["tiny"], runs=2, warmup=0, new_tokens=4, prompt_tokens=4,
+                                      batch=batch), settings=settings)
+    with open_store(str(tmp_path / "b.db")) as store:
+        groups = model_aggregates(store, fallback_intensity=475.0, fallback_price=0.1)
+    assert sorted((g.batch_size, g.runs) for g in groups) == [(1, 2), (4, 2)]
+    from greenprof.dashboards.figures import model_labels
+
+    assert sorted(model_labels(groups)) == ["tiny · fp32", "tiny · fp32 · batch 4"]

@@ -335,6 +335,23 @@ SEED: dict[str, list[str]] = {
         "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
         "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
     ],
+    "0002": [
+        "INSERT INTO runs (id, batch_id, kind, status, started_at, ended_at, model_name, precision, "
+        "prompt_tokens, new_tokens, batch_size, extra) VALUES (7, 'b-2', 'measure', 'completed', "
+        "'2026-11-23 03:04:05.000000', '2026-11-23 03:04:09.500000', 'SmolLM-135M', 'int8', 32, 64, 8, "
+        "'{\"tag\": \"old\"}')",
+        "INSERT INTO runs (id, kind, status, started_at, error) VALUES (8, 'track', 'failed', "
+        "'2026-11-23 00:00:00.000000', 'boom')",
+        "INSERT INTO run_domains VALUES (7, 'cpu-package-0', 'measured', 'rapl', 123.5, 10.0, 78.5, 0.001, NULL)",
+        "INSERT INTO run_domains VALUES (7, 'gpu-0', NULL, 'nvml', NULL, NULL, NULL, NULL, 'GPU fell off the bus')",
+        "INSERT INTO segments VALUES (7, 0, 'prefill', 'prefill', 0.0, 0.5, 32)",
+        "INSERT INTO segments VALUES (7, 1, 'token-1', 'decode', 0.5, 0.06, 1)",
+        "INSERT INTO segment_energy VALUES (7, 0, 'cpu-package-0', 20.0, 15.0)",
+        "INSERT INTO segment_energy VALUES (7, 1, 'cpu-package-0', 3.0, 2.4)",
+        "INSERT INTO samples VALUES (7, -0.5, 'cpu-package-0', 10.0)",
+        "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
+        "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
+    ],
 }
 
 
@@ -369,6 +386,9 @@ def test_old_database_migrates_to_head_and_keeps_every_row(tmp_path, revision):
         assert old.domains["gpu-0"].lost_reason == "GPU fell off the bus"
         assert old.phases["prefill"].tokens == 32 and old.phases["decode"].energy_j == {"cpu-package-0": 3.0}
         assert len(store.samples(7)) == 3
+        # 0002 added runs.batch_size: 0001 measure runs were one sequence at a time
+        assert old.batch_size == (1 if revision == "0001" else 8)
+        assert store.get_run(8).batch_size is None  # a track run does not know its batch
         new = store.start_run()  # and the migrated database takes new runs
         assert new == 9
         store.delete_run(new)

@@ -138,6 +138,7 @@ class RunRecord:
     threads: int | None
     prompt_tokens: int | None
     new_tokens: int | None
+    batch_size: int | None
     region: str | None
     intensity_g_per_kwh: float | None
     intensity_source: str | None

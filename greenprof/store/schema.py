@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 
 #: Head revision of the migrations; the version a database is at after ``open_store``.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 #: Alembic's bookkeeping table. Not the default ``alembic_version``, so that a PostgreSQL database
 #: shared with an application that has its own Alembic history does not collide with ours.
@@ -81,6 +81,7 @@ runs = Table(
     Column("threads", Integer, nullable=True),
     Column("prompt_tokens", Integer, nullable=True),
     Column("new_tokens", Integer, nullable=True),
+    Column("batch_size", Integer, nullable=True),  # sequences generated together (0002)
     Column("region", String(64), nullable=True),
     Column("intensity_g_per_kwh", Float, nullable=True),
     Column("intensity_source", String(255), nullable=True),
