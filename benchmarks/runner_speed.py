@@ -1,0 +1,733 @@
+#!/usr/bin/env python3
+"""How fast is greenprof's decode loop, and how close to this machine's limits? One run.
+
+    python benchmarks/runner_speed.py            # human summary on stderr
+    python benchmarks/runner_speed.py --json     # plus one JSON object on stdout
+    python benchmarks/runner_speed.py --quick    # smoke run on the "tiny" shape (seconds)
+
+Needs the ``bench`` extra (``pip install -e '.[bench]'``: onnxruntime-genai, transformers,
+torch). On the smollm-135m shape, fp32, 2 intra-op threads, no spinning, a 128-token random
+prompt and 64 new tokens, it measures in one run:
+
+1. ``decode_ms_per_token``: greenprof's built-in model (``builder.build(name, "fp32")``,
+   ``load(threads=2, spinning=False)``, ``generate(prompt_tokens=128, new_tokens=64)``), vs
+   ``genai_decode_ms_per_token``: the same shape exported by onnxruntime-genai's model builder
+   (``python -m onnxruntime_genai.models.builder -i <hf> -o <out> -p fp32 -e cpu``) from a
+   random-weight transformers ``LlamaForCausalLM`` with the shape's config, run by a minimal
+   greedy ``session.run`` loop here (inputs bound by name from ``session.get_inputs()``, the
+   ``present.*`` outputs fed back as ``past_key_values.*``, same threads, ``allow_spinning=0``).
+   ``ratio_vs_genai`` = ours / theirs (target <= 1.00). The genai export is cached in the
+   greenprof model cache (``bench-genai-*`` folder) and its build time reported separately.
+2. ``roofline_fraction``: ``achieved_gbps`` (= ``weight_bytes_per_token`` / decode seconds per
+   token) over ``mem_bandwidth_gbps`` (read-only numpy kernels over a 1 GiB float32 array:
+   ``sum`` on 1 thread and split over 2 threads, ``dot`` split over 2 threads; best of all
+   samples, one sample taken between every round of generations). ``weight_bytes_per_token``
+   is the initializer bytes one decode step must read, computed from the ONNX graph: the B
+   operand of every MatMul (through a Transpose when the weight is stored transposed: the tied
+   LM head), one row of the embedding Gather, and the RMSNorm weights. The KV cache (read, and
+   copied into ``present``) and the rotary cos/sin rows are not counted; ``details`` gives the
+   KV bytes separately. Target >= 0.7.
+3. ``tracked_ratio``: tokens/s with a ``greenprof.Meter(sample_hz=10)`` passed as ``meter=``
+   (one mark per token) over tokens/s with ``meter=None`` (target >= 0.99).
+
+Generations are interleaved: each round runs ours untracked (U), theirs (G) and ours tracked
+(T), in the order U G T on even rounds and T G U on odd ones, after one discarded warm-up of
+each. Per generation, decode ms/token = the decode passes' wall time / new tokens (the argmax
+of each step included, as in ``generate``); every figure is the median over rounds, and every
+ratio is a ratio of those medians (``details`` also has the median of per-round ratios).
+
+On a shared 2-vCPU machine single generations of the same model vary by +-20 %, so ratios
+within the per-round interquartile range printed in ``notes`` are noise. After onnxruntime's
+load-time fusions both graphs are op-for-op the same (151 MatMul, 30 GroupQueryAttention, 60
+SkipSimplifiedLayerNormalization, 30 QuickGelu, 30 Mul; tied head as a [576, 49152] MatMul),
+so ours and genai's decode at the same speed. What did make the same decode faster, measured
+interleaved (ratio to the plain ``generate`` loop): ``allow_spinning=1`` 0.84; a shared
+max-length past/present KV buffer through IOBinding (what the onnxruntime-genai runtime does;
+GroupQueryAttention 4.5 -> 3.0 ms/token) 0.88-0.91; gate_proj + up_proj as one MatMul 0.92-0.93;
+the last two together 0.84.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO_VS_GENAI = 1.00  # ours / theirs, decode ms per token: lower is better
+TARGET_ROOFLINE = 0.70
+TARGET_TRACKED = 0.99
+
+FULL = dict(model="smollm-135m", prompt_tokens=128, new_tokens=64, rounds=10, bw_mib=1024, bw_warm=3)
+QUICK = dict(model="tiny", prompt_tokens=16, new_tokens=8, rounds=2, bw_mib=128, bw_warm=1)
+
+GENAI_MARKER = "greenprof-bench-genai.json"
+INSTALL_HINT = "pip install -e '.[bench]'"
+
+
+def log(msg: str = "") -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- dependencies ------------------------------------------------------------------------------
+def missing_bench_deps() -> list[str]:
+    """Import names of the bench extra's packages that are not installed (nothing imported).
+
+    ``onnx_ir`` is imported by onnxruntime-genai's model builder but not declared by it."""
+    return [m for m in ("onnxruntime_genai", "transformers", "torch", "onnx_ir")
+            if importlib.util.find_spec(m) is None]
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("onnxruntime", "onnxruntime-genai", "torch", "transformers", "onnx", "numpy", "onnx-ir"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    try:
+        out["greenprof"] = version("greenprof")
+    except PackageNotFoundError:
+        out["greenprof"] = None
+    return out
+
+
+# -- the onnxruntime-genai export ----------------------------------------------------------------
+def make_hf_folder(model: str, out: Path) -> None:
+    """A random-weight transformers LlamaForCausalLM with ``model``'s shape, and a tokenizer.
+
+    Runs in a child process (``--_make-hf``) so torch is never imported by the measuring one."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from greenprof.models.shapes import get_shape
+    from greenprof.models.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, build_tokenizer
+
+    s = get_shape(model)
+    cfg = LlamaConfig(
+        hidden_size=s.hidden, num_hidden_layers=s.layers, num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads, head_dim=s.head_dim, intermediate_size=s.intermediate,
+        vocab_size=s.vocab, tie_word_embeddings=s.tied_embeddings, rms_norm_eps=s.rms_eps,
+        rope_theta=s.rope_theta, max_position_embeddings=s.max_position,
+        bos_token_id=EOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, hidden_act="silu",
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net = LlamaForCausalLM(cfg).to(torch.float32).eval()
+    net.save_pretrained(str(out))
+    tok = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(s.vocab), eos_token=EOS_TOKEN,
+                                  bos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+    tok.save_pretrained(str(out))
+
+
+def _genai_key(shape: Any, og_version: str) -> str:
+    doc = json.dumps({"shape": shape.to_dict(), "og": og_version, "precision": "fp32", "ep": "cpu"},
+                     sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:10]
+
+
+def _genai_complete(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / GENAI_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for name, size in meta.get("files", {}).items():
+        f = folder / name
+        if not f.is_file() or f.stat().st_size != size:
+            return None
+    return meta if meta.get("files") else None
+
+
+def genai_build(model: str, cache_dir: str | None, rebuild: bool) -> tuple[Path, dict[str, Any]]:
+    """The onnxruntime-genai export of ``model`` (fp32, CPU), built once into the model cache."""
+    from importlib.metadata import version
+
+    from greenprof.models.builder import cache_root
+    from greenprof.models.shapes import get_shape
+
+    shape = get_shape(model)
+    og_version = version("onnxruntime-genai")
+    root = cache_root(cache_dir)
+    final = root / f"bench-genai-{shape.name}-fp32-og{og_version}-{_genai_key(shape, og_version)}"
+    if not rebuild:
+        meta = _genai_complete(final)
+        if meta is not None:
+            return final, {**meta, "cached": True}
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        hf, out, work = tmp / "hf", tmp / "out", tmp / "builder-cache"
+        logfile = tmp.parent / f"{tmp.name}.log"
+        t0 = time.perf_counter()
+        _child([sys.executable, str(Path(__file__).resolve()), "--_make-hf", str(hf), "--model", model],
+               logfile, "creating the random-weight transformers model")
+        t1 = time.perf_counter()
+        _child([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
+                "-p", "fp32", "-e", "cpu", "-c", str(work)], logfile, "onnxruntime-genai's model builder")
+        t2 = time.perf_counter()
+        logfile.unlink(missing_ok=True)
+        files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+        meta = {
+            "model": shape.name, "onnxruntime_genai": og_version, "files": files,
+            "hf_model_s": round(t1 - t0, 3), "builder_s": round(t2 - t1, 3), "build_s": round(t2 - t0, 3),
+            "command": "python -m onnxruntime_genai.models.builder -i <hf> -o <out> -p fp32 -e cpu",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        # Written last: a folder without it (or with a file of another size) is rebuilt.
+        (out / GENAI_MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(out, final)
+        except OSError:
+            if _genai_complete(final) is None:  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, {**meta, "cached": False}
+
+
+def _child(cmd: list[str], logfile: Path, what: str) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(logfile, "ab") as fh:
+        r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        tail = logfile.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"runner_speed: {what} failed (exit {r.returncode}); last output:\n{tail}\n"
+                         f"(full log: {logfile})")
+
+
+# -- their model through a plain onnxruntime loop ------------------------------------------------
+class GenaiLoop:
+    """A minimal greedy ``session.run`` loop over an onnxruntime-genai export, bound by name."""
+
+    def __init__(self, folder: Path, threads: int) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        cfg = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        dec = cfg["model"]["decoder"]
+        self.path = folder / dec["filename"]
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.session_options = {"intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL",
+                                "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = {o.name for o in self.session.get_outputs()}
+        cin, cout = dec.get("inputs", {}), dec.get("outputs", {})
+        self.ids_name = cin.get("input_ids", "input_ids")
+        self.mask_name = cin.get("attention_mask", "attention_mask")
+        self.pos_name = cin.get("position_ids", "position_ids")
+        kt, vt = cin.get("past_key_names", "past_key_values.%d.key"), cin.get("past_value_names", "past_key_values.%d.value")
+        pkt, pvt = cout.get("present_key_names", "present.%d.key"), cout.get("present_value_names", "present.%d.value")
+        layers = int(dec["num_hidden_layers"])
+        self.past = [n for i in range(layers) for n in (kt % i, vt % i)]
+        self.present = [n for i in range(layers) for n in (pkt % i, pvt % i)]
+        logits = cout.get("logits", "logits")
+        missing = [n for n in (self.ids_name, *self.past) if n not in ins] + [n for n in (logits, *self.present) if n not in outs]
+        unknown = [n for n in ins if n not in {self.ids_name, self.mask_name, self.pos_name, *self.past}]
+        if missing or unknown:
+            raise SystemExit(f"runner_speed: {self.path} has an unexpected signature (missing {missing}, "
+                             f"unknown inputs {unknown})")
+        self.outputs = [logits, *self.present]
+        np_type = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                   "tensor(int32)": np.int32}
+        self.ids_dtype = np_type[ins[self.ids_name].type]
+        self.has_mask = self.mask_name in ins
+        self.mask_dtype = np_type[ins[self.mask_name].type] if self.has_mask else np.int64
+        self.has_pos = self.pos_name in ins
+        self.pos_dtype = np_type[ins[self.pos_name].type] if self.has_pos else np.int64
+        kv_dtype = np_type[ins[self.past[0]].type]
+        self.empty = np.zeros((1, int(dec["num_key_value_heads"]), 0, int(dec["head_size"])), dtype=kv_dtype)
+        self.inputs = sorted(ins)
+
+    def generate(self, prompt_ids: Any, new_tokens: int) -> tuple[float, list[float]]:
+        """(prefill seconds, per-token decode seconds) for batch 1, greedy, fixed length."""
+        import numpy as np
+
+        run, outputs, past = self.session.run, self.outputs, self.past
+        n = prompt_ids.shape[1]
+        ones = np.ones(n + new_tokens, dtype=self.mask_dtype)
+        positions = np.arange(n + new_tokens, dtype=self.pos_dtype)
+        feeds: dict[str, Any] = {name: self.empty for name in past}
+        feeds[self.ids_name] = prompt_ids.astype(self.ids_dtype)
+        if self.has_mask:
+            feeds[self.mask_name] = ones[:n].reshape(1, n)
+        if self.has_pos:
+            feeds[self.pos_name] = positions[:n].reshape(1, n)
+        ids = np.empty((1, 1), dtype=self.ids_dtype)
+        clock = time.perf_counter
+        t0 = clock()
+        outs = run(outputs, feeds)
+        t_prev = clock()
+        prefill = t_prev - t0
+        token = int(np.argmax(outs[0][0, -1]))
+        durations = []
+        for i in range(new_tokens):
+            for name, value in zip(past, outs[1:]):
+                feeds[name] = value
+            ids[0, 0] = token
+            feeds[self.ids_name] = ids
+            total = n + i + 1
+            if self.has_mask:
+                feeds[self.mask_name] = ones[:total].reshape(1, total)
+            if self.has_pos:
+                feeds[self.pos_name] = positions[total - 1:total].reshape(1, 1)
+            outs = run(outputs, feeds)
+            if i + 1 < new_tokens:  # like generate(): the last pass's logits are not sampled
+                token = int(np.argmax(outs[0][0, -1]))
+            now = clock()
+            durations.append(now - t_prev)
+            t_prev = now
+        return prefill, durations
+
+
+# -- graph facts ---------------------------------------------------------------------------------
+def graph_facts(model_file: Path) -> dict[str, Any]:
+    """Op counts and the initializer bytes one decode step reads (see the module docs)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(model_file), load_external_data=False)
+    g = m.graph
+    inits = {}
+    for t in g.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        inits[t.name] = (n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize, list(t.dims))
+    producer = {o: node for node in g.node for o in node.output}
+
+    def weight_of(name: str) -> tuple[str, list[int]] | None:
+        """(initializer, its dims as the node sees them) for a weight input, through a Transpose."""
+        if name in inits:
+            return name, inits[name][1]
+        node = producer.get(name)
+        if node is None or not node.input or node.input[0] not in inits:
+            return None
+        src, dims = node.input[0], inits[node.input[0]][1]
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(dims)))[::-1])
+            return src, [dims[p] for p in perm]
+        if node.op_type == "Cast":
+            return src, dims
+        return None
+
+    # (kind, initializer) -> bytes read per decode step; a tied embedding is counted twice, as the
+    # whole LM head matrix and as one embedding row (onnxruntime folds the Transpose at load into a
+    # second buffer, so they are different memory anyway).
+    touched: dict[tuple[str, str], int] = {}
+    for node in g.node:
+        op = node.op_type
+        if op in ("MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "FusedMatMul"):
+            for name in node.input[1:]:
+                w = weight_of(name) if name else None
+                if w is not None:
+                    touched[("matmul", w[0])] = inits[w[0]][0]
+        elif op in ("Gather", "GatherBlockQuantized") and node.input:
+            w = weight_of(node.input[0])
+            if w is not None and len(w[1]) >= 2:
+                touched[("embedding row", w[0])] = inits[w[0]][0] // max(1, w[1][0])
+                for extra in node.input[2:]:  # quantization scales / zero points of that row
+                    if extra in inits and inits[extra][1]:
+                        touched[("embedding row", extra)] = inits[extra][0] // max(1, inits[extra][1][0])
+        elif op in ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "LayerNormalization",
+                    "SkipLayerNormalization", "RMSNormalization"):
+            for name in node.input[1:]:
+                w = weight_of(name) if name else None
+                if w is not None and len(w[1]) == 1:
+                    touched[("norm", w[0])] = inits[w[0]][0]
+        elif op == "Mul" and len(node.input) == 2:  # an unfused RMSNorm's gamma (the first one in ours)
+            for name in node.input:
+                w = weight_of(name)
+                if w is not None and len(w[1]) == 1 and w[1][0] > 1:
+                    touched[("norm", w[0])] = inits[w[0]][0]
+    by_kind: dict[str, int] = Counter()
+    for (kind, _), nbytes in touched.items():
+        by_kind[kind] += nbytes
+    data_files = {e.value for t in g.initializer for e in t.external_data if e.key == "location"}
+    data_bytes = sum((model_file.parent / f).stat().st_size for f in data_files if (model_file.parent / f).is_file())
+    ops = Counter(f"{n.domain + '.' if n.domain and n.domain != 'ai.onnx' else ''}{n.op_type}" for n in g.node)
+    return {
+        "weight_bytes_per_token": int(sum(touched.values())),
+        "weight_bytes_by_kind": dict(by_kind),
+        "external_data_bytes": int(data_bytes),
+        "initializer_bytes": int(sum(b for b, _ in inits.values())),
+        "ops": dict(sorted(ops.items())),
+        "inputs": [i.name for i in g.input][:4] + ([f"... ({len(g.input)} in all)"] if len(g.input) > 4 else []),
+    }
+
+
+# -- memory bandwidth ----------------------------------------------------------------------------
+def make_bandwidth_probe(mib: int):
+    """A () -> {kernel: GB/s} function, each kernel one pass over a ``mib`` MiB float32 array."""
+    import numpy as np
+
+    a = np.full((mib << 20) // 4, 1.0, dtype=np.float32)
+    halves = np.array_split(a, 2)
+    nbytes = a.nbytes
+
+    def split(fn) -> None:
+        ts = [threading.Thread(target=fn, args=(h,)) for h in halves]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    kernels = {
+        "sum_1t": lambda: a.sum(),
+        "sum_2t": lambda: split(lambda h: h.sum()),
+        "dot_2t": lambda: split(lambda h: np.dot(h, h)),
+    }
+
+    def probe() -> dict[str, float]:
+        out = {}
+        for name, fn in kernels.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name] = nbytes / (time.perf_counter() - t0) / 1e9
+        return out
+
+    return probe
+
+
+# -- machine -------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    try:
+        from greenprof.collectors.cpu_estimate import cpu_model_name
+
+        info["cpu_model"] = cpu_model_name()
+    except Exception:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+def _loadavg() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _r(x: Any, nd: int = 4) -> Any:
+    if isinstance(x, float):
+        return round(x, nd)
+    if isinstance(x, list):
+        return [_r(v, nd) for v in x]
+    if isinstance(x, dict):
+        return {k: _r(v, nd) for k, v in x.items()}
+    return x
+
+
+# -- the run -------------------------------------------------------------------------------------
+def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai: bool, quick: bool) -> dict[str, Any]:
+    import numpy as np
+
+    from greenprof import Meter
+    from greenprof.models.builder import build, is_built
+    from greenprof.models.loader import load
+    from greenprof.models.runner import generate
+
+    t_start = time.perf_counter()
+    load_before = _loadavg()
+    model, P, N, rounds = cfg["model"], cfg["prompt_tokens"], cfg["new_tokens"], cfg["rounds"]
+    log(f"greenprof runner speed ({'quick' if quick else 'full'} run): {model} fp32, {threads} threads, "
+        f"prompt {P} + {N} new tokens, {rounds} rounds")
+
+    cached = is_built(model, "fp32", cache_dir)
+    t0 = time.perf_counter()
+    ours_dir = build(model, "fp32", cache_dir)
+    ours_build_s = time.perf_counter() - t0
+    log(f"  ours: {ours_dir} ({'cached' if cached else 'built'} in {ours_build_s:.1f} s)")
+    t0 = time.perf_counter()
+    genai_dir, genai_meta = genai_build(model, cache_dir, rebuild_genai)
+    genai_prepare_s = time.perf_counter() - t0
+    log(f"  genai: {genai_dir} ({'cached, built earlier in' if genai_meta['cached'] else 'built in'} "
+        f"{genai_meta['build_s']:.1f} s: transformers model {genai_meta['hf_model_s']:.1f} s + "
+        f"builder {genai_meta['builder_s']:.1f} s)")
+
+    ours_facts = graph_facts(ours_dir / "model.onnx")
+    genai_facts = graph_facts(genai_dir / "model.onnx")
+
+    t0 = time.perf_counter()
+    ours = load(ours_dir, threads=threads, spinning=False)
+    ours_load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    theirs = GenaiLoop(genai_dir, threads)
+    genai_load_s = time.perf_counter() - t0
+
+    probe = make_bandwidth_probe(cfg["bw_mib"])
+    bw_samples: list[dict[str, float]] = [probe() for _ in range(cfg["bw_warm"])]
+
+    def run_u() -> Any:
+        return generate(ours, prompt_tokens=P, new_tokens=N, meter=None)
+
+    def run_t() -> Any:
+        with Meter(sample_hz=10) as meter:
+            gen = generate(ours, prompt_tokens=P, new_tokens=N, meter=meter)
+        return gen, meter.measurement
+
+    # Warm-ups (discarded): first passes page weights in and size onnxruntime's arenas.
+    warm = run_u()
+    prompt = warm.prompt_ids  # the same prompt for their loop (values do not change the work)
+    theirs.generate(prompt, N)
+    _, m_warm = run_t()
+    domains = sorted(m_warm.energy_j)
+
+    per: dict[str, list[float]] = {"U": [], "G": [], "T": []}
+    prefill: dict[str, list[float]] = {"U": [], "G": [], "T": []}
+    token_ms: dict[str, list[float]] = {"U": [], "G": [], "T": []}
+    cpu_s: dict[str, list[float]] = {"U": [], "T": []}
+    marks_seen: list[int] = []
+    for r in range(rounds):
+        order = "UGT" if r % 2 == 0 else "TGU"
+        for kind in order:
+            c0 = time.process_time()
+            if kind == "U":
+                g = run_u()
+                pre, durs = g.prefill_duration_s, g.token_durations_s
+            elif kind == "T":
+                g, meas = run_t()
+                pre, durs = g.prefill_duration_s, g.token_durations_s
+                marks_seen.append(sum(1 for s in meas.segments if s.label.startswith("token-")))
+            else:
+                pre, durs = theirs.generate(prompt, N)
+            if kind in cpu_s:
+                cpu_s[kind].append(time.process_time() - c0)
+            per[kind].append(sum(durs) / len(durs) * 1e3)
+            prefill[kind].append(pre * 1e3)
+            token_ms[kind].extend(d * 1e3 for d in durs)
+        bw_samples.append(probe())
+        log(f"  round {r + 1}/{rounds} ({order}): ours {per['U'][-1]:.2f}  genai {per['G'][-1]:.2f}  "
+            f"tracked {per['T'][-1]:.2f} ms/token")
+
+    ours_ms, genai_ms, tracked_ms = _med(per["U"]), _med(per["G"]), _med(per["T"])
+    ratio_vs_genai = ours_ms / genai_ms
+    tracked_ratio = ours_ms / tracked_ms  # (1/tracked) / (1/untracked): tokens/s ratio
+    bw_best = {k: max(s[k] for s in bw_samples) for k in bw_samples[0]}
+    mem_bw = max(bw_best.values())
+    wbytes = ours_facts["weight_bytes_per_token"]
+    achieved = wbytes / (ours_ms / 1e3) / 1e9
+    genai_achieved = genai_facts["weight_bytes_per_token"] / (genai_ms / 1e3) / 1e9
+    roofline = achieved / mem_bw
+
+    sig = ours.signature
+    kv_row = sig.num_layers * 2 * sig.num_kv_heads * sig.head_dim * np.dtype(sig.kv_dtype).itemsize
+    kv_read_avg = kv_row * (P + (N - 1) / 2)  # past length averaged over the decode steps
+
+    meets = {
+        "meets_ratio_vs_genai": bool(ratio_vs_genai <= TARGET_RATIO_VS_GENAI),
+        "meets_roofline": bool(roofline >= TARGET_ROOFLINE),
+        "meets_tracked_ratio": bool(tracked_ratio >= TARGET_TRACKED),
+    }
+    load_after = _loadavg()
+
+    notes = [
+        f"weight_bytes_per_token = initializer bytes one decode step reads, from ours' ONNX graph: every "
+        f"MatMul weight (the tied LM head counted once, through its Transpose) + one embedding row + the "
+        f"RMSNorm weights = {wbytes / 1e6:.2f} MB (by kind: "
+        + ", ".join(f"{k} {v / 1e6:.3f} MB" for k, v in sorted(ours_facts["weight_bytes_by_kind"].items()))
+        + f"); model.onnx.data is {ours_facts['external_data_bytes'] / 1e6:.2f} MB. Not counted: the KV cache, "
+        f"~{kv_read_avg / 1e6:.2f} MB read per step on average (and as much copied into present.*), and the "
+        "rotary cos/sin rows.",
+        f"mem_bandwidth_gbps: best read-only bandwidth (GB/s = 1e9 B/s) over {len(bw_samples)} samples of "
+        f"numpy kernels on a {cfg['bw_mib']} MiB float32 array (sum on 1 thread {bw_best['sum_1t']:.2f}, sum "
+        f"split over 2 threads {bw_best['sum_2t']:.2f}, dot split over 2 threads {bw_best['dot_2t']:.2f}); "
+        "one sample between every round.",
+        "genai figures: onnxruntime-genai's export run by a plain session.run loop here (presents fed back "
+        "as numpy), not by the onnxruntime-genai runtime (which shares one max-length past/present buffer).",
+        "untracked_ms_per_token is decode_ms_per_token (the same U generations); ratios are ratios of "
+        "medians; details.pair_ratios has the per-round ratios.",
+    ]
+    if ours_facts["weight_bytes_per_token"] != genai_facts["weight_bytes_per_token"]:
+        notes.append(f"genai's graph reads {genai_facts['weight_bytes_per_token'] / 1e6:.2f} MB of weights per token "
+                     f"vs ours {wbytes / 1e6:.2f} MB")
+    op_diff = {op: (ours_facts["ops"].get(op, 0), genai_facts["ops"].get(op, 0))
+               for op in sorted(set(ours_facts["ops"]) | set(genai_facts["ops"]))
+               if ours_facts["ops"].get(op, 0) != genai_facts["ops"].get(op, 0)}
+    if op_diff:
+        notes.append("op counts that differ (ours, genai) before onnxruntime's load-time fusions: "
+                     + ", ".join(f"{op} {a}/{b}" for op, (a, b) in op_diff.items()))
+    for what, pairs in (("ours/genai", [u / g for u, g in zip(per["U"], per["G"])]),
+                        ("untracked/tracked", [u / t for u, t in zip(per["U"], per["T"])])):
+        if len(pairs) >= 4:
+            q = statistics.quantiles(pairs, n=4)
+            notes.append(f"{what} per-round ratios: median {_med(pairs):.3f}, interquartile {q[0]:.3f}..{q[2]:.3f} "
+                         f"over {len(pairs)} rounds: a difference inside that spread is noise, not a result")
+    busy = max(x for x in (load_before, load_after, 0.0) if x is not None)
+    if busy > 0.5:
+        notes.append(f"load average was {load_before} before and {load_after} after the run (this run "
+                     f"adds up to ~{threads}): other work shared these {os.cpu_count()} CPUs, so wall-clock "
+                     "figures are noisy; compare details.per_generation_ms and pair ratios")
+    if quick:
+        notes.append(f"quick run: the {model!r} shape, {rounds} rounds, a {cfg['bw_mib']} MiB bandwidth array: "
+                     "a smoke test, not a measurement")
+    if not all(m == N for m in marks_seen):
+        notes.append(f"tracked generations recorded {marks_seen} token marks (expected {N} each)")
+
+    return {
+        "model": model,
+        "precision": "fp32",
+        "threads": threads,
+        "prompt_tokens": P,
+        "new_tokens": N,
+        "rounds": rounds,
+        "quick": quick,
+        "decode_ms_per_token": ours_ms,
+        "genai_decode_ms_per_token": genai_ms,
+        "ratio_vs_genai": ratio_vs_genai,
+        "mem_bandwidth_gbps": mem_bw,
+        "weight_bytes_per_token": wbytes,
+        "achieved_gbps": achieved,
+        "roofline_fraction": roofline,
+        "tracked_ms_per_token": tracked_ms,
+        "untracked_ms_per_token": ours_ms,
+        "tracked_ratio": tracked_ratio,
+        "targets": {"ratio_vs_genai_max": TARGET_RATIO_VS_GENAI, "roofline_fraction_min": TARGET_ROOFLINE,
+                    "tracked_ratio_min": TARGET_TRACKED},
+        **meets,
+        "meets_all": all(meets.values()),
+        "build": {
+            "ours_dir": str(ours_dir), "ours_cached": cached, "ours_build_s": ours_build_s,
+            "genai_dir": str(genai_dir), "genai_cached": genai_meta["cached"],
+            "genai_build_s": genai_meta["build_s"], "genai_hf_model_s": genai_meta["hf_model_s"],
+            "genai_builder_s": genai_meta["builder_s"], "genai_prepare_s_this_run": genai_prepare_s,
+            "genai_command": genai_meta.get("command"),
+            "ours_load_s": ours_load_s, "genai_load_s": genai_load_s,
+        },
+        "versions": versions(),
+        "machine": {**machine_info(), "loadavg_1m_before": load_before, "loadavg_1m_after": load_after},
+        "duration_s": time.perf_counter() - t_start,
+        "notes": notes,
+        "details": _r({
+            "per_generation_ms": {"ours": per["U"], "genai": per["G"], "tracked": per["T"]},
+            "prefill_ms_median": {"ours": _med(prefill["U"]), "genai": _med(prefill["G"]),
+                                  "tracked": _med(prefill["T"])},
+            "token_ms_median": {"ours": _med(token_ms["U"]), "genai": _med(token_ms["G"]),
+                                "tracked": _med(token_ms["T"])},
+            "pair_ratios": {
+                "ours_over_genai": [u / g for u, g in zip(per["U"], per["G"])],
+                "tracked": [u / t for u, t in zip(per["U"], per["T"])],
+            },
+            "pair_ratio_medians": {
+                "ours_over_genai": _med([u / g for u, g in zip(per["U"], per["G"])]),
+                "tracked": _med([u / t for u, t in zip(per["U"], per["T"])]),
+            },
+            "process_cpu_s_per_generation": {"ours": _med(cpu_s["U"]), "tracked": _med(cpu_s["T"])},
+            # CPU seconds of the whole process (ORT's threads, the sampler) per generation, untracked
+            # over tracked: less disturbed than wall time by other work on a shared machine
+            "tracked_ratio_cpu": _med(cpu_s["U"]) / _med(cpu_s["T"]),
+            # the fastest generation of each kind: what the hardware allows with nobody else running
+            "fastest_generation_ms": {"ours": min(per["U"]), "genai": min(per["G"]), "tracked": min(per["T"])},
+            "roofline_fraction_fastest": wbytes / (min(per["U"]) / 1e3) / 1e9 / mem_bw,
+            "meter_domains": domains,
+            "genai_achieved_gbps": genai_achieved,
+            "genai_roofline_fraction": genai_achieved / mem_bw,
+            "kv_bytes_read_per_token_avg": kv_read_avg,
+            "bandwidth_best_gbps": bw_best,
+            "bandwidth_samples_gbps": bw_samples,
+            "graph": {"ours": ours_facts, "genai": genai_facts},
+            "genai_session_options": theirs.session_options,
+            "genai_inputs": theirs.inputs[:4] + [f"... ({len(theirs.inputs)} in all)"],
+        }, 5),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="runner_speed.py",
+        description="Decode speed of greenprof's built-in fp32 model vs the same shape exported by "
+                    "onnxruntime-genai's model builder (target ratio <= 1.00), achieved weight-streaming "
+                    "bandwidth vs this machine's measured memory bandwidth (target >= 0.7), and the cost "
+                    "of a meter mark per token (target >= 0.99). Needs the bench extra: "
+                    f"{INSTALL_HINT}. A human summary goes to stderr.",
+    )
+    parser.add_argument("--json", action="store_true", help="also print one JSON object with every figure on stdout")
+    parser.add_argument("--quick", action="store_true",
+                        help="short smoke run on the 'tiny' shape (prompt 16 + 8 tokens, 2 rounds)")
+    parser.add_argument("--model", default=None, help="built-in shape (default smollm-135m; tiny with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"interleaved rounds of (ours, genai, ours tracked) (default {FULL['rounds']})")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both models (default 2)")
+    parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default 128)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 64)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="model cache (default $GREENPROF_CACHE or ~/.cache/greenprof/models); the genai "
+                             "export is cached there too")
+    parser.add_argument("--rebuild-genai", action="store_true", help="re-export the genai model even if cached")
+    parser.add_argument("--_make-hf", dest="make_hf", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    cfg = dict(QUICK if args.quick else FULL)
+    for key in ("model", "rounds", "prompt_tokens", "new_tokens"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    if args.make_hf:
+        make_hf_folder(cfg["model"], Path(args.make_hf))
+        return 0
+    for key in ("rounds", "prompt_tokens", "new_tokens"):
+        if cfg[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+
+    missing = missing_bench_deps()
+    if missing:
+        log(f"runner_speed: missing the benchmark's dependencies ({', '.join(missing)}): install them with "
+            f"`{INSTALL_HINT}`" + (" and `pip install onnx-ir` (onnxruntime-genai's model builder imports it)"
+                                   if "onnx_ir" in missing else ""))
+        return 2
+
+    result = run(cfg, args.threads, args.cache_dir, args.rebuild_genai, args.quick)
+    ok = lambda b: "meets" if b else "MISSES"  # noqa: E731
+    log(f"  decode: ours {result['decode_ms_per_token']:.2f} ms/token, genai {result['genai_decode_ms_per_token']:.2f}"
+        f" ms/token: ratio {result['ratio_vs_genai']:.3f} ({ok(result['meets_ratio_vs_genai'])} <= "
+        f"{TARGET_RATIO_VS_GENAI:.2f})")
+    log(f"  bandwidth: {result['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token -> "
+        f"{result['achieved_gbps']:.2f} GB/s achieved vs {result['mem_bandwidth_gbps']:.2f} GB/s measured: "
+        f"{result['roofline_fraction']:.3f} ({ok(result['meets_roofline'])} >= {TARGET_ROOFLINE})")
+    log(f"  meter: tracked {result['tracked_ms_per_token']:.2f} vs untracked {result['untracked_ms_per_token']:.2f}"
+        f" ms/token: ratio {result['tracked_ratio']:.4f} ({ok(result['meets_tracked_ratio'])} >= {TARGET_TRACKED})")
+    for note in result["notes"][4:]:
+        log(f"  note: {note}")
+    log(f"  took {result['duration_s']:.1f} s")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
