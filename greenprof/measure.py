@@ -116,29 +116,36 @@ class ResolvedModel:
     builtin: bool
 
 
-def resolve_model(spec: str, precision: str, progress: Callable[[str, int, int], None] | None = None) -> ResolvedModel:
-    """A built-in name (built on first use) or a path to a user model."""
-    from greenprof.models import builder, shapes
+def check_model_spec(spec: str):
+    """What a MODEL argument names, checked without building or loading anything: the built-in
+    shape (``ModelShape``) or the existing path (``Path``). UsageError otherwise."""
+    from greenprof.models import shapes
 
     p = Path(spec).expanduser()
-    looks_like_path = os.sep in spec or spec.endswith(".onnx") or p.exists()
-    if not looks_like_path:
-        try:
-            shape = shapes.get_shape(spec)
-        except UsageError:
-            raise UsageError(
-                f"unknown model {spec!r}: give a built-in name ({', '.join(shapes.known_names())}) "
-                "or a path to an ONNX export"
-            ) from None
-        builder.check_precision(precision)
-        cb = (lambda done, total: progress(spec, done, total)) if progress else None
-        folder = builder.build(shape.name, precision, progress=cb)
-        meta = builder.read_metadata(folder)
-        return ResolvedModel(spec, shape.name, folder, shape.name, meta.get("param_count"),
-                             meta.get("model_sha256"), True)
-    if not p.exists():
-        raise UsageError(f"model path {spec} does not exist: give a built-in name or an existing ONNX file/folder")
-    return ResolvedModel(spec, p.name, p, None, None, None, False)
+    if os.sep in spec or spec.endswith(".onnx") or p.exists():
+        if not p.exists():
+            raise UsageError(f"model path {spec} does not exist: give a built-in name or an existing ONNX file/folder")
+        return p
+    try:
+        return shapes.get_shape(spec)
+    except UsageError:
+        raise UsageError(f"unknown model {spec!r}: give a built-in name "
+                         f"({', '.join(shapes.known_names())}) or a path to an ONNX export") from None
+
+
+def resolve_model(spec: str, precision: str, progress: Callable[[str, int, int], None] | None = None) -> ResolvedModel:
+    """A built-in name (built on first use) or a path to a user model."""
+    from greenprof.models import builder
+
+    target = check_model_spec(spec)
+    if isinstance(target, Path):
+        return ResolvedModel(spec, target.name, target, None, None, None, False)
+    builder.check_precision(precision)
+    cb = (lambda done, total: progress(spec, done, total)) if progress else None
+    folder = builder.build(target.name, precision, progress=cb)
+    meta = builder.read_metadata(folder)
+    return ResolvedModel(spec, target.name, folder, target.name, meta.get("param_count"),
+                         meta.get("model_sha256"), True)
 
 
 class _LazyStore:
@@ -195,18 +202,8 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     if threads is not None and (not isinstance(threads, int) or threads <= 0):
         raise UsageError(f"threads must be a whole number > 0 (got {threads!r})")
     # every model spec is checked (names, paths) before the database is touched
-    from greenprof.models import shapes
-
     for spec in req.models:
-        if os.sep not in spec and not spec.endswith(".onnx") and not Path(spec).exists():
-            try:
-                shapes.get_shape(spec)
-            except UsageError:
-                raise UsageError(
-                    f"unknown model {spec!r}: give a built-in name ({', '.join(shapes.known_names())}) "
-                    "or a path to an ONNX export") from None
-        elif not Path(spec).expanduser().exists():
-            raise UsageError(f"model path {spec} does not exist: give a built-in name or an existing ONNX file/folder")
+        check_model_spec(spec)
     from greenprof.models import builder
 
     builder.check_precision(req.precision)
