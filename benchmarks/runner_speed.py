@@ -29,8 +29,18 @@ prompt and 64 new tokens, it measures in one run:
    KV bytes separately. Target >= 0.7.
 3. ``tracked_ratio``: tokens/s with a ``greenprof.Meter(sample_hz=10)`` passed as ``meter=``
    (one mark per token) over tokens/s with ``meter=None`` (target >= 0.99).
+4. ``fused_attention``: what onnxruntime's fused GroupQueryAttention buys over the same attention
+   in standard ONNX ops. The same model is built a second time with
+   ``builder.build(name, "fp32", attention="plain")`` (MatMul, Softmax, Concat, ... instead of
+   the com.microsoft op; everything else identical) and both are run interleaved (gqa, plain on
+   even rounds, plain, gqa on odd ones; 8 rounds after a discarded warm-up): decode ms/token and
+   prefill ms of a 128 + 64 generation, and the prefill of a 1024-token prompt
+   (``gqa_*`` / ``plain_*`` fields, medians; ``decode_ratio``, ``prefill_ratio``,
+   ``prefill_long_ratio`` = gqa / plain, below 1 when the fused op is faster). ``--quick``
+   runs it on the tiny shape (16 + 8 tokens, a 64-token prefill, 2 rounds);
+   ``--fused-rounds 0`` skips it.
 
-Generations are interleaved: each round runs ours untracked (U), theirs (G) and ours tracked
+Generations of sections 1-3 are interleaved: each round runs ours untracked (U), theirs (G) and ours tracked
 (T), in the order U G T on even rounds and T G U on odd ones, after one discarded warm-up of
 each. Per generation, decode ms/token = the decode passes' wall time / new tokens (the argmax
 of each step included, as in ``generate``); every figure is the median over rounds, and every
@@ -38,13 +48,17 @@ ratio is a ratio of those medians (``details`` also has the median of per-round 
 
 On a shared 2-vCPU machine single generations of the same model vary by +-20 %, so ratios
 within the per-round interquartile range printed in ``notes`` are noise. After onnxruntime's
-load-time fusions both graphs are op-for-op the same (151 MatMul, 30 GroupQueryAttention, 60
-SkipSimplifiedLayerNormalization, 30 QuickGelu, 30 Mul; tied head as a [576, 49152] MatMul),
-so ours and genai's decode at the same speed. What did make the same decode faster, measured
-interleaved (ratio to the plain ``generate`` loop): ``allow_spinning=1`` 0.84; a shared
-max-length past/present KV buffer through IOBinding (what the onnxruntime-genai runtime does;
-GroupQueryAttention 4.5 -> 3.0 ms/token) 0.88-0.91; gate_proj + up_proj as one MatMul 0.92-0.93;
-the last two together 0.84.
+load-time fusions both graphs use the same fused ops (30 GroupQueryAttention, 60
+SkipSimplifiedLayerNormalization, 30 QuickGelu, 30 Mul; tied head as a [576, 49152] MatMul);
+they differ in one thing: greenprof's builder (BUILDER_VERSION 2) packs gate_proj + up_proj
+into one [576, 3072] MatMul followed by a Split (121 MatMul + 30 Split), genai's export keeps
+them separate (151 MatMul). Same weight bytes per token, 30 fewer matmul kernels: measured
+interleaved against builder version 1 (medians of 10-16 rounds, 4 runs), decode ms/token
+x0.93-0.97 in fp32 and x0.90-0.94 in int4 (one int4 run, under heavy load, 1.02).
+What else made the same decode faster, measured interleaved (ratio to the plain ``generate``
+loop): ``allow_spinning=1`` 0.84; a shared max-length past/present KV buffer through IOBinding
+(what the onnxruntime-genai runtime does; GroupQueryAttention 4.5 -> 3.0 ms/token) 0.88-0.91;
+that and the packed gate_up together 0.84.
 """
 
 from __future__ import annotations
@@ -69,8 +83,10 @@ TARGET_RATIO_VS_GENAI = 1.00  # ours / theirs, decode ms per token: lower is bet
 TARGET_ROOFLINE = 0.70
 TARGET_TRACKED = 0.99
 
-FULL = dict(model="smollm-135m", prompt_tokens=128, new_tokens=64, rounds=10, bw_mib=1024, bw_warm=3)
-QUICK = dict(model="tiny", prompt_tokens=16, new_tokens=8, rounds=2, bw_mib=128, bw_warm=1)
+FULL = dict(model="smollm-135m", prompt_tokens=128, new_tokens=64, rounds=10, bw_mib=1024, bw_warm=3,
+            fused_rounds=8, long_prompt_tokens=1024)
+QUICK = dict(model="tiny", prompt_tokens=16, new_tokens=8, rounds=2, bw_mib=128, bw_warm=1,
+             fused_rounds=2, long_prompt_tokens=64)
 
 GENAI_MARKER = "greenprof-bench-genai.json"
 INSTALL_HINT = "pip install -e '.[bench]'"
@@ -451,6 +467,93 @@ def _r(x: Any, nd: int = 4) -> Any:
     return x
 
 
+# -- fused vs plain attention -------------------------------------------------------------------
+def fused_attention_section(cfg: dict[str, Any], threads: int, cache_dir: str | None, gqa_model: Any,
+                            gqa_facts: dict[str, Any]) -> dict[str, Any]:
+    """The same model built with onnxruntime's fused GroupQueryAttention ("gqa", what greenprof
+    builds) and with the attention in standard ONNX ops ("plain"), generations interleaved.
+
+    Per round, in the order gqa, plain (even rounds) or plain, gqa (odd ones): one generation of
+    ``prompt_tokens`` + ``new_tokens`` (decode ms/token and prefill ms) and one prefill of
+    ``long_prompt_tokens`` (``new_tokens=1``), after one discarded warm-up of each. Figures are
+    medians over rounds; ratios are gqa / plain (below 1: the fused kernel is faster)."""
+    from greenprof.models.builder import build, is_built
+    from greenprof.models.loader import load
+    from greenprof.models.runner import generate
+
+    model, P, N = cfg["model"], cfg["prompt_tokens"], cfg["new_tokens"]
+    rounds = cfg["fused_rounds"]
+    cached = is_built(model, "fp32", cache_dir, attention="plain")
+    t0 = time.perf_counter()
+    plain_dir = build(model, "fp32", cache_dir, attention="plain")
+    plain_build_s = time.perf_counter() - t0
+    log(f"fused vs plain attention: {model} fp32, prompt {P} + {N} new tokens and a {cfg['long_prompt_tokens']}-token "
+        f"prefill, {rounds} rounds; plain: {plain_dir} ({'cached' if cached else 'built'} in {plain_build_s:.1f} s)")
+    plain_model = load(plain_dir, threads=threads, spinning=False)
+    models = {"gqa": gqa_model, "plain": plain_model}
+    context = min(m.context_length or 1 << 30 for m in models.values())
+    L = max(1, min(cfg["long_prompt_tokens"], context - 1))
+
+    def one(kind: str) -> tuple[float, float, float]:
+        g = generate(models[kind], prompt_tokens=P, new_tokens=N)
+        long = generate(models[kind], prompt_tokens=L, new_tokens=1)
+        return (sum(g.token_durations_s) / len(g.token_durations_s) * 1e3, g.prefill_duration_s * 1e3,
+                long.prefill_duration_s * 1e3)
+
+    for kind in models:  # warm-ups (discarded)
+        one(kind)
+    dec: dict[str, list[float]] = {"gqa": [], "plain": []}
+    pre: dict[str, list[float]] = {"gqa": [], "plain": []}
+    pre_long: dict[str, list[float]] = {"gqa": [], "plain": []}
+    for r in range(rounds):
+        order = ("gqa", "plain") if r % 2 == 0 else ("plain", "gqa")
+        for kind in order:
+            d, p, pl = one(kind)
+            dec[kind].append(d)
+            pre[kind].append(p)
+            pre_long[kind].append(pl)
+        log(f"  round {r + 1}/{rounds} ({', '.join(order)}): decode gqa {dec['gqa'][-1]:.2f} plain "
+            f"{dec['plain'][-1]:.2f} ms/token; prefill {P} gqa {pre['gqa'][-1]:.1f} plain {pre['plain'][-1]:.1f} ms; "
+            f"prefill {L} gqa {pre_long['gqa'][-1]:.1f} plain {pre_long['plain'][-1]:.1f} ms")
+
+    def pairs(xs: dict[str, list[float]]) -> dict[str, Any]:
+        rs = [a / b for a, b in zip(xs["gqa"], xs["plain"])]
+        q = statistics.quantiles(rs, n=4) if len(rs) >= 2 else [rs[0], rs[0], rs[0]]
+        return {"median": _med(rs), "interquartile": [q[0], q[2]], "gqa_faster_rounds": sum(r < 1 for r in rs)}
+
+    med = {name: {k: _med(v) for k, v in xs.items()} for name, xs in
+           (("decode", dec), ("prefill", pre), ("prefill_long", pre_long))}
+    ratios = {name: m["gqa"] / m["plain"] for name, m in med.items()}
+    plain_facts = graph_facts(plain_dir / "model.onnx")
+    ops = lambda facts: {k: v for k, v in facts["ops"].items()  # noqa: E731
+                         if k in ("MatMul", "Softmax", "com.microsoft.GroupQueryAttention", "Concat", "Transpose")}
+    return _r({
+        "model": model,
+        "precision": "fp32",
+        "prompt_tokens": P,
+        "new_tokens": N,
+        "long_prompt_tokens": L,
+        "rounds": rounds,
+        "gqa_decode_ms_per_token": med["decode"]["gqa"],
+        "plain_decode_ms_per_token": med["decode"]["plain"],
+        "gqa_prefill_ms": med["prefill"]["gqa"],
+        "plain_prefill_ms": med["prefill"]["plain"],
+        "gqa_prefill_long_ms": med["prefill_long"]["gqa"],
+        "plain_prefill_long_ms": med["prefill_long"]["plain"],
+        "decode_ratio": ratios["decode"],
+        "prefill_ratio": ratios["prefill"],
+        "prefill_long_ratio": ratios["prefill_long"],
+        "fused_faster": {name: bool(r < 1) for name, r in ratios.items()},
+        "ratio_is": "gqa / plain (ms): below 1 the fused GroupQueryAttention is faster",
+        "pair_ratios": {"decode": pairs(dec), "prefill": pairs(pre), "prefill_long": pairs(pre_long)},
+        "per_generation_ms": {"decode": dec, "prefill": pre, "prefill_long": pre_long},
+        "graph_ops": {"gqa": ops(gqa_facts), "plain": ops(plain_facts)},
+        "plain_dir": str(plain_dir),
+        "plain_cached": cached,
+        "plain_build_s": plain_build_s,
+    }, 4)
+
+
 # -- the run -------------------------------------------------------------------------------------
 def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai: bool, quick: bool) -> dict[str, Any]:
     import numpy as np
@@ -533,6 +636,9 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
         log(f"  round {r + 1}/{rounds} ({order}): ours {per['U'][-1]:.2f}  genai {per['G'][-1]:.2f}  "
             f"tracked {per['T'][-1]:.2f} ms/token")
 
+    fused = (fused_attention_section(cfg, threads, cache_dir, ours, ours_facts)
+             if cfg.get("fused_rounds", 0) > 0 else None)
+
     ours_ms, genai_ms, tracked_ms = _med(per["U"]), _med(per["G"]), _med(per["T"])
     ratio_vs_genai = ours_ms / genai_ms
     tracked_ratio = ours_ms / tracked_ms  # (1/tracked) / (1/untracked): tokens/s ratio
@@ -594,6 +700,15 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
     if quick:
         notes.append(f"quick run: the {model!r} shape, {rounds} rounds, a {cfg['bw_mib']} MiB bandwidth array: "
                      "a smoke test, not a measurement")
+    if fused is not None:
+        fa = fused
+        notes.append(
+            f"fused_attention: the same model with GroupQueryAttention (gqa) vs the attention in standard ONNX ops "
+            f"(plain), interleaved over {fa['rounds']} rounds: decode {fa['gqa_decode_ms_per_token']:.2f} vs "
+            f"{fa['plain_decode_ms_per_token']:.2f} ms/token (ratio {fa['decode_ratio']:.3f}), prefill {P} tokens "
+            f"{fa['gqa_prefill_ms']:.1f} vs {fa['plain_prefill_ms']:.1f} ms ({fa['prefill_ratio']:.3f}), prefill "
+            f"{fa['long_prompt_tokens']} tokens {fa['gqa_prefill_long_ms']:.1f} vs {fa['plain_prefill_long_ms']:.1f} "
+            f"ms ({fa['prefill_long_ratio']:.3f}); ratios are gqa / plain, below 1 = the fused op is faster")
     if not all(m == N for m in marks_seen):
         notes.append(f"tracked generations recorded {marks_seen} token marks (expected {N} each)")
 
@@ -619,6 +734,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
                     "tracked_ratio_min": TARGET_TRACKED},
         **meets,
         "meets_all": all(meets.values()),
+        "fused_attention": fused,
         "build": {
             "ours_dir": str(ours_dir), "ours_cached": cached, "ours_build_s": ours_build_s,
             "genai_dir": str(genai_dir), "genai_cached": genai_meta["cached"],
@@ -680,6 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="built-in shape (default smollm-135m; tiny with --quick)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"interleaved rounds of (ours, genai, ours tracked) (default {FULL['rounds']})")
+    parser.add_argument("--fused-rounds", type=int, default=None,
+                        help="interleaved rounds of the fused (GroupQueryAttention) vs plain-ops attention "
+                             f"comparison (default {FULL['fused_rounds']}, {QUICK['fused_rounds']} with --quick; "
+                             "0 skips it)")
+    parser.add_argument("--long-prompt-tokens", type=int, default=None,
+                        help=f"prompt of the long prefill in that comparison (default {FULL['long_prompt_tokens']}, "
+                             f"{QUICK['long_prompt_tokens']} with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both models (default 2)")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default 128)")
     parser.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 64)")
@@ -691,16 +814,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = dict(QUICK if args.quick else FULL)
-    for key in ("model", "rounds", "prompt_tokens", "new_tokens"):
+    for key in ("model", "rounds", "prompt_tokens", "new_tokens", "fused_rounds", "long_prompt_tokens"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
     if args.make_hf:
         make_hf_folder(cfg["model"], Path(args.make_hf))
         return 0
-    for key in ("rounds", "prompt_tokens", "new_tokens"):
+    for key in ("rounds", "prompt_tokens", "new_tokens", "long_prompt_tokens"):
         if cfg[key] < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    if cfg["fused_rounds"] < 0:
+        parser.error("--fused-rounds must be >= 0")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
 

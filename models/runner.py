@@ -22,12 +22,37 @@ Two ways of driving onnxruntime are implemented, both bound by name:
   ``past_key_values.*``: the KV cache never goes through numpy and never leaves the device.
 * ``io_binding=False``: plain ``session.run`` with numpy feeds.
 
-The default (``io_binding=None``) is IO binding on a GPU provider, where it keeps the KV cache
-in device memory instead of copying it to the host and back every token, and plain
-``session.run`` on CPU: there ``run`` is already zero-copy (numpy inputs are wrapped in place and
-outputs are numpy views of onnxruntime's buffers), and the extra per-step binding calls made IO
-binding 10-20 % slower per decode step on tiny models (2-layer Llama: 0.23 vs 0.27 ms/token)
-and no faster on SmolLM-135M shapes (int4: 11.7 vs 12.9 ms/token; fp32: equal).
+Without a shared KV buffer (below), the default (``io_binding=None``) is IO binding on a GPU
+provider, where it keeps the KV cache in device memory instead of copying it to the host and
+back every token, and plain ``session.run`` on CPU: there ``run`` is already zero-copy (numpy
+inputs are wrapped in place and outputs are numpy views of onnxruntime's buffers), and the extra
+per-step binding calls made IO binding 10-20 % slower per decode step on tiny models (2-layer
+Llama: 0.23 vs 0.27 ms/token) and no faster on SmolLM-135M shapes (int4: 11.7 vs 12.9 ms/token;
+fp32: equal).
+
+**Shared KV buffer** (``shared_kv``). Both ways above grow the cache by one position a step:
+every decode pass writes a new ``present`` one token longer than the ``past`` it was given, so
+the whole KV cache is copied (and the new tensor allocated and zeroed) once per token. For models
+whose past/present tensors go straight into and out of com.microsoft ``GroupQueryAttention``
+nodes (greenprof's built-in models; checked on the ONNX graph, see :func:`shared_kv_blocker`)
+the runner instead does what the onnxruntime-genai runtime does: one ``(batch, kv_heads,
+prompt + new_tokens, head_dim)`` OrtValue per past/present pair, allocated once and bound through
+IOBinding as *both* ``past_key_values.i.*`` and ``present.i.*``. GroupQueryAttention sees the
+aliased buffers (``past_present_share_buffer``) and writes only the new token's K/V in place, at
+position ``seqlens_k``. The attention mask keeps its usual meaning and width (``past + new``
+ones): the graph derives ``seqlens_k = sum(mask) - 1`` (valid tokens minus one per row) and
+``total_sequence_length = mask.shape[1]`` from it, so the kernel reads exactly the valid prefix
+of the max-length buffer and the prompt pass is still a first prompt (``sequence_length ==
+total_sequence_length``); a max-length mask would instead make the prompt look like a chunked
+continuation (refused for batch > 1). Results are the same as the growing cache (the kernel
+computes over the same ``total`` positions: bit-identical logits in the tests), and a decode
+step no longer copies the cache nor re-binds it. On the SmolLM-135M shape (2 threads, no
+spinning, prompt 128 + 64 new tokens, 16 interleaved rounds, medians) decode went from 33.4 to
+30.5 ms/token in fp32 (0.91x) and from 14.1 to 12.1 ms/token in int4 (0.86x). ``shared_kv=None``
+(the default) uses it on the CPU for such models, whatever ``io_binding=None`` would otherwise
+pick there (not for onnxruntime-genai folders, which keep the plain loop, nor with an explicit
+``io_binding=False``); ``True`` forces it (also on CUDA, where it is untested; there the
+GroupQueryAttention kernel exists for fp16/bf16 KV only); ``False`` never uses it.
 
 The module also turns a meter's :class:`Measurement` into per-token figures (:func:`attribute`)
 and summarizes repeated runs with a Student-t confidence interval (:func:`summarize`).
@@ -36,10 +61,14 @@ and summarizes repeated runs with a Student-t confidence interval (:func:`summar
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +85,7 @@ __all__ = [
     "MarkSink",
     "attribute",
     "generate",
+    "shared_kv_blocker",
     "summarize",
     "t_quantile",
 ]
@@ -82,6 +112,7 @@ class Generation:
     measurement: Any | None = None  # meter.measurement when the meter had exited, else None
     io_binding: bool = False
     texts: list[str] | None = None  # decoded text of every row
+    shared_kv: bool = False  # one max-length past/present buffer per layer (see the module docs)
 
     @property
     def decode_duration_s(self) -> float:
@@ -115,6 +146,7 @@ def generate(
     stop_at_eos: bool = False,
     meter: MarkSink | None = None,
     io_binding: bool | None = None,
+    shared_kv: bool | None = None,
 ) -> Generation:
     """Generate ``new_tokens`` tokens per row after a prompt.
 
@@ -125,6 +157,10 @@ def generate(
     prompt pass ("setup"), after it ("prefill") and after every decode pass ("token-1",
     "token-2", ...), each time after the device has finished the work. ``io_binding``: None picks the faster way for the model's device (IO
     binding on GPU, ``session.run`` on CPU); True/False force one (see the module docs).
+    ``shared_kv``: None uses one preallocated past/present buffer per layer, bound through IO
+    binding, where it applies (a GroupQueryAttention graph on the CPU, not an onnxruntime-genai
+    folder, ``io_binding`` not False); True insists on it (InvalidArgument where the graph does
+    not allow it); False keeps the growing cache. See the module docs.
     """
     sig = model.signature
     rng_prompt, rng_sample = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -136,8 +172,10 @@ def generate(
         pick = _sampler(rng_sample, temperature)
 
     n_prompt = prompt_ids.shape[1]
-    use_binding = model.device != "cpu" if io_binding is None else bool(io_binding)
-    stepper: _Stepper = (_BoundStepper if use_binding else _PlainStepper)(model, batch, n_prompt + new_tokens)
+    use_shared = _use_shared_kv(model, shared_kv, io_binding)
+    use_binding = use_shared or (model.device != "cpu" if io_binding is None else bool(io_binding))
+    stepper_type: type = _SharedStepper if use_shared else _BoundStepper if use_binding else _PlainStepper
+    stepper: _Stepper = stepper_type(model, batch, n_prompt + new_tokens)
     eos = np.asarray(model.eos_token_ids, dtype=np.int64)
     tokens = np.zeros((batch, new_tokens), dtype=np.int64)
     durations: list[float] = []
@@ -192,6 +230,7 @@ def generate(
         token_durations_s=durations,
         measurement=_measurement_of(meter),
         io_binding=use_binding,
+        shared_kv=use_shared,
     )
 
 
@@ -425,6 +464,170 @@ class _BoundStepper:
     def synchronize(self) -> None:
         if self._device != "cpu":
             self._binding.synchronize_outputs()
+
+
+class _SharedStepper:
+    """IOBinding with one max-length KV buffer per past/present pair, bound once as both.
+
+    Each ``(batch, kv_heads, max_len, head_dim)`` OrtValue is bound as ``past_key_values.i.*``
+    and as ``present.i.*``; GroupQueryAttention sees the aliased buffers and writes only the new
+    positions, in place (see the module docs). The bindings never change: a step re-binds only
+    the small host inputs. Decode logits land in one preallocated host array (no allocation,
+    no copy out of an OrtValue); the prompt pass's logits, of another shape, are allocated.
+    """
+
+    def __init__(self, model: LoadedModel, batch: int, max_len: int) -> None:
+        import onnxruntime as ort
+
+        sig = model.signature
+        self._sig = sig
+        self._session = model.session
+        self._device = model.device
+        self._buf = _Buffers(model, batch, max_len)
+        b = self._binding = model.session.io_binding()
+        b.bind_output(sig.logits, "cpu")  # bound first: index 0 of get_outputs()
+        shape = (batch, sig.num_kv_heads, max_len, sig.head_dim)
+        self._host_kv: list[np.ndarray] = []  # CPU buffers: the OrtValues wrap these arrays
+        self._kv: list[Any] = []
+        for names in zip(sig.past_keys, sig.present_keys), zip(sig.past_values, sig.present_values):
+            for past, present in names:
+                # Zeroed so no uninitialized memory is ever bound (only the valid prefix is read).
+                # On the CPU the OrtValue wraps the array itself; on a GPU it is copied over once.
+                zeros = np.zeros(shape, dtype=sig.kv_dtype)
+                value = ort.OrtValue.ortvalue_from_numpy(zeros, self._device, model.device_id)
+                if self._device == "cpu":
+                    self._host_kv.append(zeros)
+                self._kv.append(value)
+                b.bind_ortvalue_input(past, value)
+                b.bind_ortvalue_output(present, value)
+        self._logits: np.ndarray | None = None
+        self._logits_value: Any = None
+        if sig.vocab_size is not None:
+            self._logits = np.empty((batch, 1, sig.vocab_size), dtype=sig.logits_dtype)
+            self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+
+    def prefill(self, prompt_ids: np.ndarray) -> np.ndarray:
+        n = prompt_ids.shape[1]
+        self._bind_inputs(prompt_ids, n, self._buf.prefill_positions(n))
+        self._session.run_with_iobinding(self._binding)
+        last = self._binding.get_outputs()[0].numpy()[:, -1, :]
+        if self._logits_value is not None:  # decode steps write their logits into self._logits
+            self._binding.bind_ortvalue_output(self._sig.logits, self._logits_value)
+        return last
+
+    def decode(self, ids: np.ndarray, past_len: int) -> np.ndarray:
+        self._bind_inputs(ids, past_len + 1, self._buf.decode_positions(past_len))
+        self._session.run_with_iobinding(self._binding)
+        if self._logits is not None:
+            return self._logits[:, -1, :]  # overwritten by the next step: picked before it
+        return self._binding.get_outputs()[0].numpy()[:, -1, :]
+
+    def _bind_inputs(self, ids: np.ndarray, total: int, positions: np.ndarray) -> None:
+        sig, b = self._sig, self._binding
+        b.bind_cpu_input(sig.input_ids, ids)
+        if sig.attention_mask:
+            # (batch, total) ones: seqlens_k = total - 1 and total_sequence_length = total, as
+            # with the growing cache; the buffers' max length is only their allocation.
+            b.bind_cpu_input(sig.attention_mask, self._buf.mask(total))
+        if sig.position_ids:
+            b.bind_cpu_input(sig.position_ids, positions)
+
+    def synchronize(self) -> None:
+        if self._device != "cpu":
+            self._binding.synchronize_outputs()
+
+
+# --------------------------------------------------------------------------- shared KV support
+
+_GQA_OP = b"GroupQueryAttention"
+
+
+def shared_kv_blocker(model: LoadedModel) -> str | None:
+    """Why ``model`` cannot run with a shared past/present KV buffer, or None when it can.
+
+    The buffer is bound with the past's shape changed from ``past`` to the maximum length, so
+    every ``past_key_values.i.key/value`` must be read by nothing but one com.microsoft
+    GroupQueryAttention node (as its ``past_key`` / ``past_value``, inputs 3 and 4) whose
+    ``present_key`` / ``present_value`` outputs are ``present.i.key/value`` and read by no other
+    node: a graph that takes ``Shape(past)`` or concatenates the past itself would see the
+    buffer's length instead of the valid one. The ONNX file is scanned for the op name first
+    (cheap); only files that contain it are parsed (graph only, no external weights), once per
+    file version.
+    """
+    sig = model.signature
+    if model.provider not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+        return f"the shared KV buffer is implemented for the CPU and CUDA providers, not {model.provider}"
+    if sig.attention_mask is None:
+        return f"{model.path.name} has no attention_mask input (GroupQueryAttention's lengths come from it)"
+    if sig.use_cache_branch:
+        return f"{model.path.name} is a merged decoder (use_cache_branch): its attention sits in subgraphs"
+    path = Path(model.path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot read {path}: {exc}"
+    pairs = tuple(zip(sig.past_keys, sig.past_values, sig.present_keys, sig.present_values))
+    return _graph_blocker(str(path), st.st_size, st.st_mtime_ns, pairs)
+
+
+@lru_cache(maxsize=32)
+def _graph_blocker(path: str, size: int, mtime_ns: int, pairs: tuple[tuple[str, str, str, str], ...]) -> str | None:
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            has_gqa = mm.find(_GQA_OP) >= 0
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        return f"cannot scan {name}: {exc}"
+    if not has_gqa:
+        return f"{name} has no GroupQueryAttention node (the shared buffer needs its in-place KV update)"
+    import onnx
+
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends
+        return f"cannot parse the graph of {name}: {exc}"
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    consumers: dict[str, list[tuple[int, int]]] = {}
+    for n, node in enumerate(graph.node):
+        if any(a.type in subgraph_types for a in node.attribute):
+            return f"{name} has control-flow subgraphs ({node.op_type} {node.name!r})"
+        for slot, tensor in enumerate(node.input):
+            if tensor:
+                consumers.setdefault(tensor, []).append((n, slot))
+    for past_k, past_v, present_k, present_v in pairs:
+        uses_k, uses_v = consumers.get(past_k, []), consumers.get(past_v, [])
+        if len(uses_k) != 1 or len(uses_v) != 1:
+            return (f"{past_k} / {past_v} are read by {len(uses_k)} / {len(uses_v)} nodes of {name}, "
+                    "not by one GroupQueryAttention alone")
+        (nk, slot_k), (nv, slot_v) = uses_k[0], uses_v[0]
+        node = graph.node[nk]
+        is_gqa = node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft"
+        if nk != nv or not is_gqa or (slot_k, slot_v) != (3, 4):
+            return f"{past_k} / {past_v} are not past_key / past_value of one GroupQueryAttention node in {name}"
+        if list(node.output[1:3]) != [present_k, present_v]:
+            return f"{present_k} / {present_v} are not the present outputs of the GroupQueryAttention reading {past_k}"
+        if consumers.get(present_k) or consumers.get(present_v):
+            return f"{present_k} / {present_v} are read inside {name}"
+    return None
+
+
+def _use_shared_kv(model: LoadedModel, shared_kv: bool | None, io_binding: bool | None) -> bool:
+    if shared_kv is not None and not isinstance(shared_kv, bool):
+        raise InvalidArgument(f"shared_kv={shared_kv!r}: give True, False or None (use it where it applies)")
+    if shared_kv is False:
+        return False
+    if shared_kv is None:
+        # Automatic only where it was measured: the CPU, and not for genai folders (their runtime
+        # decides; greenprof keeps the plain loop for them unless asked).
+        if io_binding is False or model.device != "cpu" or model.format == "genai":
+            return False
+        return shared_kv_blocker(model) is None
+    if io_binding is False:
+        raise InvalidArgument("shared_kv=True binds the KV buffers through IOBinding: leave io_binding at None or True")
+    reason = shared_kv_blocker(model)
+    if reason is not None:
+        raise InvalidArgument(f"shared_kv=True, but {reason}: leave shared_kv at None or False for this model")
+    return True
 
 
 # --------------------------------------------------------------------------- attribution

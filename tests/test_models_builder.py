@@ -128,8 +128,9 @@ def reference_logits(folder: Path, shape: ModelShape, ids: np.ndarray) -> np.nda
         attn = (probs @ v).transpose(0, 2, 1, 3).reshape(b, n, h * d)
         x = x + attn @ w[f"{p}.attn.o_proj.weight"]
         hn = rms(x, w[f"{p}.post_attention_layernorm.weight"])
-        gate = hn @ w[f"{p}.mlp.gate_proj.weight"]
-        x = x + (gate / (1 + np.exp(-gate)) * (hn @ w[f"{p}.mlp.up_proj.weight"])) @ w[f"{p}.mlp.down_proj.weight"]
+        gate_up = hn @ w[f"{p}.mlp.gate_up_proj.weight"]  # gate columns, then up columns
+        gate, up = gate_up[..., : shape.intermediate], gate_up[..., shape.intermediate:]
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[f"{p}.mlp.down_proj.weight"]
     hn = rms(x, w["model.norm.weight"])
     head = w["model.embed_tokens.weight"].T if shape.tied_embeddings else w["lm_head.weight"]
     return hn @ head
@@ -239,6 +240,36 @@ def test_tied_quantized_head_shares_the_embedding_bytes(cache: Path) -> None:
     ops = {n.op_type for n in model.graph.node}
     assert {"GroupQueryAttention", "MatMulNBits", "GatherBlockQuantized", "SkipSimplifiedLayerNormalization"} <= ops
     assert "MatMul" not in ops
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_projections_are_packed_and_parameters_unchanged(cache: Path, precision: str) -> None:
+    """q|k|v and gate|up are one matmul each (4 per layer + the head); the stored weights hold
+    exactly param_count parameters (quantized: 2 codes per byte in int4)."""
+    import onnx
+
+    shape = get_shape("tiny")
+    model = onnx.load(str(build("tiny", precision, cache) / "model.onnx"), load_external_data=False)
+    matmul = "MatMul" if precision == "fp32" else "MatMulNBits"
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(matmul) == 4 * shape.layers + 1
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for i in range(shape.layers):
+        p = f"model.layers.{i}.mlp.gate_up_proj"
+        if precision == "fp32":
+            assert dims[f"{p}.weight"] == [shape.hidden, 2 * shape.intermediate]
+        else:
+            assert dims[f"{p}.qweight"][0] == 2 * shape.intermediate
+        assert not any(".gate_proj." in n or ".up_proj." in n for n in dims)
+    if precision == "fp32":
+        weights = sum(int(np.prod(d)) for n, d in dims.items() if n.endswith(".weight"))
+    else:
+        per_byte = 8 // read_metadata(build("tiny", precision, cache))["quantization"]["bits"]
+        # Quantized matmul/embedding codes (the tied head aliases the embedding) + fp32 norm weights.
+        weights = sum(int(np.prod(d)) * per_byte for n, d in dims.items()
+                      if n.endswith(".qweight") and not n.startswith("lm_head"))
+        weights += sum(int(np.prod(d)) for n, d in dims.items() if n.endswith(".weight"))
+    assert weights == param_count(shape)
 
 
 def test_model_passes_onnx_checker(cache: Path) -> None:

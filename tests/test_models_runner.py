@@ -276,6 +276,183 @@ def test_context_length_is_enforced(toy: LoadedModel) -> None:
         generate(model, prompt_tokens=8, new_tokens=9)
 
 
+# --------------------------------------------------------------------------- shared KV buffer (built-in GQA)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir() -> Path:
+    """The built-in tiny model (GroupQueryAttention), built once into the session's cache."""
+    from greenprof.models.builder import build
+
+    return build("tiny", "fp32")
+
+
+def _teacher_forced(stepper: Any, prompt: np.ndarray, tokens: np.ndarray) -> list[np.ndarray]:
+    """Last-position logits of the prompt pass and of one decode pass per forced token."""
+    out = [stepper.prefill(prompt).copy()]
+    ids = np.empty((prompt.shape[0], 1), np.int64)
+    for i in range(tokens.shape[1]):
+        ids[:, 0] = tokens[:, i]
+        out.append(stepper.decode(ids, past_len=prompt.shape[1] + i).copy())
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_shared_kv_equals_the_growing_cache(tiny_dir: Path, batch: int) -> None:
+    """Same logits at every step (|diff| <= 1e-4; bit-identical in practice) and the same KV."""
+    from greenprof.models import runner
+
+    model = load(tiny_dir, threads=1)
+    assert runner.shared_kv_blocker(model) is None
+    sig = model.signature
+    n_prompt, n_new = 11, 24
+    rng = np.random.default_rng(batch)
+    prompt = rng.integers(0, sig.vocab_size, (batch, n_prompt))
+    forced = rng.integers(0, sig.vocab_size, (batch, n_new))
+    plain = runner._PlainStepper(model, batch, n_prompt + n_new)
+    shared = runner._SharedStepper(model, batch, n_prompt + n_new)
+    a, b = _teacher_forced(plain, prompt, forced), _teacher_forced(shared, prompt, forced)
+    assert len(a) == len(b) == n_new + 1
+    for step, (x, y) in enumerate(zip(a, b)):
+        assert x.shape == y.shape == (batch, sig.vocab_size)
+        assert np.abs(x - y).max() <= 1e-4, step
+    # The valid prefix of each max-length buffer is the growing cache's last present.
+    total = n_prompt + n_new
+    past_names = [n for kv in (sig.past_keys, sig.past_values) for n in kv]
+    for name, buffer in zip(past_names, shared._host_kv):
+        assert buffer.shape == (batch, sig.num_kv_heads, total, sig.head_dim)
+        np.testing.assert_array_equal(buffer, plain._feeds[name])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_shared_kv_generation_equals_the_old_paths(
+    tiny_dir: Path, batch: int, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate(): same greedy tokens and sampled logits as session.run and the re-bound IOBinding."""
+    from greenprof.models import runner
+    from greenprof.models.builder import build
+
+    model = load(tiny_dir if precision == "fp32" else build("tiny", precision), threads=1)
+    seen: list[np.ndarray] = []
+    argmax = runner._argmax
+
+    def recording_argmax(last: np.ndarray) -> np.ndarray:
+        seen.append(last.copy())
+        return argmax(last)
+
+    monkeypatch.setattr(runner, "_argmax", recording_argmax)
+    runs: dict[str, tuple[Any, list[np.ndarray]]] = {}
+    ways: dict[str, dict[str, Any]] = {
+        "shared": {},  # the default
+        "plain": {"shared_kv": False},
+        "bound": {"shared_kv": False, "io_binding": True},
+    }
+    for label, kw in ways.items():
+        seen.clear()
+        gen = generate(model, prompt_tokens=9, new_tokens=30, batch=batch, seed=3, **kw)
+        runs[label] = (gen, list(seen))
+    shared, plain, bound = (runs[k][0] for k in ("shared", "plain", "bound"))
+    assert (shared.shared_kv, shared.io_binding) == (True, True)  # the default for a GQA model on CPU
+    assert (plain.shared_kv, plain.io_binding) == (False, False)
+    assert (bound.shared_kv, bound.io_binding) == (False, True)
+    np.testing.assert_array_equal(shared.token_ids, plain.token_ids)
+    np.testing.assert_array_equal(shared.token_ids, bound.token_ids)
+    logits = {k: np.stack(v[1]) for k, v in runs.items()}
+    assert logits["shared"].shape == (30, batch, model.signature.vocab_size)  # prefill + 29 sampled decodes
+    assert np.abs(logits["shared"] - logits["plain"]).max() <= 1e-4
+    assert np.abs(logits["shared"] - logits["bound"]).max() <= 1e-4
+    # sampling and EOS stopping go through the same stepper
+    kw = dict(prompt_tokens=5, new_tokens=20, batch=batch, greedy=False, seed=8, temperature=0.8)
+    np.testing.assert_array_equal(generate(model, **kw).token_ids, generate(model, shared_kv=False, **kw).token_ids)
+
+
+def test_shared_kv_reuses_one_buffer_without_reallocating(tiny_dir: Path) -> None:
+    """The buffers and their bindings are set up once: decode steps re-bind only host inputs."""
+    from greenprof.models import runner
+
+    model = load(tiny_dir, threads=1)
+    stepper = runner._SharedStepper(model, 1, 8)
+    buffers = [b.__array_interface__["data"][0] for b in stepper._host_kv]
+    last = stepper.prefill(np.array([[5, 6, 7]]))
+    for i in range(5):
+        last = stepper.decode(np.array([[int(last.argmax())]]), past_len=3 + i)
+    assert [b.__array_interface__["data"][0] for b in stepper._host_kv] == buffers
+    assert all(np.any(b[:, :, :8]) for b in stepper._host_kv)  # all 8 positions written in place
+    outs = stepper._binding.get_outputs()
+    assert all(o.shape() == [1, model.signature.num_kv_heads, 8, model.signature.head_dim] for o in outs[1:])
+
+
+def test_non_gqa_models_keep_the_growing_cache(toy: LoadedModel, tmp_path: Path) -> None:
+    from greenprof.models.builder import build
+    from greenprof.models.runner import shared_kv_blocker
+
+    # a decoder in plain ONNX ops (toy), and the built-in model with attention in standard ops
+    plain_attention = load(build("tiny", "fp32", attention="plain"), threads=1)
+    for model in (toy, plain_attention):
+        assert "no GroupQueryAttention node" in (shared_kv_blocker(model) or "")
+        for io_binding in (None, True, False):
+            gen = generate(model, prompt_tokens=4, new_tokens=5, io_binding=io_binding)
+            assert gen.shared_kv is False
+            assert gen.io_binding is (io_binding is True)
+        with pytest.raises(merr.InvalidArgument, match="shared_kv=True, but .*no GroupQueryAttention"):
+            generate(model, prompt_tokens=4, new_tokens=5, shared_kv=True)
+    merged = load(toy_decoder(tmp_path / "merged" / "model.onnx", use_cache_branch=True))
+    assert "use_cache_branch" in (shared_kv_blocker(merged) or "")
+    assert generate(merged, prompt_tokens=3, new_tokens=3).shared_kv is False
+
+
+def test_gqa_graph_that_reads_the_past_elsewhere_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    """A past also read by another node (here an Identity to an extra output) would see the
+    buffer's max length: the graph check refuses it and generation keeps the growing cache."""
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    from greenprof.models.runner import shared_kv_blocker
+
+    folder = tmp_path / "probe"
+    shutil.copytree(tiny_dir, folder)
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    proto.graph.node.append(helper.make_node("Identity", ["past_key_values.0.key"], ["past_probe"], name="probe"))
+    proto.graph.output.append(helper.make_tensor_value_info("past_probe", onnx.TensorProto.FLOAT, None))
+    onnx.save(proto, str(folder / "model.onnx"))
+    model = load(folder, threads=1)
+    assert "read by 2 / 1 nodes" in (shared_kv_blocker(model) or "")
+    assert generate(model, prompt_tokens=4, new_tokens=3).shared_kv is False
+
+
+def test_genai_folder_keeps_the_plain_loop_unless_asked(tiny_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from greenprof.models.shapes import get_shape
+
+    s = get_shape("tiny")
+    folder = tmp_path / "genai"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "greenprof-model.json").unlink()
+    genai_config(folder, "model.onnx", layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, vocab=s.vocab)
+    model = load(folder, threads=1)
+    assert model.format == "genai"
+    auto = generate(model, prompt_tokens=6, new_tokens=10, batch=2, seed=4)
+    assert auto.shared_kv is False and auto.io_binding is False
+    forced = generate(model, prompt_tokens=6, new_tokens=10, batch=2, seed=4, shared_kv=True)
+    assert forced.shared_kv is True and forced.io_binding is True
+    np.testing.assert_array_equal(auto.token_ids, forced.token_ids)
+
+
+def test_shared_kv_arguments(tiny_dir: Path) -> None:
+    model = load(tiny_dir, threads=1)
+    with pytest.raises(merr.InvalidArgument, match="binds the KV buffers through IOBinding"):
+        generate(model, prompt_tokens=3, new_tokens=2, shared_kv=True, io_binding=False)
+    with pytest.raises(merr.InvalidArgument, match="shared_kv='yes'"):
+        generate(model, prompt_tokens=3, new_tokens=2, shared_kv="yes")  # type: ignore[arg-type]
+    # io_binding=False alone is an explicit request for plain session.run: honoured
+    assert generate(model, prompt_tokens=3, new_tokens=2, io_binding=False).shared_kv is False
+    assert generate(model, prompt_tokens=3, new_tokens=2, shared_kv=True).shared_kv is True
+
+
 # --------------------------------------------------------------------------- tiny Llama (torch)
 
 LLAMA = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 256, "intermediate": 128}
