@@ -367,7 +367,24 @@ class _Buffers:
         return self._positions[position].reshape(self.batch, 1)
 
 
-class _PlainStepper:
+class _GrowingStepper:
+    """Prefill and decode as one ``_step(ids, total_length, positions)``: the cache grows by the
+    pass's tokens (past in, one-longer present out)."""
+
+    _buf: _Buffers
+
+    def _step(self, ids: np.ndarray, total: int, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def prefill(self, prompt_ids: np.ndarray) -> np.ndarray:
+        n = prompt_ids.shape[1]
+        return self._step(prompt_ids, n, self._buf.prefill_positions(n))
+
+    def decode(self, ids: np.ndarray, past_len: int) -> np.ndarray:
+        return self._step(ids, past_len + 1, self._buf.decode_positions(past_len))
+
+
+class _PlainStepper(_GrowingStepper):
     """``session.run`` with numpy feeds; presents come back as numpy and are fed back as-is."""
 
     def __init__(self, model: LoadedModel, batch: int, max_len: int) -> None:
@@ -379,13 +396,6 @@ class _PlainStepper:
         self._feeds: dict[str, np.ndarray] = {name: self._buf.empty_past for name in (*sig.past_keys, *sig.past_values)}
         if sig.use_cache_branch:
             self._feeds[sig.use_cache_branch] = np.array([False])
-
-    def prefill(self, prompt_ids: np.ndarray) -> np.ndarray:
-        n = prompt_ids.shape[1]
-        return self._step(prompt_ids, n, self._buf.prefill_positions(n))
-
-    def decode(self, ids: np.ndarray, past_len: int) -> np.ndarray:
-        return self._step(ids, past_len + 1, self._buf.decode_positions(past_len))
 
     def _step(self, ids: np.ndarray, total: int, positions: np.ndarray) -> np.ndarray:
         sig, feeds = self._sig, self._feeds
@@ -407,7 +417,7 @@ class _PlainStepper:
         pass  # session.run returns host arrays: the work is done
 
 
-class _BoundStepper:
+class _BoundStepper(_GrowingStepper):
     """IOBinding: presents stay as device OrtValues and are re-bound as the next past.
 
     Outputs must be re-bound every step: the present length grows by one, and onnxruntime
@@ -431,13 +441,6 @@ class _BoundStepper:
         self._pairs = [name for kv in zip(sig.past_keys, sig.past_values) for name in kv]
         self._present = [name for kv in zip(sig.present_keys, sig.present_values) for name in kv]
         self._use_cache = np.array([False])
-
-    def prefill(self, prompt_ids: np.ndarray) -> np.ndarray:
-        n = prompt_ids.shape[1]
-        return self._step(prompt_ids, n, self._buf.prefill_positions(n))
-
-    def decode(self, ids: np.ndarray, past_len: int) -> np.ndarray:
-        return self._step(ids, past_len + 1, self._buf.decode_positions(past_len))
 
     def _step(self, ids: np.ndarray, total: int, positions: np.ndarray) -> np.ndarray:
         sig, b = self._sig, self._binding

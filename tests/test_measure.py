@@ -172,15 +172,22 @@ def _wait_for_completed_runs(db, n, timeout=120):
     raise AssertionError("measure never completed a run")
 
 
+def _wait_for_running_run(db, timeout=30):
+    # a run takes ~0.3 s and the gap between runs ~ms: wait until one is under way
+    end = time.time() + timeout
+    while time.time() < end:
+        if rows(db, "select count(*) from runs where status = 'running'")[0][0]:
+            return
+        time.sleep(0.005)
+    raise AssertionError("measure never started another run")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_run_is_stored_as_interrupted(tmp_path, sig):
     db = tmp_path / "g.db"
     p = _start_long_measure(db)
     _wait_for_completed_runs(db, 2)
-    # a run takes ~0.3 s and the gap between runs ~ms: wait until one is under way
-    end = time.time() + 30
-    while rows(db, "select count(*) from runs where status = 'running'")[0][0] == 0 and time.time() < end:
-        time.sleep(0.005)
+    _wait_for_running_run(db)
     time.sleep(0.05)
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
@@ -198,6 +205,7 @@ def test_killed_process_leaves_running_row_reported_interrupted(tmp_path):
     db = tmp_path / "g.db"
     p = _start_long_measure(db)
     _wait_for_completed_runs(db, 1)
+    _wait_for_running_run(db)  # not in the gap between two runs, where no row is running
     p.kill()
     p.wait(timeout=30)
     assert rows(db, "select count(*) from runs where status = 'running'")[0][0] == 1

@@ -218,9 +218,11 @@ class FastWrappingCounter(CounterCollector):
 
 
 def test_sampler_keeps_wrap_tracking_alive_between_marks():
-    col = FastWrappingCounter()
-    with Meter(collectors=[col], sample_hz=200) as meter:
-        time.sleep(0.3)  # ~15 wraps, no marks
+    # A wrap every 100 ms, polled every 10 ms: only a stall of the sampler thread longer than
+    # 100 ms (10 periods) could miss one, which keeps the test meaningful on a loaded machine.
+    col = FastWrappingCounter(range_j=10.0)
+    with Meter(collectors=[col], sample_hz=100) as meter:
+        time.sleep(1.3)  # ~13 wraps, no marks
     m = meter.measurement
     truth = 100.0 * m.duration_s
     assert col.tracker.wraps >= 10
