@@ -27,7 +27,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e '.[test,bench]'
 	$(PY) benchmarks/meter_overhead.py
+	$(PY) benchmarks/store_speed.py
+	$(PY) benchmarks/dashboard_speed.py
+	$(PY) benchmarks/runner_speed.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

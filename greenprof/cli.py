@@ -105,6 +105,11 @@ def measure(
     runs: int = typer.Option(3, "--runs", help="Measured runs per model, for the mean and 95% CI."),
     warmup: int = typer.Option(1, "--warmup", help="Unmeasured warm-up generations per model."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: config, else all cores)."),
+    spinning: bool = typer.Option(False, "--spinning", help="Let onnxruntime's idle worker threads busy-wait "
+                                  "between ops: often faster on few cores, but the busy-waiting is CPU time that "
+                                  "the estimate and RAPL count as energy. Off by default."),
+    graph_opt: str = typer.Option("all", "--graph-opt", help="onnxruntime graph optimisation level: disable, "
+                                  "basic, extended, layout or all."),
     idle_s: float = typer.Option(0.0, "--idle-s", help="Seconds of idle baseline before each run (dynamic = gross - idle)."),
     region: str = typer.Option(None, "--region", help="Grid region for CO2e: ISO3 (FRA), ISO2, name, or USA/CA."),
     intensity: float = typer.Option(None, "--intensity", help="Grid intensity in g CO2e/kWh (market-based factor); overrides --region."),
@@ -133,7 +138,7 @@ def measure(
                               "price_usd_per_kwh": price_kwh, "threads": threads})
     req = MeasureRequest(models=models or list(DEFAULT_MODELS), precision=precision, prompt=prompt,
                          prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, runs=runs, warmup=warmup,
-                         threads=settings.threads, idle_s=idle_s, sample_hz=settings.sample_hz)
+                         threads=settings.threads, spinning=spinning, graph_opt=graph_opt, idle_s=idle_s, sample_hz=settings.sample_hz)
     from rich.console import Console
 
     err = Console(stderr=True)

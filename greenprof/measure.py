@@ -35,6 +35,10 @@ class MeasureRequest:
     runs: int = 3
     warmup: int = 1
     threads: int | None = None
+    #: onnxruntime worker threads busy-wait between ops (faster on few cores; the busy-waiting is
+    #: CPU time, so the estimate and RAPL count it). Off by default while measuring.
+    spinning: bool = False
+    graph_opt: str = "all"  # a key of greenprof.models.loader.GRAPH_OPT_LEVELS
     idle_s: float = 0.0
     sample_hz: float = 10.0
     collectors: Any = "auto"
@@ -103,6 +107,10 @@ def check_request(req: MeasureRequest) -> None:
         raise UsageError(f"--idle-s must be a number of seconds >= 0 (got {req.idle_s!r})")
     if not req.models:
         raise UsageError("no model given")
+    from greenprof.models.loader import GRAPH_OPT_LEVELS
+
+    if req.graph_opt not in GRAPH_OPT_LEVELS:
+        raise UsageError(f"--graph-opt must be one of {', '.join(GRAPH_OPT_LEVELS)} (got {req.graph_opt!r})")
 
 
 @dataclass
@@ -249,7 +257,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
     batch_id = str(uuid.uuid4())  # groups this model's repeated runs
     say(f"{spec}: preparing {req.precision} model")
     rm = resolve_model(spec, req.precision, build_progress)
-    model = load(rm.path, threads=threads, spinning=False)
+    model = load(rm.path, threads=threads, spinning=req.spinning, graph_opt=req.graph_opt)
     meta = getattr(model, "metadata", None) or {}
     params = rm.params or meta.get("param_count")
     precision = req.precision if rm.builtin else (meta.get("precision") or "unknown")
@@ -288,6 +296,7 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
             intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
             batch_size=req.batch,
+            extra={"session": {"spinning": req.spinning, "graph_opt": req.graph_opt}},
         )
         meter = Meter(collectors=req.collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None

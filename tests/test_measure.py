@@ -98,6 +98,7 @@ BAD = [
     (["measure", "tiny", "--new-tokens", "-3"], "--new-tokens"),
     (["measure", "tiny", "--prompt-tokens", "0"], "--prompt-tokens"),
     (["measure", "tiny", "--runs", "0"], "--runs"),
+    (["measure", "tiny", "--graph-opt", "turbo"], "--graph-opt"),
 ]
 
 
@@ -279,3 +280,17 @@ def test_batch_counts_every_sequence_token(tmp_path):
     rid = run["run_id"]
     assert rows(db, f"select sum(tokens) from segments where run_id = {rid} and label like 'token-%'") == [(24,)]
     assert rows(db, f"select tokens from segments where run_id = {rid} and label = 'prefill'") == [(24,)]
+
+
+def test_session_options_are_stored_with_each_run(tmp_path):
+    db = tmp_path / "g.db"
+    r = cli("measure", *FAST, "--spinning", "--graph-opt", "basic", "--db", str(db), "--json")
+    assert r.returncode == 0, r.stderr
+    run_ids = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
+    extras = [json.loads(e) for (e,) in rows(db, f"select extra from runs where id in ({','.join(map(str, run_ids))})")]
+    assert extras and all(e["session"] == {"spinning": True, "graph_opt": "basic"} for e in extras)
+    # the default keeps spinning off while measuring
+    r = cli("measure", *FAST, "--runs", "1", "--db", str(db), "--json")
+    (rid,) = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
+    assert json.loads(rows(db, f"select extra from runs where id = {rid}")[0][0])["session"] == {
+        "spinning": False, "graph_opt": "all"}
