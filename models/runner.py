@@ -367,6 +367,17 @@ class _Buffers:
         return self._positions[position].reshape(self.batch, 1)
 
 
+def _bind_host_inputs(binding: Any, sig: Any, buf: _Buffers, ids: np.ndarray, total: int,
+                      positions: np.ndarray) -> None:
+    """Bind a step's small host inputs (onnxruntime copies them to the device when it is not
+    the CPU): the ids, a (batch, total) mask and the positions, where the graph has them."""
+    binding.bind_cpu_input(sig.input_ids, ids)
+    if sig.attention_mask:
+        binding.bind_cpu_input(sig.attention_mask, buf.mask(total))
+    if sig.position_ids:
+        binding.bind_cpu_input(sig.position_ids, positions)
+
+
 class _GrowingStepper:
     """Prefill and decode as one ``_step(ids, total_length, positions)``: the cache grows by the
     pass's tokens (past in, one-longer present out)."""
@@ -444,12 +455,7 @@ class _BoundStepper(_GrowingStepper):
 
     def _step(self, ids: np.ndarray, total: int, positions: np.ndarray) -> np.ndarray:
         sig, b = self._sig, self._binding
-        # Small host inputs: onnxruntime copies them to the device when it is not the CPU.
-        b.bind_cpu_input(sig.input_ids, ids)
-        if sig.attention_mask:
-            b.bind_cpu_input(sig.attention_mask, self._buf.mask(total))
-        if sig.position_ids:
-            b.bind_cpu_input(sig.position_ids, positions)
+        _bind_host_inputs(b, sig, self._buf, ids, total, positions)
         if sig.use_cache_branch:
             b.bind_cpu_input(sig.use_cache_branch, self._use_cache)
         for name, value in zip(self._pairs, self._past):
@@ -526,14 +532,9 @@ class _SharedStepper:
         return self._binding.get_outputs()[0].numpy()[:, -1, :]
 
     def _bind_inputs(self, ids: np.ndarray, total: int, positions: np.ndarray) -> None:
-        sig, b = self._sig, self._binding
-        b.bind_cpu_input(sig.input_ids, ids)
-        if sig.attention_mask:
-            # (batch, total) ones: seqlens_k = total - 1 and total_sequence_length = total, as
-            # with the growing cache; the buffers' max length is only their allocation.
-            b.bind_cpu_input(sig.attention_mask, self._buf.mask(total))
-        if sig.position_ids:
-            b.bind_cpu_input(sig.position_ids, positions)
+        # The mask is (batch, total) ones, as with the growing cache (seqlens_k = total - 1,
+        # total_sequence_length = total): the buffers' max length is only their allocation.
+        _bind_host_inputs(self._binding, self._sig, self._buf, ids, total, positions)
 
     def synchronize(self) -> None:
         if self._device != "cpu":
