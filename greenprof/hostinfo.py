@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import socket
+from datetime import datetime, timezone
 from functools import lru_cache
 
 
@@ -76,3 +77,29 @@ def software() -> dict:
 
 def host() -> str:
     return socket.gethostname() or os.uname().nodename
+
+
+def pid_alive(pid: int | None, started_at: datetime | None = None) -> bool:
+    """Is process ``pid`` still there? Unknown counts as alive; so does this process.
+
+    A zombie counts as gone. With ``started_at`` (naive UTC: when the process's work began), a
+    process created more than a second after it is another program that reused the pid."""
+    if pid is None:
+        return True
+    if pid == os.getpid():
+        return True
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started_at is not None:
+            started = started_at.replace(tzinfo=timezone.utc).timestamp()
+            if proc.create_time() > started + 1.0:
+                return False
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True

@@ -701,24 +701,16 @@ def _signature(inputs: list, outputs: list) -> dict[str, list[dict[str, Any]]]:
 # Public entry point
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(root: Path, final_name: str) -> None:
     """Delete temp folders left by builds of this model that were killed (their pid is gone)."""
+    from greenprof.hostinfo import pid_alive
+
     for tmp in root.glob(f".tmp-{final_name}-*"):
         try:
             pid = int(tmp.name[len(f".tmp-{final_name}-"):].split("-")[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if not pid_alive(pid):  # this process counts as alive
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -45,6 +45,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from greenprof.errors import UsageError
+from greenprof.hostinfo import pid_alive
 
 from . import schema as S
 from .errors import (
@@ -439,38 +440,6 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _pid_alive(pid: int | None, started_at: datetime | None) -> bool:
-    """Is the process that started a run still there? Unknown counts as alive."""
-    if pid is None:
-        return True
-    if pid == os.getpid():
-        return True
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if started_at is not None:
-            # a process created after the run started is another program that reused the pid
-            started = started_at.replace(tzinfo=timezone.utc).timestamp()
-            if proc.create_time() > started + 1.0:
-                return False
-        return True
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -780,7 +749,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(select(S.runs.c.id, S.runs.c.pid, S.runs.c.started_at)
                                 .where(S.runs.c.status == "running", S.runs.c.host == host)).all()
-        dead = [r.id for r in rows if not _pid_alive(r.pid, r.started_at)]
+        dead = [r.id for r in rows if not pid_alive(r.pid, r.started_at)]
         if not dead:
             return []
         updated: list[int] = []
