@@ -37,6 +37,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from _common import log
+
 FULL = dict(runs=1000, samples=1_000_000, timeline_samples=200_000, reps=3)
 QUICK = dict(runs=60, samples=30_000, timeline_samples=6_000, reps=1)
 TARGET_S = 5.0
@@ -52,10 +54,6 @@ MACHINES = (
 )
 TOKENS = 64
 PROMPT = 128
-
-
-def log(msg: str = "") -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def fill(db: Path, runs: int, samples: int, timeline_samples: int, seed: int = 0) -> dict:

@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import median_ci95, thread_cpu_reader
+from _common import log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.99
@@ -46,10 +45,6 @@ SAMPLER_NAME = "greenprof-sampler"
 
 FULL = dict(mark_n=20_000, mark_batches=7, sampler_s=3.0, rep_chunks=30, pairs=21)
 QUICK = dict(mark_n=2_000, mark_batches=3, sampler_s=0.5, rep_chunks=10, pairs=3)
-
-
-def log(msg: str = "") -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- fake powercap tree -------------------------------------------------------------------------
@@ -245,57 +240,21 @@ def bench_ratio(root: str, work, arg: int, chunks: int, pairs: int) -> dict:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    info = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["loadavg_1m_after"] = round(os.getloadavg()[0], 2)  # this run included
-    try:
-        from greenprof.collectors.cpu_estimate import cpu_model_name
+def _loadavg_after() -> dict:
+    return {"loadavg_1m_after": round(os.getloadavg()[0], 2)} if hasattr(os, "getloadavg") else {}  # this run included
 
-        info["cpu_model"] = cpu_model_name()
-    except Exception:
-        pass
+
+def _numpy_version() -> str | None:
     try:
         import numpy as np
-
-        info["numpy"] = np.__version__
     except ImportError:
-        pass
-    return info
-
-
-def _r(x, nd=4):
-    if isinstance(x, float):
-        return round(x, nd)
-    if isinstance(x, list):
-        return [_r(v, nd) for v in x]
-    if isinstance(x, dict):
-        return {k: _r(v, nd) for k, v in x.items()}
-    return x
+        return None
+    return np.__version__
 
 
 def _ci(r: dict) -> list[float] | None:
     ci = median_ci95(r["pair_ratios"])
     return list(ci) if ci else None
-
-
-def _verdict(r: dict, ratio_cost: float) -> str | None:
-    """How a throughput ratio meets the target, or None when it does not: on the wall clock, or,
-    when the wall-clock pairs' 95 % interval includes the target (this machine's noise cannot
-    tell), on the meter's measured cost."""
-    if r["ratio"] >= TARGET:
-        return "wall clock"
-    ci = median_ci95(r["pair_ratios"])
-    if ci is not None and ci[1] >= TARGET and ratio_cost >= TARGET:
-        return "cost accounting (the wall-clock ratio's 95 % interval includes the target)"
-    return None
 
 
 def run(quick: bool) -> dict:
@@ -336,7 +295,8 @@ def run(quick: bool) -> dict:
     # The meter's own measured cost in a loop that marks every CHUNK_S: one mark per chunk plus
     # the 10 Hz sampler's CPU share (counted in full, as if taken from the loop).
     ratio_cost = 1.0 - (marks["mark_us"] * 1e-6 / CHUNK_S + s10["share"])
-    verdicts = {name: _verdict(r, ratio_cost) for name, r in (("ratio", loop), ("ratio_numpy", npr))}
+    verdicts = {name: ratio_verdict(r["ratio"], r["pair_ratios"], ratio_cost, TARGET)
+                for name, r in (("ratio", loop), ("ratio_numpy", npr))}
     meets = all(v is not None for v in verdicts.values())
     rep_s = cfg["rep_chunks"] * CHUNK_S
     method = (
@@ -382,12 +342,12 @@ def run(quick: bool) -> dict:
         "target": TARGET,
         "meets_target": meets,
         "meets_basis": verdicts,
-        "machine": {**machine_info(),
+        "machine": {**machine_info(), **_loadavg_after(), "numpy": _numpy_version(),
                     "loadavg_1m_before": None if load_before is None else round(load_before, 2)},
         "duration_s": duration,
         "quick": quick,
         "method": method,
-        "details": _r({
+        "details": round_floats({
             "domains": marks["domains"],
             "meter_start_ms": marks["meter_start_ms"],
             "mark_batches_us": marks["batches"],

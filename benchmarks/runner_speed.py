@@ -90,7 +90,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -101,7 +100,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import median_ci95, thread_cpu_reader
+from _common import log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
 
 TARGET_RATIO_VS_GENAI = 1.00  # ours / theirs, decode ms per token: lower is better
 TARGET_ROOFLINE = 0.70
@@ -116,10 +115,6 @@ SPIN_SETTLE_S = 0.2
 
 GENAI_MARKER = "greenprof-bench-genai.json"
 INSTALL_HINT = "pip install -e '.[bench]'"
-
-
-def log(msg: str = "") -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -453,44 +448,12 @@ def make_bandwidth_probe(mib: int):
 
 
 # -- machine -------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    try:
-        from greenprof.collectors.cpu_estimate import cpu_model_name
-
-        info["cpu_model"] = cpu_model_name()
-    except Exception:
-        pass
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
-
-
 def _loadavg() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
-
-
-def _r(x: Any, nd: int = 4) -> Any:
-    if isinstance(x, float):
-        return round(x, nd)
-    if isinstance(x, list):
-        return [_r(v, nd) for v in x]
-    if isinstance(x, dict):
-        return {k: _r(v, nd) for k, v in x.items()}
-    return x
 
 
 # -- fused vs plain attention -------------------------------------------------------------------
@@ -553,7 +516,7 @@ def fused_attention_section(cfg: dict[str, Any], threads: int, cache_dir: str | 
     plain_facts = graph_facts(plain_dir / "model.onnx")
     ops = lambda facts: {k: v for k, v in facts["ops"].items()  # noqa: E731
                          if k in ("MatMul", "Softmax", "com.microsoft.GroupQueryAttention", "Concat", "Transpose")}
-    return _r({
+    return round_floats({
         "model": model,
         "precision": "fp32",
         "prompt_tokens": P,
@@ -608,7 +571,7 @@ def spinning_section(cfg: dict[str, Any], threads: int, ours_dir: Path, quiet_mo
             ms[kind].append(sum(g.token_durations_s) / len(g.token_durations_s) * 1e3)
         log(f"  round {r + 1}/{rounds}: spinning off {ms['off'][-1]:.2f}  on {ms['on'][-1]:.2f} ms/token")
     del spinning
-    return _r({
+    return round_floats({
         "rounds": rounds,
         "decode_ms_per_token": {k: _med(v) for k, v in ms.items()},
         "speed_ratio_on_over_off": _med(ms["off"]) / _med(ms["on"]),  # tokens/s on / off
@@ -744,12 +707,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
     # share of the generate() call; 1 - that share is the slowdown the meter can cause.
     cost_shares = [(c["mark_s"] + c["sampler_cpu_s"]) / c["generate_s"] for c in costs]
     tracked_ratio_cost = 1.0 - _med(cost_shares)
-    if tracked_ratio >= TARGET_TRACKED:
-        tracked_basis = "wall clock"
-    elif tracked_ci is not None and tracked_ci[1] >= TARGET_TRACKED and tracked_ratio_cost >= TARGET_TRACKED:
-        tracked_basis = "cost accounting (the wall-clock ratio's 95 % interval includes the target)"
-    else:
-        tracked_basis = None
+    tracked_basis = ratio_verdict(tracked_ratio, tracked_pairs_ratios, tracked_ratio_cost, TARGET_TRACKED)
     bw_best = {k: max(s[k] for s in bw_samples) for k in bw_samples[0]}
     mem_bw = max(bw_best.values())
     wbytes = ours_facts["weight_bytes_per_token"]
@@ -882,7 +840,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
         "machine": {**machine_info(), "loadavg_1m_before": load_before, "loadavg_1m_after": load_after},
         "duration_s": time.perf_counter() - t_start,
         "notes": notes,
-        "details": _r({
+        "details": round_floats({
             "per_generation_ms": {"ours": per["U"], "genai": per["G"],
                                   "tracked_pairs": {"untracked": tr["U"], "tracked": tr["T"]}},
             "prefill_ms_median": {"ours": _med(prefill["U"]), "genai": _med(prefill["G"])},

@@ -31,12 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import log
+
 FULL = dict(sample_rows=200_000, sample_reps=5, finish_runs=60, import_reps=9)
 QUICK = dict(sample_rows=20_000, sample_reps=2, finish_runs=8, import_reps=3)
-
-
-def log(msg: str = "") -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def realistic_measurement(segments: int = 64, samples: int = 600):
