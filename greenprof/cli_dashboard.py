@@ -40,7 +40,7 @@ def dashboard_cmd(
     import os
     from pathlib import Path
 
-    from greenprof.cli_runs import _note, _open, _settings
+    from greenprof.cli_runs import _note, _open, _settings, _where
     from greenprof.dashboards import build_report, contrasting_grids, write_report
     from greenprof.errors import GreenprofError, UsageError
 
@@ -68,7 +68,7 @@ def dashboard_cmd(
         _note(f"no database at {missing} yet: the report says how to record the first run")
     else:
         with _open(settings) as store:
-            where = str(store.path) if store.path is not None else store.url
+            where = _where(store)
             html = build_report(store, regions=regions, run_id=run, settings=settings, where=where,
                                 db_arg=db)
     try:

@@ -15,7 +15,8 @@ This module imports nothing heavy at import time (no SQLAlchemy, no rich): the C
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Iterable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import typer
 
@@ -89,6 +90,14 @@ def _mark_stale(store: "Store") -> None:
         ids = ", ".join(str(i) for i in stale)
         _note(f"run{'s' if len(stale) > 1 else ''} {ids} left 'running' by a process that is gone: "
               "reported as interrupted")
+
+
+@contextmanager
+def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
+    """The store, after reporting runs left 'running' by a process that is gone as interrupted."""
+    with _open(settings) as store:
+        _mark_stale(store)
+        yield store
 
 
 def collapse_methods(methods: Iterable[str | None]) -> str:
@@ -321,8 +330,7 @@ def runs_cmd(
 
         what_if = carbon.lookup(region)
     costing = _Costing(settings, what_if)
-    with _open(settings) as store:
-        _mark_stale(store)
+    with _open_marking_stale(settings) as store:
         records = store.list_runs(limit=limit or None, model_name=model)
         where = _where(store)
     rows = [summarize(r, costing) for r in records]
@@ -370,8 +378,7 @@ def show_cmd(
     """Everything stored about one run: host, hardware, software, model, domains, phases, CO2e, cost."""
     settings = _settings(db)
     costing = _Costing(settings)
-    with _open(settings) as store:
-        _mark_stale(store)
+    with _open_marking_stale(settings) as store:
         run = _get(store, run_id)
         n_samples = store.count_samples(run_id)
     s = summarize(run, costing)
@@ -617,8 +624,7 @@ def export_cmd(
             raise UsageError(f"{output} exists: pass --force to overwrite it")
     settings = _settings(db)
     costing = _Costing(settings)
-    with _open(settings) as store:
-        _mark_stale(store)
+    with _open_marking_stale(settings) as store:
         records = store.list_runs(limit=None)
         where = _where(store)
     records.sort(key=lambda r: r.id)  # oldest first, as a log file grows
@@ -698,8 +704,7 @@ def compare_cmd(
     """Two runs side by side, with ratios B/A (per-token energy, speed, CO2e, cost)."""
     settings = _settings(db)
     costing = _Costing(settings)
-    with _open(settings) as store:
-        _mark_stale(store)
+    with _open_marking_stale(settings) as store:
         a, b = _get(store, run_a), _get(store, run_b)
     sa, sb = summarize(a, costing), summarize(b, costing)
     ratios = {k: _ratio(sa[k], sb[k]) for k, _, r in _COMPARE if r}
