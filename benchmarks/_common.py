@@ -29,6 +29,11 @@ def round_floats(x: Any, nd: int = 4) -> Any:
     return x
 
 
+def loadavg_1m() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work sharing the CPUs."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: CPUs, CPU model, memory, Python."""
     info: dict[str, Any] = {

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
+from _common import loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.99
@@ -240,10 +239,6 @@ def bench_ratio(root: str, work, arg: int, chunks: int, pairs: int) -> dict:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def _loadavg_after() -> dict:
-    return {"loadavg_1m_after": round(os.getloadavg()[0], 2)} if hasattr(os, "getloadavg") else {}  # this run included
-
-
 def _numpy_version() -> str | None:
     try:
         import numpy as np
@@ -260,7 +255,7 @@ def _ci(r: dict) -> list[float] | None:
 def run(quick: bool) -> dict:
     cfg = QUICK if quick else FULL
     t_start = time.perf_counter()
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = loadavg_1m()
     with tempfile.TemporaryDirectory(prefix="greenprof-bench-") as tmp:
         root = make_powercap(Path(tmp))
 
@@ -342,8 +337,8 @@ def run(quick: bool) -> dict:
         "target": TARGET,
         "meets_target": meets,
         "meets_basis": verdicts,
-        "machine": {**machine_info(), **_loadavg_after(), "numpy": _numpy_version(),
-                    "loadavg_1m_before": None if load_before is None else round(load_before, 2)},
+        "machine": {**machine_info(), "loadavg_1m_after": loadavg_1m(), "numpy": _numpy_version(),
+                    "loadavg_1m_before": load_before},
         "duration_s": duration,
         "quick": quick,
         "method": method,

@@ -100,7 +100,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
+from _common import loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, thread_cpu_reader
 
 TARGET_RATIO_VS_GENAI = 1.00  # ours / theirs, decode ms per token: lower is better
 TARGET_ROOFLINE = 0.70
@@ -448,10 +448,6 @@ def make_bandwidth_probe(mib: int):
 
 
 # -- machine -------------------------------------------------------------------------------------
-def _loadavg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
 def _med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -591,7 +587,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
     from greenprof.models.runner import generate
 
     t_start = time.perf_counter()
-    load_before = _loadavg()
+    load_before = loadavg_1m()
     model, P, N, rounds = cfg["model"], cfg["prompt_tokens"], cfg["new_tokens"], cfg["rounds"]
     log(f"greenprof runner speed ({'quick' if quick else 'full'} run): {model} fp32, {threads} threads, "
         f"prompt {P} + {N} new tokens, {rounds} rounds")
@@ -735,7 +731,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
         "meets_roofline": bool(roofline >= TARGET_ROOFLINE),
         "meets_tracked_ratio": tracked_basis is not None,
     }
-    load_after = _loadavg()
+    load_after = loadavg_1m()
 
     notes = [
         f"weight_bytes_per_token = initializer bytes one decode step reads, from ours' ONNX graph: every "
