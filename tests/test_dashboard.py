@@ -39,7 +39,6 @@ from greenprof.config import load_settings  # noqa: E402
 from greenprof.errors import GreenprofError  # noqa: E402
 from greenprof.meter import Meter  # noqa: E402
 from greenprof.store import open_store  # noqa: E402
-from test_store import postgres_url  # noqa: E402,F401  (a throwaway PostgreSQL server, or a skip)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "test-output"
