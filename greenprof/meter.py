@@ -1,32 +1,65 @@
-"""The meter: cheap marks over cumulative joule counters, plus a background sampler.
+"""The meter: one process-wide reader of the energy counters, shared by every open window.
 
     with greenprof.Meter(sample_hz=10) as meter:
         work(); meter.mark("prefill")
         more(); meter.mark("token-1")
     m = meter.measurement
 
-``mark`` reads every collector's counter and a monotonic clock and appends one tuple: no lock,
-no dict building, nothing else. Attribution is done once, after the window closes: the energy
-of a segment is the difference of the counters at its two marks, so it is exact for counter
-sources (RAPL, NVML energy) whatever the sampler rate. The sampler (default 10 Hz) records the
-power timeline, integrates power-only sources and keeps RAPL's wrap tracking alive between marks.
+A :class:`Meter` is a *window* on a process-wide *hub*. The hub owns the collectors (opened when
+the first window on that collector set starts, closed when the last one stops) and one
+background sampler; every window open at the same time reads the same counters, so concurrent
+windows (track blocks in threads, asyncio tasks, requests of a server, nested Meters) never
+charge the same joule twice:
+
+* **Gross**: what a counter saw over a segment (its difference at the two marks). A RAPL package
+  sees the whole socket, a GPU the whole device.
+* **This process's share** of a machine-wide counter (scope ``machine``: RAPL packages, DRAM,
+  psys) over each interval between two *share points* (sampler ticks, window starts and stops):
+  this process's CPU time over the machine's busy CPU time (/proc/stat), as Kepler and Scaphandre
+  apportion. GPUs (scope ``gpu``): the process's share of the GPU's activity where NVML reports
+  it, else the whole GPU, flagged "not shared-checked". Sources that already count only this
+  process (scope ``process``: the CPU-time estimate, replayed traces) are charged whole.
+* **Between windows**: in every interval between two counter reads, the process's energy is split
+  among the windows open in it. Each window has a parent: the window that was current in its
+  context when it started (a contextvar, so an asyncio task's windows have the enclosing
+  window as parent; a new thread starts with none). A parent's energy goes to its *split*
+  children (``split=True``: track() blocks, served requests) in proportion to the CPU time of
+  their threads in the interval (equally among windows of one thread, such as asyncio tasks,
+  and equally when no thread used CPU time); a child that does not split (a plain Meter, the
+  default) sees all of its parent's energy, like an outer reference. Top-level windows have the
+  process as parent. So the split windows open at one level add up to the energy of their
+  parent over the union of their spans: each joule is charged once.
+* **Attributed** = the window's part of the split x this process's share, per domain and
+  segment; ``energy_j`` stays gross beside it.
+
+``mark`` reads every counter and the clock under the hub's lock (a few microseconds; the lock
+keeps concurrent reads in time order so no interval is counted twice or negative), adds each
+open window's part, and appends one row to the marking window. Shares are applied once, when the
+window closes. A counter that fails mid-run is *lost*: its energy until the failure is kept
+(marked partial), never dropped. A counter whose reads may have missed a wrap (its collector
+says so) makes the window's domain *uncertain*, with the reason.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import statistics
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from greenprof.errors import SensorLost, UsageError
 
 
 class GreenprofWarning(UserWarning):
     """Something the user should know about a measurement (a possible missed wrap, a lost domain)."""
+
+
+#: Other processes' share of the machine's busy CPU time above which a run is warned about.
+OTHER_LOAD_WARN = 0.10
 
 
 @dataclass(frozen=True)
@@ -38,6 +71,7 @@ class Segment:
     end_s: float
     energy_j: dict[str, float]  # gross, per domain
     idle_energy_j: dict[str, float]  # idle power x duration, per domain (empty without a baseline)
+    attributed_energy_j: dict[str, float] = field(default_factory=dict)  # this window's share
 
     @property
     def duration_s(self) -> float:
@@ -60,10 +94,21 @@ class PowerSample:
     power_w: float
 
 
+def _clean(x: Any) -> Any:
+    """NaN and infinities become None (JSON has no NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
 @dataclass
 class Measurement:
     duration_s: float
-    energy_j: dict[str, float]
+    energy_j: dict[str, float]  # gross per domain (a lost domain: what it measured until lost)
     method: dict[str, str]
     segments: list[Segment]
     idle_power_w: dict[str, float]
@@ -76,6 +121,32 @@ class Measurement:
     sources: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     start_clock_s: float = 0.0  # the meter clock's value at the start of the window
+    #: this window's share of each domain (see the module docs)
+    attributed_energy_j: dict[str, float] = field(default_factory=dict)
+    #: what a domain's counter sees: "process" (already this process), "machine", "gpu"
+    scope: dict[str, str] = field(default_factory=dict)
+    #: {domain: reason} where a reading may be wrong (a possibly missed counter wrap)
+    uncertain: dict[str, str] = field(default_factory=dict)
+    #: {domain: one line} on how the process share was found ("not shared-checked", ...)
+    share_notes: dict[str, str] = field(default_factory=dict)
+    #: this process's and the machine's busy CPU seconds over the window (None without /proc)
+    process_cpu_s: float | None = None
+    machine_busy_cpu_s: float | None = None
+    #: other processes' share of the machine's busy CPU time over the window (None: unknown)
+    other_cpu_share: float | None = None
+    #: other windows whose spans overlapped this one (the energy was split with them)
+    concurrent_windows: int = 0
+    split: bool = False
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.energy_j)
+
+    @property
+    def share(self) -> dict[str, float | None]:
+        """Attributed over gross, per domain (None when the counter saw nothing)."""
+        return {d: (self.attributed_energy_j.get(d, 0.0) / g if g > 0 else None)
+                for d, g in self.energy_j.items()}
 
     @property
     def idle_energy_j(self) -> dict[str, float]:
@@ -88,36 +159,380 @@ class Measurement:
 
     @property
     def total_energy_j(self) -> float:
-        """Sum over domains. The default collector set never overlaps, so this is meaningful."""
-        return sum(self.energy_j.values())
+        """Gross, summed over domains. The default collector set never overlaps."""
+        return math.fsum(self.energy_j.values())
+
+    @property
+    def attributed_total_energy_j(self) -> float:
+        return math.fsum(self.attributed_energy_j.values())
 
     def to_dict(self) -> dict:
-        return {
+        return _clean({
             "status": self.status,
             "duration_s": self.duration_s,
+            "domains": self.domains,
             "energy_j": self.energy_j,
+            "attributed_energy_j": self.attributed_energy_j,
+            "share": self.share,
+            "scope": self.scope,
             "dynamic_energy_j": self.dynamic_energy_j,
             "idle_power_w": self.idle_power_w,
             "idle_window_s": self.idle_window_s,
             "method": self.method,
             "sources": self.sources,
             "lost": self.lost,
+            "uncertain": self.uncertain,
+            "share_notes": self.share_notes,
+            "process_cpu_s": self.process_cpu_s,
+            "machine_busy_cpu_s": self.machine_busy_cpu_s,
+            "other_cpu_share": self.other_cpu_share,
+            "concurrent_windows": self.concurrent_windows,
             "warnings": self.warnings,
             "sample_hz": self.sample_hz,
             "segments": [
                 {"label": s.label, "start_s": s.start_s, "duration_s": s.duration_s,
-                 "energy_j": s.energy_j, "dynamic_energy_j": s.dynamic_energy_j}
+                 "energy_j": s.energy_j, "attributed_energy_j": s.attributed_energy_j,
+                 "dynamic_energy_j": s.dynamic_energy_j}
                 for s in self.segments
             ],
             "samples": len(self.samples),
-        }
+        })
 
 
 _NAN = float("nan")
 
+#: The window current in this context (thread, or asyncio task): the parent of the next one.
+_CURRENT: contextvars.ContextVar["Meter | None"] = contextvars.ContextVar("greenprof_window", default=None)
 
-def _nan() -> float:
+
+# --------------------------------------------------------------------------------------------
+# The hub: one per collector set in this process
+
+
+@dataclass
+class _SharePoint:
+    t: float
+    cpu: Any  # CpuTimes | None
+    p: list[float | None]  # this process's share per domain over the interval ending here
+    notes: dict[int, str]
+
+
+class _Hub:
+    """The collectors, the sampler and every window open on them. All state under ``lock``."""
+
+    def __init__(self, key: Any, collectors: list, clock: Callable[[], float]) -> None:
+        from greenprof.cpushare import CpuTimesReader
+
+        self.key = key
+        self.collectors = collectors
+        self.domains = [c.domain for c in collectors]
+        self.scopes = [_scope_of(c) for c in collectors]
+        self.clock = clock
+        self.readers: list[Callable[[], float]] = [c.read_j for c in collectors]
+        self.pollers: list[Callable[[], float]] = [c.poll for c in collectors]
+        self.lock = threading.Lock()
+        self.windows: list[Meter] = []
+        self.lost: dict[int, tuple[str, float]] = {}
+        self.warnings: list[str] = []  # hub-wide events (lost domains), broadcast to windows
+        self.samples: list[tuple[float, list[float]]] = []
+        self.points: list[_SharePoint] = []
+        self.point_base = 0  # index of points[0] among every point this hub made
+        self.sample_base = 0
+        self.cpu_reader = CpuTimesReader()
+        self.last_vals: list[float] = [0.0] * len(collectors)
+        self.thread_clocks: dict[int, tuple[Callable[[], float] | None, float]] = {}
+        self.sample_hz = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.sampler_error: str | None = None
+        self.refs = 0
+        self.last_vals = self._read_vals(self.readers)
+        self._share_point(self.clock())
+
+    # -- reading (lock held by the caller) ---------------------------------------------------
+    def _read_vals(self, fns: list[Callable[[], float]]) -> list[float]:
+        vals = []
+        for i, f in enumerate(fns):
+            if i in self.lost:
+                vals.append(self.last_vals[i])
+                continue
+            try:
+                v = f()
+                if v != v:  # NaN from a reader: treat as lost
+                    raise SensorLost("the counter read NaN")
+                vals.append(v)
+            except Exception as e:  # SensorLost, or anything a driver throws
+                self._lose(i, e)
+                vals.append(self.last_vals[i])
+        return vals
+
+    def _lose(self, i: int, err: BaseException) -> None:
+        dom = self.domains[i]
+        reason = str(err) if isinstance(err, SensorLost) else f"{type(err).__name__}: {err}"
+        reason = reason or type(err).__name__
+        self.lost[i] = (reason, self.clock())
+        msg = (f"{dom} lost mid-run ({reason}); its energy until then is kept and marked partial, "
+               "the measurement goes on without it")
+        for w in self.windows:
+            w._warn(msg)
+        self.readers[i] = _nan_reader
+        self.pollers[i] = _nan_reader
+
+    def _thread_weights(self) -> list[float]:
+        """CPU seconds each open window's thread used since the last read, shared equally
+        among the windows of one thread (asyncio tasks)."""
+        per_thread: dict[int, int] = {}
+        for w in self.windows:
+            per_thread[w._tid] = per_thread.get(w._tid, 0) + 1
+        used: dict[int, float] = {}
+        for tid in per_thread:
+            reader, last = self.thread_clocks.get(tid, (None, _NAN))
+            if reader is None:
+                used[tid] = 0.0
+                continue
+            now = reader()
+            used[tid] = now - last if (now == now and last == last and now >= last) else 0.0
+            self.thread_clocks[tid] = (reader, now)
+        return [used[w._tid] / per_thread[w._tid] for w in self.windows]
+
+    def _distribute(self, delta: list[float]) -> None:
+        """Add each open window's part of ``delta`` (one value per domain) to its accumulator."""
+        ws = self.windows
+        if len(ws) == 1:
+            acc = ws[0]._acc
+            for i, d in enumerate(delta):
+                acc[i] += d
+            return
+        weights = self._thread_weights()
+        # group the open windows by their nearest open ancestor (None: the process)
+        kids: dict[int, list[int]] = {}
+        index = {id(w): k for k, w in enumerate(ws)}
+        for k, w in enumerate(ws):
+            parent = w._parent_in(ws)
+            kids.setdefault(index.get(id(parent), -1) if parent is not None else -1, []).append(k)
+        frac = [0.0] * len(ws)
+        level = [(-1, 1.0)]  # breadth-first from the process
+        while level:
+            nxt = []
+            for parent, f_parent in level:
+                group = kids.get(parent)
+                if not group:
+                    continue
+                splitters = [k for k in group if ws[k].split]
+                total = math.fsum(weights[k] for k in splitters)
+                for k in group:
+                    if ws[k].split:
+                        frac[k] = f_parent * (weights[k] / total if total > 0 else 1.0 / len(splitters))
+                    else:
+                        frac[k] = f_parent
+                    nxt.append((k, frac[k]))
+            level = nxt
+        for k, w in enumerate(ws):
+            f = frac[k]
+            if f:
+                acc = w._acc
+                for i, d in enumerate(delta):
+                    acc[i] += d * f
+
+    def read(self, poll: bool = False) -> tuple[float, list[float]]:
+        """Read every counter, give each open window its part. Lock held by the caller."""
+        t = self.clock()
+        vals = self._read_vals(self.pollers if poll else self.readers)
+        last = self.last_vals
+        delta = [v - a for v, a in zip(vals, last)]
+        self.last_vals = vals
+        if self.windows:
+            self._distribute(delta)
+        return t, vals
+
+    def _share_point(self, t: float) -> int:
+        """Close a share interval at ``t``: this process's share per domain since the last point.
+        Returns the point's absolute index."""
+        cpu = self.cpu_reader.read()
+        prev = self.points[-1] if self.points else None
+        p: list[float | None] = []
+        notes: dict[int, str] = {}
+        from greenprof.cpushare import process_share
+
+        cpu_share = process_share(prev.cpu, cpu) if prev is not None else None
+        for i, (c, scope) in enumerate(zip(self.collectors, self.scopes)):
+            if scope == "process":
+                p.append(1.0)
+            elif scope == "gpu":
+                fn = getattr(c, "process_share", None)
+                share, why = (None, "this GPU collector reports no per-process share")
+                if fn is not None:
+                    try:
+                        share, why = fn()
+                    except Exception as e:  # never let a share query break the meter
+                        share, why = None, f"{type(e).__name__}: {e}"
+                if share is None:
+                    notes[i] = why or "not shared-checked"
+                p.append(share)
+            else:  # machine-wide counter: apportioned by CPU time
+                if cpu_share is None:
+                    notes[i] = ("not shared-checked: " + (self.cpu_reader.why_not or "no /proc/stat")
+                                if not self.cpu_reader.available else "")
+                p.append(cpu_share)
+        self.points.append(_SharePoint(t, cpu, p, notes))
+        return self.point_base + len(self.points) - 1
+
+    def share_read(self, poll: bool = False) -> tuple[float, list[float], int]:
+        t, vals = self.read(poll=poll)
+        idx = self._share_point(t)
+        for w in self.windows:
+            w._row(t, None, vals, idx)
+        return t, vals, idx
+
+    def point(self, idx: int) -> _SharePoint:
+        return self.points[idx - self.point_base]
+
+    # -- windows -------------------------------------------------------------------------------
+    def add(self, w: "Meter") -> None:
+        """Register ``w`` (lock held): a share point opens its first row."""
+        tid = w._tid
+        if tid not in self.thread_clocks:
+            from greenprof.cpushare import thread_cpu_clock
+
+            reader = thread_cpu_clock(tid)
+            self.thread_clocks[tid] = (reader, reader() if reader else _NAN)
+        t, vals = self.read()  # energy so far goes to the windows already open
+        self.windows.append(w)
+        idx = self._share_point(t)
+        for o in self.windows:
+            o._row(t, "start" if o is w else None, vals, idx)
+        for o in self.windows:
+            if o is not w:
+                o._overlaps += 1
+                w._overlaps += 1
+        if w.sample_hz > self.sample_hz:
+            self.sample_hz = w.sample_hz
+            self._wake.set()
+
+    def remove(self, w: "Meter") -> tuple[float, list[float], int]:
+        t, vals = self.read()
+        idx = self._share_point(t)
+        for o in self.windows:
+            o._row(t, "end" if o is w else None, vals, idx)
+        self.windows.remove(w)
+        if self.windows:
+            self.sample_hz = max(o.sample_hz for o in self.windows)
+            alive = {o._tid for o in self.windows}
+            for tid in list(self.thread_clocks):
+                if tid not in alive:
+                    del self.thread_clocks[tid]
+        self._trim()
+        return t, vals, idx
+
+    def _trim(self) -> None:
+        """Drop share points and samples that no open window can need."""
+        if not self.windows:
+            return
+        oldest_point = min(o._first_point for o in self.windows)
+        drop = oldest_point - self.point_base - 1  # keep the point that opens the oldest interval
+        if drop > 256:
+            del self.points[:drop]
+            self.point_base += drop
+        oldest_t = min(o._t0 for o in self.windows)
+        k = 0
+        while k < len(self.samples) - 1 and self.samples[k + 1][0] <= oldest_t:
+            k += 1
+        if k > 256:
+            del self.samples[:k]
+            self.sample_base += k
+
+    # -- sampler --------------------------------------------------------------------------------
+    def sample(self) -> None:
+        with self.lock:
+            t, vals, _ = self.share_read(poll=True)
+            self.samples.append((t, vals))
+            if len(self.points) > 4096 and len(self.points) % 1024 == 0:
+                self._trim()
+
+    def ensure_sampler(self) -> None:
+        if self.sample_hz > 0 and self.thread is None:
+            self.thread = threading.Thread(target=self._sampler, name="greenprof-sampler", daemon=True)
+            self.thread.start()
+
+    def _sampler(self) -> None:
+        clock = self.clock
+        nxt = clock()
+        try:
+            while not self._stop.is_set():
+                hz = self.sample_hz
+                period = 1.0 / hz if hz > 0 else 0.5
+                nxt += period
+                now = clock()
+                if nxt < now:  # fell behind (suspended, overloaded): skip, don't burst
+                    nxt = now + period
+                self._wake.clear()
+                if self._stop.wait(max(0.0, nxt - clock())):
+                    break
+                if hz > 0:
+                    self.sample()
+        except BaseException as e:  # the sampler must never take the process down
+            self.sampler_error = f"sampler stopped early: {type(e).__name__}: {e}"
+            with self.lock:
+                for w in self.windows:
+                    w._warn(self.sampler_error)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+        self.thread = None
+        for c in self.collectors:
+            try:
+                c.close()
+            except Exception:
+                pass
+        self.cpu_reader.close()
+
+
+def _nan_reader() -> float:
     return _NAN
+
+
+def _scope_of(c: Any) -> str:
+    scope = getattr(c, "scope", None)
+    if scope in ("process", "machine", "gpu"):
+        return scope
+    src = getattr(c, "source", "")
+    if src in ("cpu-estimate", "replay"):  # counts this process only / a trace taken as this run's
+        return "process"
+    if src == "nvml" or str(getattr(c, "domain", "")).startswith("gpu-"):
+        return "gpu"
+    return "machine"
+
+
+_HUBS: dict[Any, _Hub] = {}
+_HUBS_LOCK = threading.Lock()
+
+
+def _hub_key(spec: Any, clock: Callable, discover_kwargs: dict) -> Any:
+    def norm(v: Any) -> Any:
+        try:
+            hash(v)
+            return v
+        except TypeError:
+            return ("id", id(v))
+
+    if isinstance(spec, str):
+        s: Any = spec if spec == "auto" else tuple(sorted(x.strip() for x in spec.split(",") if x.strip()))
+    else:
+        s = tuple(sorted(x if isinstance(x, str) else ("id", id(x)) for x in spec))
+    env = None
+    if spec == "auto" or isinstance(spec, str) or any(isinstance(x, str) for x in spec):
+        import os
+
+        env = (os.environ.get("GREENPROF_POWERCAP_ROOT"), os.environ.get("GREENPROF_REPLAY"),
+               os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("GREENPROF_CPU_TDP_W"))
+    return (s, ("id", id(clock)), tuple(sorted((k, norm(v)) for k, v in discover_kwargs.items())), env)
+
+
+# --------------------------------------------------------------------------------------------
+# The window
 
 
 class Meter:
@@ -127,39 +542,54 @@ class Meter:
     ----------
     collectors:
         ``"auto"`` (every measured source here, else the CPU estimate), a comma-separated string
-        or a list of domain names and/or collector objects.
+        or a list of domain names and/or collector objects. Windows open at the same time on the
+        same collector set share one reader (see the module docs).
     sample_hz:
         Background sampler rate; 0 disables it (then a power-only source cannot be integrated
         and a RAPL counter may wrap unnoticed between far-apart marks: both are warned about).
+        With several windows open, the sampler runs at the highest rate any of them asked for.
     idle_s:
         Seconds of quiet before the work to take an idle baseline (median power per domain).
+    split:
+        False (the default): the window sees all the energy of its parent (the process, or the
+        window it is nested in), like an outer reference. True: it is one of several concurrent
+        windows (requests, track() blocks) that split their parent's energy among themselves.
     """
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0,
                  idle_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
-                 **discover_kwargs) -> None:
-        if not (isinstance(sample_hz, (int, float)) and math.isfinite(sample_hz) and sample_hz >= 0):
+                 split: bool = False, **discover_kwargs) -> None:
+        if not (isinstance(sample_hz, (int, float)) and not isinstance(sample_hz, bool)
+                and math.isfinite(sample_hz) and sample_hz >= 0):
             raise UsageError(f"sample_hz must be a number >= 0 (got {sample_hz!r})")
-        if not (isinstance(idle_s, (int, float)) and math.isfinite(idle_s) and idle_s >= 0):
+        if not (isinstance(idle_s, (int, float)) and not isinstance(idle_s, bool)
+                and math.isfinite(idle_s) and idle_s >= 0):
             raise UsageError(f"idle_s must be a number of seconds >= 0 (got {idle_s!r})")
+        if not (collectors == "auto" or isinstance(collectors, str)
+                or isinstance(collectors, (list, tuple))):
+            raise UsageError(f"collectors must be \"auto\", a comma-separated string or a list of domain "
+                             f"names (got {collectors!r})")
         self._spec = collectors
         self.sample_hz = float(sample_hz)
         self.idle_s = float(idle_s)
+        self.split = bool(split)
         self._clock = clock
         self._discover_kwargs = discover_kwargs
-        self._collectors: list = []
-        self._readers: list[Callable[[], float]] = []
-        self._pollers: list[Callable[[], float]] = []
-        self._marks: list[tuple[str, float, list[float]]] = []
-        self._samples: list[tuple[float, list[float]]] = []
-        self._lost: dict[str, str] = {}
-        self._warnings: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._hub: _Hub | None = None
         self._state = "new"
+        self._rows: list[tuple[float, str | None, list[float], list[float], int]] = []
+        self._acc: list[float] = []
+        self._warnings: list[str] = []
         self._t0 = 0.0
+        self._first_point = 0
+        self._tid = threading.get_ident()
+        self._parent: Meter | None = None
+        self._ctx_token: contextvars.Token | None = None
+        self._overlaps = 0
+        self._uncertain0: list[int] = []
         self._idle_power_w: dict[str, float] = {}
         self._idle_window_s = 0.0
+        self._idle_samples: list[tuple[float, list[float]]] = []
         self._measurement: Measurement | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -174,68 +604,143 @@ class Meter:
             status = "interrupted"  # Ctrl-C, SIGTERM turned into an exception, SystemExit
         else:
             status = "failed"
-        self.stop(status=status)
+        if self._state == "running":
+            self.stop(status=status)
         return False  # never swallow the user's exception
 
     @property
     def domains(self) -> list[str]:
-        return [c.domain for c in self._collectors]
+        return list(self._hub.domains) if self._hub is not None else []
+
+    def _open_hub(self) -> _Hub:
+        key = _hub_key(self._spec, self._clock, self._discover_kwargs)
+        with _HUBS_LOCK:
+            hub = _HUBS.get(key)
+            if hub is not None and not hub._stop.is_set():
+                hub.refs += 1
+                return hub
+            from greenprof.collectors import check_overlaps, select
+
+            spec = self._spec
+            collectors = select(spec if isinstance(spec, str) else list(spec), **self._discover_kwargs)
+            if not collectors:
+                raise UsageError("no energy collector selected: see `greenprof sensors` for what this machine has")
+            overlap = check_overlaps(collectors)
+            if overlap:
+                for c in collectors:
+                    try:
+                        c.close()
+                    except Exception:
+                        pass
+                raise UsageError(overlap)
+            hub = _Hub(key, collectors, self._clock)
+            hub.refs = 1
+            _HUBS[key] = hub
+            return hub
+
+    def _release_hub(self, hub: _Hub) -> None:
+        with _HUBS_LOCK:
+            hub.refs -= 1
+            if hub.refs > 0:
+                return
+            if _HUBS.get(hub.key) is hub:
+                del _HUBS[hub.key]
+        hub.close()
 
     def start(self) -> "Meter":
         if self._state != "new":
             raise UsageError("a Meter measures one window: create a new Meter for the next one")
-        from greenprof.collectors import check_overlaps, select
-
-        self._collectors = select(self._spec, **self._discover_kwargs)
-        if not self._collectors:
-            raise UsageError("no energy collector selected: see `greenprof sensors` for what this machine has")
-        overlap = check_overlaps(self._collectors)
-        if overlap:
-            self._close_collectors()
-            raise UsageError(overlap)
-        self._readers = [c.read_j for c in self._collectors]
-        self._pollers = [c.poll for c in self._collectors]
-        self._check_sampling_rate()
-        self._state = "running"
+        hub = self._open_hub()
+        self._hub = hub
+        self._tid = threading.get_ident()
         try:
+            self._check_sampling_rate(hub)
             if self.idle_s > 0:
-                self._take_idle_baseline()
-            # first sample: primes integrating sources and anchors the timeline
-            self._sample_once()
-            if self.sample_hz > 0:
-                self._thread = threading.Thread(target=self._sampler, name="greenprof-sampler", daemon=True)
-                self._thread.start()
-            self._t0 = self._clock()
-            self._marks.append(("start", self._t0, self._read_all()))
+                self._take_idle_baseline(hub)
+            parent = _CURRENT.get()
+            self._parent = parent if (parent is not None and parent._hub is hub
+                                      and parent._state == "running") else None
+            self._acc = [0.0] * len(hub.collectors)
+            self._uncertain0 = [int(getattr(c, "uncertain_count", 0) or 0) for c in hub.collectors]
+            with hub.lock:
+                self._state = "running"
+                hub.add(self)
+                self._t0 = self._rows[0][0]
+                self._first_point = self._rows[0][4]
+                hub.ensure_sampler()
+            self._ctx_token = _CURRENT.set(self)
         except BaseException:
-            self._halt_sampler()
-            self._close_collectors()
+            if self._state == "running":
+                with hub.lock:
+                    if self in hub.windows:
+                        hub.windows.remove(self)
             self._state = "stopped"
+            self._release_hub(hub)
             raise
         return self
 
     def mark(self, label: str) -> None:
-        """Close the current segment. Reads every counter and the clock; nothing else."""
-        t = self._clock()
-        try:
-            vals = [r() for r in self._readers]
-        except Exception:
-            vals = self._read_all()
-        self._marks.append((label, t, vals))
+        """Close the current segment: read every counter and the clock, give every open window
+        its part, append one row. Nothing else."""
+        if self._state != "running":
+            raise UsageError("mark() works between start() and stop(): use it inside "
+                             "`with greenprof.Meter() as meter:`" if self._state == "new" else
+                             "mark() after the window stopped: the measurement is closed; start a new Meter")
+        if type(label) is not str or not label or label in ("start", "end"):
+            raise UsageError(f"mark() takes a non-empty text label other than 'start'/'end' (got {label!r})")
+        hub = self._hub
+        with hub.lock:
+            t, vals = hub.read()
+            self._rows.append((t, label, vals, self._acc[:], hub.point_base + len(hub.points) - 1))
+
+    def _row(self, t: float, label: str | None, vals: list[float], point_idx: int) -> None:
+        self._rows.append((t, label, vals, self._acc[:], point_idx))
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self._warnings:
+            self._warnings.append(msg)
+
+    def _parent_in(self, open_windows: list["Meter"]) -> "Meter | None":
+        """The nearest ancestor still open (a closed parent hands its children to its own)."""
+        p = self._parent
+        while p is not None and p._state != "running":
+            p = p._parent
+        return p
 
     def stop(self, status: str = "completed") -> Measurement:
         if self._state == "stopped" and self._measurement is not None:
             return self._measurement
         if self._state != "running":
             raise UsageError("the meter was never started: use `with Meter() as meter:` or meter.start()")
+        hub = self._hub
         try:
-            t = self._clock()
-            self._marks.append(("end", t, self._read_all()))
+            with hub.lock:
+                hub.remove(self)
+                self._state = "stopped"
+                samples = self._window_samples(hub)
+                points = self._window_points(hub)
+                lost = {hub.domains[i]: why for i, (why, t) in hub.lost.items()}
+                lost_t = {hub.domains[i]: t for i, (why, t) in hub.lost.items()}
+                sampler_error = hub.sampler_error
         finally:
-            self._halt_sampler()
-            self._close_collectors()
             self._state = "stopped"
-        self._measurement = self._build(status)
+            if self._ctx_token is not None:
+                try:
+                    _CURRENT.reset(self._ctx_token)
+                except ValueError:  # stopped in another context (a generator resumed elsewhere)
+                    if _CURRENT.get() is self:
+                        _CURRENT.set(self._parent)
+                self._ctx_token = None
+            uncertain = {}
+            for i, c in enumerate(hub.collectors):
+                n = int(getattr(c, "uncertain_count", 0) or 0)
+                if n > self._uncertain0[i] if i < len(self._uncertain0) else False:
+                    uncertain[hub.domains[i]] = (getattr(c, "uncertain_reason", None)
+                                                 or "a reading may be wrong (the collector flagged it)")
+            self._release_hub(hub)
+        if sampler_error:
+            self._warn(sampler_error)
+        self._measurement = self._build(status, hub, samples, points, lost, lost_t, uncertain)
         return self._measurement
 
     @property
@@ -244,146 +749,187 @@ class Meter:
             raise UsageError("no measurement yet: it is ready when the `with Meter()` block ends")
         return self._measurement
 
-    # -- reading ---------------------------------------------------------------------------
-    def _read_all(self) -> list[float]:
-        """Read each counter separately; a failing one goes to ``lost`` and reads NaN after."""
-        vals = []
-        for i, r in enumerate(self._readers):
-            try:
-                vals.append(r())
-            except Exception as e:  # SensorLost, or anything a driver throws
-                self._lose(i, e)
-                vals.append(_NAN)
-        return vals
-
-    def _lose(self, i: int, err: BaseException) -> None:
-        dom = self._collectors[i].domain
-        if dom not in self._lost:
-            reason = str(err) if isinstance(err, SensorLost) else f"{type(err).__name__}: {err}"
-            self._lost[dom] = reason or type(err).__name__
-            msg = f"{dom} lost mid-run ({self._lost[dom]}); the measurement goes on without it"
-            self._warnings.append(msg)
-        self._readers[i] = _nan
-        self._pollers[i] = _nan
-
-    def _sample_once(self) -> None:
-        t = self._clock()
-        vals = []
-        for i, p in enumerate(self._pollers):
-            try:
-                vals.append(p())
-            except Exception as e:
-                self._lose(i, e)
-                vals.append(_NAN)
-        self._samples.append((t, vals))
-
-    def _sampler(self) -> None:
-        period = 1.0 / self.sample_hz
-        nxt = self._clock() + period
-        try:
-            while not self._stop.wait(max(0.0, nxt - self._clock())):
-                self._sample_once()
-                nxt += period
-                now = self._clock()
-                if nxt < now:  # fell behind (suspended, overloaded): skip, don't burst
-                    nxt = now + period
-        except BaseException as e:  # the sampler must never take the process down
-            self._warnings.append(f"sampler stopped early: {type(e).__name__}: {e}")
-
-    def _halt_sampler(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._state == "running" and self._pollers and self._samples:
-            # close the timeline at the end of the window, unless the last sample is so recent
-            # that the interval's power would be mostly timing jitter (its energy is in the marks)
-            min_gap = 0.25 / self.sample_hz if self.sample_hz > 0 else 0.0
-            if self._clock() - self._samples[-1][0] >= min_gap:
-                self._sample_once()
-
-    def _close_collectors(self) -> None:
-        for c in self._collectors:
-            try:
-                c.close()
-            except Exception:
-                pass
-
-    def _check_sampling_rate(self) -> None:
-        for c in self._collectors:
-            need = getattr(c, "max_read_interval_s", None)
-            if need is None:
+    # -- helpers -----------------------------------------------------------------------------
+    def _window_samples(self, hub: _Hub) -> list[tuple[float, list[float]]]:
+        t0, t1 = self._t0, self._rows[-1][0]
+        out = []
+        prev = None
+        for t, vals in hub.samples:
+            if t < t0:
+                prev = (t, vals)
                 continue
-            if self.sample_hz <= 0:
-                what = "integrate its power" if c.integrates_power else "track counter wraps"
+            if t > t1:
+                break
+            if not out and prev is not None:
+                out.append(prev)  # the interval that straddles the start
+            out.append((t, vals))
+        return out
+
+    def _window_points(self, hub: _Hub) -> dict[int, _SharePoint]:
+        idxs = {r[4] for r in self._rows}
+        idxs |= {i + 1 for i in idxs}
+        out = {}
+        for i in idxs:
+            k = i - hub.point_base
+            if 0 <= k < len(hub.points):
+                out[i] = hub.points[k]
+        return out
+
+    def _check_sampling_rate(self, hub: _Hub) -> None:
+        for c in hub.collectors:
+            need = getattr(c, "max_read_interval_s", None)
+            if need is None or getattr(c, "watched", False):
+                continue
+            rate = max(self.sample_hz, hub.sample_hz)
+            if rate <= 0:
+                what = "integrate its power" if getattr(c, "integrates_power", False) else "track counter wraps"
                 msg = (f"{c.domain}: the sampler is off, so greenprof cannot {what} between marks "
                        f"more than {need:.3g} s apart; use sample_hz >= {1 / need:.2g}")
-            elif 1.0 / self.sample_hz > need:
-                msg = (f"{c.domain}: a sampler period of {1 / self.sample_hz:.3g} s could miss a counter "
+            elif 1.0 / rate > need:
+                msg = (f"{c.domain}: a sampler period of {1 / rate:.3g} s could miss a counter "
                        f"wrap (reads needed every {need:.3g} s); use sample_hz >= {1 / need:.2g}")
             else:
                 continue
-            self._warnings.append(msg)
-            warnings.warn(msg, GreenprofWarning, stacklevel=3)
+            self._warn(msg)
+            warnings.warn(msg, GreenprofWarning, stacklevel=4)
 
-    def _take_idle_baseline(self) -> None:
+    def _take_idle_baseline(self, hub: _Hub) -> None:
         hz = max(self.sample_hz, 10.0)
         n = max(3, int(round(self.idle_s * hz)))
         step = self.idle_s / n
-        start = len(self._samples)
-        self._sample_once()
-        t_next = self._clock()
+        busy_windows = len(hub.windows)
+        window: list[tuple[float, list[float]]] = []
+
+        def take() -> None:
+            with hub.lock:
+                t = hub.clock()
+                window.append((t, hub._read_vals(hub.pollers)))
+
+        take()
+        t_next = window[0][0]
         for _ in range(n):
             t_next += step
-            time.sleep(max(0.0, t_next - self._clock()))
-            self._sample_once()
-        window = self._samples[start:]
-        for i, c in enumerate(self._collectors):
+            time.sleep(max(0.0, t_next - hub.clock()))
+            take()
+        for i, d in enumerate(hub.domains):
             powers = []
             for (ta, va), (tb, vb) in zip(window, window[1:]):
-                if tb > ta and not (math.isnan(va[i]) or math.isnan(vb[i])):
+                if tb > ta and not (math.isnan(va[i]) or math.isnan(vb[i])) and i not in hub.lost:
                     powers.append((vb[i] - va[i]) / (tb - ta))
             if powers:
-                self._idle_power_w[c.domain] = statistics.median(powers)
+                self._idle_power_w[d] = statistics.median(powers)
         self._idle_window_s = window[-1][0] - window[0][0]
+        self._idle_samples = window
+        if busy_windows or len(hub.windows):
+            self._warn(f"the idle baseline was taken while {max(busy_windows, len(hub.windows))} other "
+                       "measurement window(s) were open in this process: it may not be idle")
 
     # -- result ----------------------------------------------------------------------------
-    def _build(self, status: str) -> Measurement:
-        doms = [c.domain for c in self._collectors]
-        keep = [i for i, d in enumerate(doms) if d not in self._lost]
-        kept = [doms[i] for i in keep]
-        idle = {d: w for d, w in self._idle_power_w.items() if d in kept}
-        marks = self._marks
-        t0 = marks[0][1]
+    def _build(self, status: str, hub: _Hub, hub_samples, points: dict[int, _SharePoint],
+               lost: dict[str, str], lost_t: dict[str, float], uncertain: dict[str, str]) -> Measurement:
+        doms = hub.domains
+        nd = len(doms)
+        rows = self._rows
+        t0 = rows[0][0]
+        idle = dict(self._idle_power_w)
+
+        # this process's share of each domain for the interval that ends at point k
+        def p_of(k: int, i: int) -> float:
+            pt = points.get(k)
+            if pt is None:
+                return 1.0
+            v = pt.p[i]
+            return 1.0 if v is None else v
+
+        # walk the rows: attributed energy between consecutive rows uses the share of the
+        # interval they lie in (the one that ends at the next share point)
+        attributed_cum = [0.0] * nd
+        att_at: list[list[float]] = [attributed_cum[:]]
+        for (ta, _la, _va, acc_a, pa), (tb, lb, _vb, acc_b, pb) in zip(rows, rows[1:]):
+            k = pa + 1  # the share point that closes the interval holding (ta, tb]
+            for i in range(nd):
+                attributed_cum[i] += (acc_b[i] - acc_a[i]) * p_of(k, i)
+            att_at.append(attributed_cum[:])
+
+        marks = [(k, r) for k, r in enumerate(rows) if r[1] is not None]
         segments: list[Segment] = []
-        for (_, ta, va), (label, tb, vb) in zip(marks, marks[1:]):
-            e = {doms[i]: vb[i] - va[i] for i in keep}
+        for (ka, (ta, _la, va, _aa, _pa)), (kb, (tb, lb, vb, _ab, _pb)) in zip(marks, marks[1:]):
             dur = tb - ta
-            segments.append(Segment(label, ta - t0, tb - t0, e, {d: w * dur for d, w in idle.items()}))
+            segments.append(Segment(
+                lb, ta - t0, tb - t0,
+                {doms[i]: vb[i] - va[i] for i in range(nd)},
+                {d: w * dur for d, w in idle.items()},
+                {doms[i]: att_at[kb][i] - att_at[ka][i] for i in range(nd)},
+            ))
         if len(segments) > 1 and segments[-1].label == "end" and segments[-1].duration_s == 0:
             segments.pop()
-        first, last = marks[0][2], marks[-1][2]
-        energy = {doms[i]: last[i] - first[i] for i in keep}
+        first, last = rows[0][2], rows[-1][2]
+        energy = {doms[i]: last[i] - first[i] for i in range(nd)}
+        attributed = {doms[i]: att_at[-1][i] for i in range(nd)}
+
+        # CPU-time view of the whole window (this process vs the machine)
+        pt_first, pt_last = points.get(rows[0][4]), points.get(rows[-1][4])
+        proc_s = busy_s = other = None
+        if pt_first is not None and pt_last is not None and pt_first.cpu is not None and pt_last.cpu is not None:
+            proc_s = pt_last.cpu.process_s - pt_first.cpu.process_s
+            busy_s = pt_last.cpu.machine_busy_s - pt_first.cpu.machine_busy_s
+            other = max(0.0, min(1.0, 1.0 - proc_s / busy_s)) if busy_s > 0 else 0.0
+        share_notes: dict[str, str] = {}
+        for k in sorted(points):
+            if rows[0][4] < k <= rows[-1][4] + 1:
+                for i, why in points[k].notes.items():
+                    if why:
+                        share_notes.setdefault(doms[i], why)
+        scopes = {doms[i]: hub.scopes[i] for i in range(nd)}
+        if other is not None and other > OTHER_LOAD_WARN:
+            machine_doms = [d for d, s in scopes.items() if s == "machine"]
+            if machine_doms:
+                why = (f"their energy on {', '.join(machine_doms)} was apportioned by CPU time: this run "
+                       f"is charged {1 - other:.0%} of what the counters saw")
+            else:
+                why = "the estimate counts only this process, but speed figures may be slowed by them"
+            self._warn(f"other processes used {other:.0%} of the machine's busy CPU time during this "
+                       f"window ({busy_s:.3g} s busy, {proc_s:.3g} s of it this process): {why}")
+        for d, why in uncertain.items():
+            self._warn(f"{d} uncertain: {why}")
+        for d, why in lost.items():  # also a domain lost before this window registered
+            if not any(w.startswith(f"{d} lost") for w in self._warnings):
+                self._warn(f"{d} lost ({why}); its energy until then is kept and marked partial")
+
         samples: list[PowerSample] = []
-        for (ta, va), (tb, vb) in zip(self._samples, self._samples[1:]):
-            if tb <= ta:
-                continue
-            mid = 0.5 * (ta + tb) - t0
-            for i in keep:
-                samples.append(PowerSample(mid, doms[i], (vb[i] - va[i]) / (tb - ta)))
+        idle_w = self._idle_samples
+        for series in (idle_w, hub_samples):
+            for (ta, va), (tb, vb) in zip(series, series[1:]):
+                if tb <= ta:
+                    continue
+                mid = 0.5 * (ta + tb) - t0
+                for i in range(nd):
+                    if doms[i] in lost_t and tb > lost_t[doms[i]]:
+                        continue  # no power is known after the loss (not zero: unknown)
+                    samples.append(PowerSample(mid, doms[i], (vb[i] - va[i]) / (tb - ta)))
+        samples.sort(key=lambda s: s.t_s)
         return Measurement(
-            duration_s=marks[-1][1] - t0,
+            duration_s=rows[-1][0] - t0,
             energy_j=energy,
-            method={doms[i]: self._collectors[i].method for i in keep},
+            method={doms[i]: hub.collectors[i].method for i in range(nd)},
             segments=segments,
             idle_power_w=idle,
-            lost=dict(self._lost),
+            lost=lost,
             samples=samples,
             status=status,
             idle_window_s=self._idle_window_s,
-            sample_hz=self.sample_hz,
-            resolution_s={doms[i]: getattr(self._collectors[i], "resolution_s", None) for i in keep},
-            sources={d: c.source for d, c in zip(doms, self._collectors)},
+            sample_hz=max(self.sample_hz, 0.0),
+            resolution_s={doms[i]: getattr(hub.collectors[i], "resolution_s", None) for i in range(nd)},
+            sources={doms[i]: hub.collectors[i].source for i in range(nd)},
             warnings=list(self._warnings),
             start_clock_s=t0,
+            attributed_energy_j=attributed,
+            scope=scopes,
+            uncertain=uncertain,
+            share_notes=share_notes,
+            process_cpu_s=proc_s,
+            machine_busy_cpu_s=busy_s,
+            other_cpu_share=other,
+            concurrent_windows=self._overlaps,
+            split=self.split,
         )

@@ -47,7 +47,7 @@ def test_attribution_error_against_replay_ground_truth():
     durations = [0.005, 0.007, 0.011, 0.005, 0.023, 0.05, 0.005, 0.013, 0.005, 0.031] * 4
     brackets = []
     with Meter(collectors=[col], sample_hz=10) as meter:
-        brackets.append((meter._marks[0][1], meter._marks[0][1]))
+        brackets.append((meter._rows[0][0], meter._rows[0][0]))
         for i, d in enumerate(durations):
             busy(d)
             before = time.perf_counter()
@@ -150,15 +150,19 @@ class FailingCollector(CounterCollector):
 
 def test_domain_lost_mid_run_goes_to_lost_and_the_rest_completes():
     good = ReplayCounterCollector(PowerTrace("cpu-package-0", [0.0, 100.0], [10.0, 10.0]))
-    bad = FailingCollector("gpu-1", fail_after=3)
+    bad = FailingCollector("gpu-1", fail_after=4)
     with Meter(collectors=[good, bad], sample_hz=0) as meter:
         for i in range(5):
             meter.mark(f"t{i}")
     m = meter.measurement
     assert "gpu-1" in m.lost and "fell off the bus" in m.lost["gpu-1"]
-    assert set(m.energy_j) == {"cpu-package-0"}
-    assert all(set(s.energy_j) == {"cpu-package-0"} for s in m.segments)
-    assert any("gpu-1 lost" in w for w in m.warnings)
+    # what the lost domain measured before the loss is kept (partial), never dropped:
+    # read 1 opens the counter set, 2 starts the window, 3 and 4 are marks t0 and t1 (the
+    # counter reads +1 J each time); read 5 fails and the value is held from then on
+    assert m.energy_j["gpu-1"] == pytest.approx(2.0)
+    assert sum(s.energy_j["gpu-1"] for s in m.segments) == pytest.approx(2.0)
+    assert m.segments[-1].energy_j["gpu-1"] == 0.0
+    assert any("gpu-1 lost" in w and "partial" in w for w in m.warnings)
     assert m.status == "completed"
 
 
@@ -296,14 +300,29 @@ def test_unknown_domain_name_says_what_exists(monkeypatch, tmp_path):
         Meter(collectors=["gpu-7"]).start()
 
 
-def test_mark_does_not_build_dicts_or_lock():
-    """mark() appends one (label, t, values) tuple and nothing else."""
+def test_mark_appends_one_row_and_nothing_else():
+    """mark() appends one (t, label, counters, window's share, share point) row."""
     col = ReplayCounterCollector(PowerTrace("x", [0.0, 1.0], [1.0, 1.0]))
     with Meter(collectors=[col], sample_hz=0) as meter:
         for i in range(1000):
             meter.mark("t")
-        raw = list(meter._marks)
-    assert len(raw) == 1001
-    label, t, vals = raw[-1]
+        raw = list(meter._rows)
+    assert len(raw) == 1001  # start, 1000 marks (the end row comes at stop)
+    t, label, vals, acc, point = raw[-1]
     assert label == "t" and isinstance(t, float) and isinstance(vals, list) and len(vals) == 1
-    assert all(math.isfinite(vals[0]) for _, _, vals in raw)
+    assert all(math.isfinite(r[2][0]) for r in raw)
+
+
+def test_mark_misuse_is_a_usage_error_at_the_call_and_loses_nothing():
+    col = ReplayCounterCollector(PowerTrace("x", [0.0, 100.0], [5.0, 5.0]))
+    meter = Meter(collectors=[col], sample_hz=0)
+    with pytest.raises(UsageError, match="between start"):
+        meter.mark("early")
+    with meter:
+        for bad in (123, "", None, "end"):
+            with pytest.raises(UsageError, match="label"):
+                meter.mark(bad)
+        meter.mark("ok")
+    assert [s.label for s in meter.measurement.segments] == ["ok", "end"]
+    with pytest.raises(UsageError, match="after the window stopped"):
+        meter.mark("late")

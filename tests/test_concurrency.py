@@ -1,0 +1,149 @@
+"""Concurrent windows share one meter: each joule is charged once.
+
+The CPU-time estimate is the collector here (the only one this VM has): its counter is this
+process's CPU time, so the energy of the process over a span is known independently of how it
+is split, and an outer Meter around everything is the reference.
+"""
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from greenprof.collectors.base import CounterCollector
+from greenprof.meter import Meter
+
+
+def burn_cpu(seconds):
+    """Busy for ``seconds`` of this thread's CPU time (not wall time: threads share the GIL)."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+@pytest.fixture
+def estimate_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(tmp_path / "no-powercap"))
+    monkeypatch.delenv("GREENPROF_REPLAY", raising=False)
+    monkeypatch.setenv("GREENPROF_CPU_TDP_W", "40")
+
+
+def test_split_windows_in_threads_add_up_to_the_outer_meter(estimate_only):
+    results = {}
+
+    def worker(k):
+        with Meter(collectors="cpu-estimate", sample_hz=10, split=True) as w:
+            burn_cpu(0.15 + 0.05 * k)  # unequal work, so an equal split would be wrong
+        results[k] = w.measurement
+
+    with Meter(collectors="cpu-estimate", sample_hz=10) as outer:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    total = outer.measurement.attributed_energy_j["cpu-estimate"]
+    parts = [results[k].attributed_energy_j["cpu-estimate"] for k in range(8)]
+    assert math.fsum(parts) == pytest.approx(total, rel=0.02)
+    # each window's gross is the whole process over its span: summing gross double counts
+    gross = math.fsum(results[k].energy_j["cpu-estimate"] for k in range(8))
+    assert gross > 1.5 * total
+    # the split follows each thread's CPU time: the heaviest worker got the most
+    assert parts[7] > parts[0] * 1.5
+    assert all(results[k].concurrent_windows >= 1 for k in range(8))
+
+
+def test_split_windows_in_asyncio_tasks_add_up_to_the_outer_meter(estimate_only):
+    results = []
+
+    async def request(k):
+        with Meter(collectors="cpu-estimate", sample_hz=10, split=True) as w:
+            for _ in range(4 + k):
+                burn_cpu(0.02)
+                await asyncio.sleep(0)
+        results.append(w.measurement)
+
+    async def main():
+        await asyncio.gather(*(request(k) for k in range(8)))
+
+    with Meter(collectors="cpu-estimate", sample_hz=10) as outer:
+        asyncio.run(main())
+    total = outer.measurement.attributed_energy_j["cpu-estimate"]
+    parts = [m.attributed_energy_j["cpu-estimate"] for m in results]
+    assert len(parts) == 8
+    assert math.fsum(parts) == pytest.approx(total, rel=0.02)
+    assert math.fsum(m.energy_j["cpu-estimate"] for m in results) > 2 * total
+
+
+def test_nested_meter_sees_its_parent_and_windows_never_exceed_the_process(estimate_only):
+    with Meter(collectors="cpu-estimate", sample_hz=0) as outer:
+        burn_cpu(0.05)
+        with Meter(collectors="cpu-estimate", sample_hz=0) as inner:
+            burn_cpu(0.1)
+        burn_cpu(0.05)
+    o, i = outer.measurement, inner.measurement
+    assert i.attributed_energy_j["cpu-estimate"] == pytest.approx(i.energy_j["cpu-estimate"], rel=1e-9)
+    assert i.attributed_energy_j["cpu-estimate"] < o.attributed_energy_j["cpu-estimate"]
+
+
+class MachineCounter(CounterCollector):
+    """A machine-wide counter (like a RAPL package) running at a fixed power."""
+
+    source = "test"
+    method = "measured"
+    domain = "cpu-package-0"
+    scope = "machine"
+
+    def __init__(self, power_w=30.0):
+        self.power_w = power_w
+        self.t0 = time.monotonic()
+
+    def read_j(self):
+        return (time.monotonic() - self.t0) * self.power_w
+
+
+def _proc_ticks(pid="self"):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def _machine_busy_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return v[0] + v[1] + v[2] + v[5] + v[6]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc")
+def test_a_burner_beside_the_run_is_not_charged_to_it():
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it get going
+        col = MachineCounter()
+        busy0, mine0, theirs0 = _machine_busy_ticks(), _proc_ticks(), _proc_ticks(burner.pid)
+        with Meter(collectors=[col], sample_hz=10) as meter:
+            burn_cpu(1.0)
+        busy1, mine1, theirs1 = _machine_busy_ticks(), _proc_ticks(), _proc_ticks(burner.pid)
+    finally:
+        burner.kill()
+        burner.wait()
+    m = meter.measurement
+    gross = m.energy_j["cpu-package-0"]
+    attributed = m.attributed_energy_j["cpu-package-0"]
+    independent_share = (mine1 - mine0) / (busy1 - busy0)
+    assert gross == pytest.approx(30.0 * m.duration_s, rel=0.01)
+    # the burner used a core all along: this process was charged about half, not all
+    assert m.share["cpu-package-0"] == pytest.approx(independent_share, abs=0.12)
+    assert 0.2 < attributed / gross < 0.8
+    assert (theirs1 - theirs0) > 0.5 * (busy1 - busy0) * 0.5
+    assert m.other_cpu_share is not None and m.other_cpu_share > 0.2
+    assert any("other processes used" in w for w in m.warnings)
+    print(f"gross {gross:.2f} J, attributed {attributed:.2f} J, share {m.share['cpu-package-0']:.3f}, "
+          f"independent /proc share {independent_share:.3f}, other {m.other_cpu_share:.3f}")
