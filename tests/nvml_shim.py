@@ -8,20 +8,39 @@ returns the ``NVMLError_*`` subclass). Like NVML, init/shutdown are reference co
 calls outside an init raise ``NVMLError_Uninitialized``.
 
 Time is simulated: ``advance(dt_s)`` moves the shim's clock and each GPU's energy counter by
-``power_mw x dt``. Faults: an error at init, an error on one call for one GPU, GPU lost after N
-device calls or from a given clock time.
+``power_mw x dt``. Faults: an error at init, an error on one call for one GPU (``errors``, any
+function), GPU lost after N device calls or from a given clock time, a function this pynvml
+lacks (``missing``).
+
+Processes: ``set_busy(i, {pid: sm_pct, ...})`` makes GPU i busy with those processes and
+``set_idle(i)`` idles it. While the clock advances the driver records per-process utilisation
+samples every ``sample_period_s`` (NVML's 1/6 s to 1 s) for each process with non-zero
+utilisation; ``nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)`` returns, like NVML,
+one ``c_nvmlProcessUtilizationSample_t`` per process (its newest sample newer than
+``lastSeenTimeStamp``, timestamps in CPU µs) or raises NOT_FOUND when there is none.
+``nvmlDeviceGetComputeRunningProcesses`` lists the processes holding a context (``holders``,
+by default the busy ones) as pynvml's friendly objects.
 
     shim = NvmlShim([FakeGpu(name="Tesla V100"), FakeGpu(energy_counter=False)])
     d = nvml.discover(shim)
+    shim.set_busy(0, {os.getpid(): 60, 4242: 20})
+    shim.advance(0.5)
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import pynvml
+
+#: NVML stamps samples with the CPU time in µs; the shim's clock 0 is this instant.
+EPOCH_US = 1_700_000_000_000_000
+#: NVML's "no instance" id in c_nvmlProcessInfo_t (no MIG)
+_NO_INSTANCE = 0xFFFFFFFF
+
 
 @dataclass
 class FakeGpu:
@@ -46,6 +65,16 @@ class FakeGpu:
     lost_after_calls: int | None = None
     lost_at_s: float | None = None  # GPU_IS_LOST once the shim clock reaches this time
     calls: int = 0  # device calls made so far
+    #: pid -> SM utilisation % while the clock advances; empty: the GPU is idle
+    busy: dict[int, int] = field(default_factory=dict)
+    #: pid -> memory-controller utilisation %; a pid not listed reads 0
+    busy_mem: dict[int, int] = field(default_factory=dict)
+    #: pids holding a compute context (nvmlDeviceGetComputeRunningProcesses); None: ``busy``'s
+    holders: set[int] | None = None
+    #: how often the driver records per-process utilisation samples
+    sample_period_s: float = 1 / 6
+    #: recorded samples: (timeStamp µs, pid, smUtil, memUtil), oldest first
+    samples: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 class FakeHandle:
@@ -67,7 +96,9 @@ class NvmlShim:
     NVMLError = pynvml.NVMLError
 
     def __init__(self, gpus: list[FakeGpu] | None = None, *, init_error: int | None = None,
-                 count_error: int | None = None) -> None:
+                 count_error: int | None = None, missing: Iterable[str] = ()) -> None:
+        #: pynvml functions this module lacks (an older nvidia-ml-py): AttributeError
+        self.missing = frozenset(missing)
         self.gpus: list[FakeGpu] = list(gpus) if gpus is not None else [FakeGpu()]
         self.init_error = init_error
         self.count_error = count_error
@@ -76,6 +107,11 @@ class NvmlShim:
         self.shutdown_calls = 0
         self._refcount = 0
         self.calls: list[tuple[str, Any]] = []  # (function, gpu index or None)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("nvml") and name in object.__getattribute__(self, "missing"):
+            raise AttributeError(name)
+        return object.__getattribute__(self, name)
 
     def __getattr__(self, name: str) -> Any:
         # NVML_* constants, so the shim reads like the module it replaces
@@ -86,10 +122,30 @@ class NvmlShim:
     # --- simulation controls -----------------------------------------------------------------
 
     def advance(self, dt_s: float) -> None:
-        """Move the clock; every GPU's counter grows by its current power x dt (mW x s = mJ)."""
-        self.clock_s += dt_s
+        """Move the clock; every GPU's counter grows by its current power x dt (mW x s = mJ),
+        and each busy GPU records a sample per busy process at every sampling tick crossed."""
+        t0, self.clock_s = self.clock_s, self.clock_s + dt_s
         for g in self.gpus:
             g.energy_mj += g.power_mw * dt_s
+            p = g.sample_period_s
+            first, last = math.floor(t0 / p + 1e-9) + 1, math.floor(self.clock_s / p + 1e-9)
+            for k in range(first, last + 1):
+                ts = EPOCH_US + round(k * p * 1e6)
+                for pid, sm in g.busy.items():
+                    mem = g.busy_mem.get(pid, 0)
+                    if sm or mem:  # NVML keeps samples of processes that used the GPU
+                        g.samples.append((ts, pid, sm, mem))
+            del g.samples[:-1000]  # the driver's buffer is bounded
+
+    def set_busy(self, index: int, sm: dict[int, int],
+                 mem: dict[int, int] | None = None) -> None:
+        """GPU ``index`` is busy with these processes (pid -> SM %, and memory %) from now."""
+        self.gpus[index].busy = dict(sm)
+        self.gpus[index].busy_mem = dict(mem or {})
+
+    def set_idle(self, index: int) -> None:
+        """No process uses GPU ``index`` from now."""
+        self.set_busy(index, {})
 
     @property
     def initialized(self) -> bool:
@@ -200,3 +256,24 @@ class NvmlShim:
                 # NVML answers an unknown or unsupported field in its own entry, not the call
                 v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return values
+
+    def nvmlDeviceGetProcessUtilization(self, handle: FakeHandle, timeStamp: int) -> list[Any]:
+        g = self._device("nvmlDeviceGetProcessUtilization", handle)
+        newest: dict[int, tuple[int, int, int, int]] = {}
+        for sample in g.samples:
+            if sample[0] > timeStamp:
+                newest[sample[1]] = sample  # one per process: its newest
+        if not newest:
+            self._raise(pynvml.NVML_ERROR_NOT_FOUND)
+        out = (pynvml.c_nvmlProcessUtilizationSample_t * len(newest))()
+        for o, (ts, pid, sm, mem) in zip(out, sorted(newest.values())):
+            o.pid, o.timeStamp, o.smUtil, o.memUtil, o.encUtil, o.decUtil = pid, ts, sm, mem, 0, 0
+        return out[0:len(newest)]  # pynvml returns a list slice of the ctypes array
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:
+        g = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
+        pids = g.holders if g.holders is not None else set(g.busy)
+        return [pynvml.nvmlStructToFriendlyObject(pynvml.c_nvmlProcessInfo_t(
+                    pid=pid, usedGpuMemory=512 << 20, gpuInstanceId=_NO_INSTANCE,
+                    computeInstanceId=_NO_INSTANCE))
+                for pid in sorted(pids)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 
 import pynvml
 import pytest
 
+from greenprof import collectors
 from greenprof.collectors import nvml
 from greenprof.collectors.base import Collector, SensorStatus
 from greenprof.errors import (
@@ -22,12 +24,15 @@ from greenprof.errors import (
     SensorLost,
     SensorPermissionError,
     SensorUnavailable,
+    UsageError,
 )
 
 try:  # tests/ run as rootdir-relative modules or, with a tests/__init__.py, as a package
     from nvml_shim import FakeGpu, NvmlShim
+    from powercap_fake import build as build_powercap
 except ImportError:  # pragma: no cover
     from tests.nvml_shim import FakeGpu, NvmlShim
+    from tests.powercap_fake import build as build_powercap
 
 UUID_A = "GPU-aaaa0000-0000-0000-0000-000000000000"
 UUID_B = "GPU-bbbb1111-1111-1111-1111-111111111111"
@@ -37,6 +42,7 @@ UUID_C = "GPU-abcd2222-2222-2222-2222-222222222222"
 @pytest.fixture(autouse=True)
 def _no_cuda_env(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
 
 
 @pytest.fixture
@@ -66,7 +72,7 @@ def three_gpus() -> list[FakeGpu]:
 
 def test_nvml_codes_match_pynvml():
     for name in ("NVML_SUCCESS", "NVML_ERROR_UNINITIALIZED", "NVML_ERROR_INVALID_ARGUMENT",
-                 "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION",
+                 "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_NOT_FOUND",
                  "NVML_ERROR_DRIVER_NOT_LOADED", "NVML_ERROR_LIBRARY_NOT_FOUND",
                  "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_GPU_IS_LOST",
                  "NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
@@ -494,3 +500,396 @@ def test_real_pynvml_without_a_gpu_reports_unavailable():
         assert not st.available and not st.in_default_set
         assert st.source == "nvml" and st.why_not and "\n" not in st.why_not
     assert all(isinstance(e, (SensorUnavailable, SensorLost)) for e in d.errors.values())
+
+
+# --- this process's share of a GPU -------------------------------------------------------------
+
+ME = os.getpid()
+OTHER, THIRD = ME + 1000, ME + 2000  # any PIDs but ours
+
+
+@pytest.fixture
+def host_pids(monkeypatch):
+    """Run as if in the host's PID namespace, where NVML's PIDs are ours, wherever tests run."""
+    monkeypatch.setattr(nvml, "_in_child_pid_namespace", lambda: False)
+
+
+def test_gpu_scope_and_uncertainty_fields():
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B, energy_counter=False)])
+    d = nvml.discover(shim)
+    assert len(d.collectors) == 2
+    for c in d.collectors.values():
+        assert c.scope == "gpu"  # the counter sees the whole GPU, not this process
+        assert c.uncertain_count == 0 and c.uncertain_reason is None
+    d.close()
+
+
+def test_shim_process_utilisation_like_pynvml():
+    shim = NvmlShim([FakeGpu()])
+    shim.nvmlInit()
+    h = shim.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_NotFound):  # no sample yet
+        shim.nvmlDeviceGetProcessUtilization(h, 0)
+    shim.set_busy(0, {ME: 60, OTHER: 20}, mem={ME: 5})
+    shim.advance(0.5)  # three sampling ticks at 1/6 s
+    samples = shim.nvmlDeviceGetProcessUtilization(h, 0)
+    assert isinstance(samples, list)
+    assert all(type(s) is pynvml.c_nvmlProcessUtilizationSample_t for s in samples)
+    assert {(s.pid, s.smUtil, s.memUtil) for s in samples} == {(ME, 60, 5), (OTHER, 20, 0)}
+    newest = max(s.timeStamp for s in samples)  # one per process: its newest, in CPU µs
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        shim.nvmlDeviceGetProcessUtilization(h, newest)
+    assert [p.pid for p in shim.nvmlDeviceGetComputeRunningProcesses(h)] == sorted([ME, OTHER])
+    shim.nvmlShutdown()
+
+
+def test_process_share_busy_and_idle_gpu(shim_clock, host_pids):
+    shim = shim_clock(NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)]))
+    d = nvml.discover(shim)
+    busy, idle = d.collectors["gpu-0"], d.collectors["gpu-1"]
+    shim.set_busy(0, {ME: 60, OTHER: 20})
+    shim.set_idle(1)
+    shim.advance(0.5)
+
+    share, why = busy.process_share()
+    assert share == pytest.approx(0.75)
+    assert why.startswith("NVML per-process SM utilisation: this process 60 of 80")
+    assert "\n" not in why
+    # no sample yet: NVML may just not have refreshed (every 1/6-1 s), so not idle yet
+    share, why = idle.process_share()
+    assert share is None and why.startswith("not shared-checked: no NVML per-process sample yet")
+    shim.advance(1.5)  # 1.5 NVML periods of silence (1 s until the period is known): idle
+    assert idle.process_share() == (None, "idle: no process used the GPU")
+    assert nvml.IDLE_REASON == "idle: no process used the GPU"
+    assert busy.process_share()[0] == pytest.approx(0.75)  # the same load all along
+
+    # only samples newer than the previous call count (lastSeenTimeStamp is kept)
+    shim.set_busy(0, {ME: 10, OTHER: 90})
+    shim.advance(0.5)
+    assert busy.process_share()[0] == pytest.approx(0.10)
+    # this process not on the GPU at all: share 0
+    shim.set_busy(0, {OTHER: 50, THIRD: 50})
+    shim.advance(0.5)
+    share, why = busy.process_share()
+    assert share == 0.0 and "2 other processes" in why
+    d.close()
+
+
+def test_process_share_skips_samples_from_before_open(shim_clock, host_pids):
+    shim = shim_clock(NvmlShim([FakeGpu()]))
+    shim.set_busy(0, {OTHER: 100})
+    shim.advance(1.0)  # another process's work, before greenprof opened the GPU
+    c = nvml.discover(shim).collectors["gpu-0"]
+    shim.set_busy(0, {ME: 40})
+    shim.advance(0.5)
+    assert c.process_share()[0] == 1.0
+    c.close()
+
+
+def test_process_share_at_the_sampler_rate_carries_between_nvml_samples(shim_clock, host_pids):
+    shim = shim_clock(NvmlShim([FakeGpu()]))  # NVML refreshes every 1/6 s
+    c = nvml.discover(shim).collectors["gpu-0"]
+    shim.set_busy(0, {ME: 30, OTHER: 10})
+    got = []
+    for _ in range(20):  # the meter's sampler: every 0.1 s for 2 s
+        shim.advance(0.1)
+        got.append(c.process_share())
+    # at 0.1 s NVML has not sampled yet (first tick at 1/6 s): unknown, not idle
+    assert got[0][0] is None and got[0][1].startswith("not shared-checked: no NVML")
+    assert all(share == pytest.approx(0.75) for share, _ in got[1:]), got
+    assert any(why.startswith("carried: no new NVML sample") for _, why in got)
+    shim.set_idle(0)
+    after = []
+    for _ in range(4):
+        shim.advance(0.1)
+        after.append(c.process_share())
+    # carried for at most 1.5 NVML periods (learned: 1/6 s), then idle
+    assert after[0][0] == pytest.approx(0.75)
+    assert after[-1] == (None, nvml.IDLE_REASON)
+    c.close()
+
+
+def test_process_share_memory_only_traffic(shim_clock, host_pids):
+    shim = shim_clock(NvmlShim([FakeGpu()]))
+    c = nvml.discover(shim).collectors["gpu-0"]
+    shim.set_busy(0, {ME: 0, OTHER: 0}, mem={ME: 30, OTHER: 10})  # copies, no kernels
+    shim.advance(0.5)
+    share, why = c.process_share()
+    assert share == pytest.approx(0.75) and "memory utilisation" in why
+    c.close()
+
+
+def test_process_share_in_a_pid_namespace(shim_clock, monkeypatch):
+    monkeypatch.setattr(nvml, "_in_child_pid_namespace", lambda: True)
+    shim = shim_clock(NvmlShim([FakeGpu()]))
+    c = nvml.discover(shim).collectors["gpu-0"]
+    shim.set_busy(0, {OTHER: 50})  # our own host PID, which we cannot recognise
+    shim.advance(0.5)
+    share, why = c.process_share()
+    assert share is None
+    assert why.startswith("not shared-checked: NVML reports host PIDs") and "--pid=host" in why
+    c.close()
+
+
+NOT_CHECKED_UNSUPPORTED = ("not shared-checked: NVML reports no per-process utilization on "
+                           "this GPU/driver (")
+
+
+@pytest.mark.parametrize("code", [pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                  pynvml.NVML_ERROR_NO_PERMISSION,
+                                  pynvml.NVML_ERROR_FUNCTION_NOT_FOUND])
+def test_process_share_not_supported(code, host_pids):
+    g = FakeGpu(errors={"nvmlDeviceGetProcessUtilization": code}, holders={ME, OTHER})
+    shim = NvmlShim([g])
+    c = nvml.discover(shim).collectors["gpu-0"]
+    share, why = c.process_share()
+    assert share is None
+    assert why.startswith(NOT_CHECKED_UNSUPPORTED + "nvmlDeviceGetProcessUtilization: ")
+    assert why.endswith("; 1 other process holds the GPU") and "\n" not in why
+    asked = shim.called("nvmlDeviceGetProcessUtilization")
+    c.process_share()
+    assert shim.called("nvmlDeviceGetProcessUtilization") == asked  # not asked again
+
+    g.holders = {ME}  # who holds the GPU is the next best evidence
+    assert c.process_share() == (1.0, "only this process holds the GPU")
+    g.holders = set()
+    assert c.process_share() == (None, nvml.IDLE_REASON)
+    g.errors["nvmlDeviceGetComputeRunningProcesses"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    share, why = c.process_share()
+    assert share is None and why.startswith(NOT_CHECKED_UNSUPPORTED) and why.endswith(")")
+    c.close()
+
+
+def test_process_share_with_a_pynvml_that_lacks_the_functions(host_pids):
+    shim = NvmlShim([FakeGpu(holders={ME})], missing=["nvmlDeviceGetProcessUtilization"])
+    c = nvml.discover(shim).collectors["gpu-0"]
+    assert c.process_share() == (1.0, nvml.ONLY_THIS_PROCESS)
+    c.close()
+    shim = NvmlShim([FakeGpu(holders={ME})], missing=["nvmlDeviceGetProcessUtilization",
+                                                       "nvmlDeviceGetComputeRunningProcesses"])
+    c = nvml.discover(shim).collectors["gpu-0"]
+    assert c.process_share() == (None, NOT_CHECKED_UNSUPPORTED
+                                 + "this pynvml has no nvmlDeviceGetProcessUtilization)")
+    c.close()
+
+
+def test_process_share_never_raises(shim_clock, host_pids, monkeypatch):
+    g = FakeGpu()
+    shim = shim_clock(NvmlShim([g]))
+    c = nvml.discover(shim).collectors["gpu-0"]
+    g.lost_at_s = 1.0
+    shim.advance(1.0)
+    share, why = c.process_share()
+    assert share is None
+    assert why.startswith("not shared-checked: gpu-0 per-process utilisation: the GPU is lost")
+
+    def broken(handle, ts):
+        raise RuntimeError("driver\nexploded")
+
+    monkeypatch.setattr(shim, "nvmlDeviceGetProcessUtilization", broken, raising=False)
+    assert c.process_share() == (
+        None, "not shared-checked: gpu-0 per-process utilisation: RuntimeError: driver exploded")
+    c.close()
+    assert c.process_share() == (None, "not shared-checked: gpu-0 collector is closed")
+
+
+def test_power_gap_bridged_by_holding_the_last_power_and_counted(shim_clock):
+    g = FakeGpu(energy_counter=False, power_mw=100_000)
+    shim = shim_clock(NvmlShim([g]))
+    c = nvml.discover(shim).collectors["gpu-0"]
+    shim.advance(2.0)  # a long gap before anyone read the counter: no figure depends on it
+    g.power_mw = 300_000
+    assert c.poll() == pytest.approx(200.0)  # 100 W held for 2 s, then the step to 300 W
+    assert c.uncertain_count == 0 and c.uncertain_reason is None
+    assert c.read_j() == pytest.approx(200.0)
+    shim.advance(0.1)
+    assert c.poll() == pytest.approx(230.0)
+    assert c.uncertain_count == 0
+
+    shim.advance(0.5)
+    assert c.read_j() == pytest.approx(380.0)  # extrapolated: 300 W for 0.5 s
+    shim.advance(0.5)  # the sampler stalled for 1 s (> max_read_interval_s = 0.5)
+    g.power_mw = 100_000
+    assert c.poll() == pytest.approx(530.0)  # consistent with what read_j said in the gap
+    assert c.uncertain_count == 1
+    assert c.uncertain_reason == (
+        "gpu-0: 1.00 s between power samples (more than 0.5 s): the integration bridged the "
+        "gap assuming the last power (300.0 W) held")
+    c.close()
+
+
+# --- which domains a run on a device is charged -------------------------------------------------
+
+CPU_ENV = {"GREENPROF_CPU_TDP_W": "65"}  # the CPU estimate without CodeCarbon's table
+
+
+def rapl_root(tmp_path, **kw) -> str:
+    return str(build_powercap(tmp_path / "powercap", **kw).root)
+
+
+def domains(chosen) -> list[str]:
+    return [c.domain for c in chosen]
+
+
+def close_all(chosen) -> None:
+    for c in chosen:
+        c.close()
+
+
+def test_cpu_run_on_a_two_gpu_host_charges_no_gpu(tmp_path):
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)])
+    root = rapl_root(tmp_path, sockets=1, dram=True)
+    auto = collectors.select("auto", powercap_root=root, nvml=shim, env=CPU_ENV)
+    assert domains(auto) == ["cpu-package-0", "dram-0", "gpu-0", "gpu-1"]
+    close_all(auto)
+
+    chosen = collectors.select_for_device("cpu", powercap_root=root, nvml=shim, env=CPU_ENV)
+    assert domains(chosen) == ["cpu-package-0", "dram-0"]
+    assert not shim.initialized  # the GPU collectors were closed: NVML shut down
+    close_all(chosen)
+
+
+@pytest.mark.parametrize("powercap, expected", [
+    ({}, ["cpu-estimate"]),  # no RAPL
+    ({"sockets": 0, "dram": False, "psys": True}, ["cpu-estimate"]),  # psys only: not default
+    ({"sockets": 2, "dram": True, "psys": True}, ["cpu-package-0", "dram-0", "cpu-package-1",
+                                                  "dram-1"]),
+])
+def test_cpu_run_charges_the_default_sets_cpu_domains(tmp_path, powercap, expected):
+    root = rapl_root(tmp_path, **powercap) if powercap else str(tmp_path / "none")
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)])
+    chosen = collectors.select_for_device("cpu", powercap_root=root, nvml=shim, env=CPU_ENV)
+    assert domains(chosen) == expected
+    close_all(chosen)
+
+
+def test_cuda_run_charges_its_own_gpu_and_the_host_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)])
+    assert collectors.gpu_domain_for_cuda_device(0, nvml=shim) == "gpu-1"
+    root = rapl_root(tmp_path, sockets=1, dram=True)
+    chosen = collectors.select_for_device("cuda", 0, powercap_root=root, nvml=shim, env=CPU_ENV)
+    assert domains(chosen) == ["cpu-package-0", "dram-0", "gpu-1"]
+    gpu = chosen[-1]
+    assert gpu.gpu.uuid == UUID_B and gpu.gpu.cuda_ordinal == 0
+    close_all(chosen)
+    assert not shim.initialized and shim.init_calls == shim.shutdown_calls
+
+
+@pytest.mark.parametrize("device, device_id, expected", [
+    ("cuda", 1, "gpu-1"),
+    ("cuda:1", 0, "gpu-1"),
+    ("CUDAExecutionProvider", 0, "gpu-0"),
+])
+def test_cuda_run_charges_only_its_gpu(tmp_path, device, device_id, expected):
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)])
+    chosen = collectors.select_for_device(device, device_id, powercap_root=str(tmp_path / "x"),
+                                          nvml=shim, env=CPU_ENV)
+    assert domains(chosen) == [expected, "cpu-estimate"]
+    close_all(chosen)
+
+
+@pytest.mark.parametrize("cvd, expected", [
+    (None, ["gpu-0", "gpu-1", "gpu-2"]),
+    ("2,0", ["gpu-2", "gpu-0"]),
+    ("GPU-bbbb,GPU-abcd", ["gpu-1", "gpu-2"]),
+    ("1,-1,2", ["gpu-1"]),  # CUDA stops at the first invalid entry
+])
+def test_gpu_domain_for_cuda_device_names_what_discovery_names(monkeypatch, cvd, expected):
+    env = {} if cvd is None else {"CUDA_VISIBLE_DEVICES": cvd}
+    shim = NvmlShim(three_gpus())
+    got = [collectors.gpu_domain_for_cuda_device(k, env, nvml=shim) for k in range(len(expected))]
+    assert got == expected
+    with pytest.raises(UsageError, match=f"CUDA device {len(expected)} does not exist"):
+        collectors.gpu_domain_for_cuda_device(len(expected), env, nvml=shim)
+    assert shim.init_calls == shim.shutdown_calls and not shim.initialized
+
+    if cvd is not None:  # discovery reads os.environ
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cvd)
+    d = nvml.discover(shim)
+    by_ordinal = {c.gpu.index if c.gpu.cuda_ordinal is None else c.gpu.cuda_ordinal: c.domain
+                  for c in d.collectors.values()}
+    assert [by_ordinal[k] for k in range(len(expected))] == expected
+    d.close()
+
+
+@pytest.mark.parametrize("device_id, env, gpus, words", [
+    (0, {"CUDA_VISIBLE_DEVICES": "-1"}, None, "CUDA_VISIBLE_DEVICES='-1' hides all GPUs"),
+    (3, {}, None, "NVML sees 3 GPUs (device_id 0-2); check `nvidia-smi -L`"),
+    (1, {"CUDA_VISIBLE_DEVICES": "2"}, None, "exposes 1 GPU (device_id 0-0)"),
+    (-1, {}, None, "device_id must be a whole number >= 0"),
+    (0, {}, [FakeGpu(name="NVIDIA GeForce RTX 4090", uuid=UUID_A),
+             FakeGpu(name="NVIDIA T400", uuid=UUID_B)], "set CUDA_DEVICE_ORDER=PCI_BUS_ID"),
+    (0, {"CUDA_VISIBLE_DEVICES": "1,0"}, [FakeGpu(name="NVIDIA GeForce RTX 4090", uuid=UUID_A),
+                                          FakeGpu(name="NVIDIA T400", uuid=UUID_B)],
+     "CUDA numbers them fastest first"),
+])
+def test_gpu_domain_for_cuda_device_refuses_with_one_line(device_id, env, gpus, words):
+    shim = NvmlShim(gpus if gpus is not None else three_gpus())
+    with pytest.raises(UsageError) as ei:
+        collectors.gpu_domain_for_cuda_device(device_id, env, nvml=shim)
+    assert words in str(ei.value) and "\n" not in str(ei.value)
+    assert shim.init_calls == shim.shutdown_calls
+
+
+def test_mixed_gpus_map_when_the_order_is_unambiguous():
+    gpus = [FakeGpu(name="NVIDIA GeForce RTX 4090", uuid=UUID_A),
+            FakeGpu(name="NVIDIA T400", uuid=UUID_B)]
+    pci = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert collectors.gpu_domain_for_cuda_device(1, pci, nvml=NvmlShim(gpus)) == "gpu-1"
+    by_uuid = {"CUDA_VISIBLE_DEVICES": "GPU-bbbb,GPU-aaaa"}
+    assert collectors.gpu_domain_for_cuda_device(0, by_uuid, nvml=NvmlShim(gpus)) == "gpu-1"
+
+
+def test_gpu_domain_for_cuda_device_without_nvml():
+    shim = NvmlShim([FakeGpu()], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    with pytest.raises(UsageError, match="cannot tell which GPU CUDA device 0 is: the NVIDIA "
+                                         "kernel driver is not loaded"):
+        collectors.gpu_domain_for_cuda_device(0, nvml=shim)
+
+
+def test_cuda_run_whose_gpu_cannot_be_measured(tmp_path):
+    shim = NvmlShim([FakeGpu(uuid=UUID_A, mig=1), FakeGpu(uuid=UUID_B)])
+    with pytest.raises(SensorUnavailable, match="the CUDA run's GPU gpu-0 cannot be measured: "
+                                                "gpu-0 is in MIG mode") as ei:
+        collectors.select_for_device("cuda", 0, powercap_root=str(tmp_path / "x"), nvml=shim,
+                                     env=CPU_ENV)
+    assert "--collectors" in str(ei.value)
+    assert not shim.initialized  # gpu-1's collector, opened by discovery, was closed
+
+
+def test_select_for_device_mapping_error_opens_nothing(tmp_path):
+    shim = NvmlShim([FakeGpu(uuid=UUID_A), FakeGpu(uuid=UUID_B)])
+    with pytest.raises(UsageError, match="CUDA device 5 does not exist"):
+        collectors.select_for_device("cuda", 5, powercap_root=str(tmp_path / "x"), nvml=shim,
+                                     env=CPU_ENV)
+    assert shim.init_calls == 1 and shim.shutdown_calls == 1  # only the mapping's own session
+
+
+@pytest.mark.parametrize("device, device_id, words", [
+    ("rocm", 0, "greenprof picks domains for 'cpu' and 'cuda' runs"),
+    ("cuda:x", 0, "write 'cpu', 'cuda' or 'cuda:<device_id>'"),
+    ("cpu:0", 0, "write 'cpu', 'cuda' or 'cuda:<device_id>'"),
+    ("cuda:1", 2, "disagree"),
+])
+def test_select_for_device_refuses_unknown_devices(device, device_id, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        collectors.select_for_device(device, device_id, nvml=NvmlShim([FakeGpu()]))
+
+
+def test_domains_for_device_from_statuses():
+    def st(domain, source="rapl", available=True, default=True, why=""):
+        return SensorStatus(source, domain, "measured", available, default, why_not=why)
+
+    statuses = [st("cpu-package-0"), st("cpu-core-0", default=False), st("dram-0"),
+                st("psys", default=False), st("gpu-0", "nvml"), st("gpu-1", "nvml"),
+                st("cpu-estimate", "cpu-estimate", default=False)]
+    assert collectors.domains_for_device("cpu", statuses) == ["cpu-package-0", "dram-0"]
+    assert collectors.domains_for_device("cuda", statuses, "gpu-1") == [
+        "cpu-package-0", "dram-0", "gpu-1"]
+    with pytest.raises(UsageError, match="gpu_domain_for_cuda_device"):
+        collectors.domains_for_device("cuda", statuses)
+    no_nvml = [st("cpu-estimate", "cpu-estimate"),
+               st("gpu", "nvml", available=False, default=False, why="NVML found no GPU")]
+    with pytest.raises(SensorUnavailable, match="gpu-0 cannot be measured: NVML found no GPU"):
+        collectors.domains_for_device("cuda", no_nvml, "gpu-0")
