@@ -58,7 +58,6 @@ from pathlib import Path
 
 from greenprof.errors import GreenprofError, UsageError
 
-J_PER_KWH = 3.6e6
 
 #: g/kWh per lbs/MWh: 453.59237 g/lb / 1000 kWh/MWh. CodeCarbon uses the same factor
 #: (``EmissionsPerKWh.LBS_MWH_TO_KG_KWH = 0.00045359237`` kg/kWh, codecarbon/core/units.py).
@@ -153,27 +152,6 @@ def check_intensity(intensity_g_per_kwh: float) -> float:
 def check_price(price_usd_per_kwh: float) -> float:
     return _check_factor(price_usd_per_kwh, "electricity price (USD/kWh)", minimum=0.0,
                          hint="pass US dollars per kWh, e.g. --price-kwh 0.13")
-
-
-def co2e_g(energy_j: float, intensity_g_per_kwh: float, pue: float = 1.0) -> float:
-    """Grams of CO2e for ``energy_j`` joules of IT energy (energy is passed through as is)."""
-    return energy_j / J_PER_KWH * check_intensity(intensity_g_per_kwh) * check_pue(pue)
-
-
-def cost_usd(energy_j: float, price_usd_per_kwh: float, pue: float = 1.0) -> float:
-    """US dollars for ``energy_j`` joules of IT energy at ``price_usd_per_kwh``."""
-    return energy_j / J_PER_KWH * check_price(price_usd_per_kwh) * check_pue(pue)
-
-
-def usd_per_m_tokens(j_per_token: float, price_usd_per_kwh: float, pue: float = 1.0) -> float:
-    """Electricity cost of one million tokens, in US dollars."""
-    return cost_usd(j_per_token * 1e6, price_usd_per_kwh, pue)
-
-
-def co2e_g_per_1k_tokens(j_per_token: float, intensity_g_per_kwh: float,
-                         pue: float = 1.0) -> float:
-    """Grams of CO2e per thousand tokens."""
-    return co2e_g(j_per_token * 1e3, intensity_g_per_kwh, pue)
 
 
 # --------------------------------------------------------------------------------------------

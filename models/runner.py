@@ -54,8 +54,8 @@ pick there (not for onnxruntime-genai folders, which keep the plain loop, nor wi
 ``io_binding=False``); ``True`` forces it (also on CUDA, where it is untested; there the
 GroupQueryAttention kernel exists for fp16/bf16 KV only); ``False`` never uses it.
 
-The module also turns a meter's :class:`Measurement` into per-token figures (:func:`attribute`)
-and summarizes repeated runs with a Student-t confidence interval (:func:`summarize`).
+Turning the marks into per-token figures is greenprof.accounting's job (``attribute``); this module
+generates tokens and marks the meter, nothing else.
 """
 
 from __future__ import annotations
@@ -63,31 +63,25 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import re
-import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import AttributionError, InvalidArgument, TokenizerMissing
+from .errors import InvalidArgument, TokenizerMissing
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .loader import LoadedModel
 
 __all__ = [
-    "Attribution",
     "Generation",
     "MarkSink",
-    "attribute",
     "generate",
     "shared_kv_blocker",
-    "summarize",
-    "t_quantile",
 ]
 
 
@@ -634,246 +628,3 @@ def _use_shared_kv(model: LoadedModel, shared_kv: bool | None, io_binding: bool 
     return True
 
 
-# --------------------------------------------------------------------------- attribution
-
-_TOKEN_LABEL = re.compile(r"^token-(\d+)$")
-
-
-@dataclass
-class Attribution:
-    """Energy of one generation split into prefill and decode, per token and per domain.
-
-    Token counts are per sequence; with ``batch`` rows each figure is divided by
-    ``tokens * batch``. ``*_dynamic_*`` figures are above the idle baseline and are empty when the
-    measurement has no dynamic energy.
-    """
-
-    prompt_tokens: int
-    new_tokens: int
-    batch: int
-    prefill_duration_s: float
-    decode_duration_s: float
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    prefill_energy_j: dict[str, float]
-    decode_energy_j: dict[str, float]
-    prefill_j_per_prompt_token: dict[str, float]
-    decode_j_per_token: dict[str, float]
-    prefill_dynamic_j_per_prompt_token: dict[str, float]
-    decode_dynamic_j_per_token: dict[str, float]
-    #: gross J of every decode token per domain (index 0 = token-1); for a domain in
-    #: ``window_averaged`` every entry is the decode window divided by the token count.
-    per_token_j: dict[str, list[float]]
-    #: domains whose counter resolution is coarser than a token: per-token figures are averages.
-    window_averaged: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def attribute(
-    measurement: Any,
-    prompt_tokens: int,
-    new_tokens: int,
-    *,
-    batch: int = 1,
-    resolution_s: Mapping[str, float | None] | None = None,
-) -> Attribution:
-    """Per-token energy from a measurement whose segments are labelled "prefill", "token-1"...
-
-    ``resolution_s`` maps a domain to how often its counter updates (a collector's
-    ``resolution_s``, e.g. ~0.1 s for NVML); by default the measurement's own ``resolution_s``. A domain whose resolution is longer than the median
-    token duration cannot resolve single tokens: its per-token figures are then the decode window
-    divided by the number of tokens, and the result says so in ``window_averaged`` and ``notes``.
-    """
-    for name, value in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("batch", batch)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise AttributionError(f"{name}={value!r}: give a positive token count")
-    segments = list(getattr(measurement, "segments", ()) or ())
-    prefill = [s for s in segments if s.label == "prefill"]
-    decode: dict[int, Any] = {}
-    for seg in segments:
-        m = _TOKEN_LABEL.match(seg.label)
-        if m:
-            decode[int(m.group(1))] = seg
-    if len(prefill) != 1:
-        raise AttributionError(
-            f"the measurement has {len(prefill)} 'prefill' segments: attribution needs exactly one "
-            "(call meter.mark('prefill') after the prompt pass, as generate() does)"
-        )
-    if sorted(decode) != list(range(1, new_tokens + 1)):
-        raise AttributionError(
-            f"the measurement has {len(decode)} token-i segments but new_tokens={new_tokens}: "
-            "attribution needs one 'token-i' segment per generated token, i = 1..new_tokens"
-        )
-    tokens = [decode[i] for i in range(1, new_tokens + 1)]
-    pre = prefill[0]
-
-    prefill_j = _domain_map(pre.energy_j)
-    prefill_dyn = _domain_map(getattr(pre, "dynamic_energy_j", None))
-    per_token = {d: [float(_domain_map(s.energy_j).get(d, 0.0)) for s in tokens] for d in _domains(tokens)}
-    decode_j = {d: math.fsum(v) for d, v in per_token.items()}
-    decode_dyn: dict[str, float] = {}
-    dyn_maps = [_domain_map(getattr(s, "dynamic_energy_j", None)) for s in tokens]
-    if all(dyn_maps):
-        for d in decode_j:
-            decode_dyn[d] = math.fsum(m.get(d, 0.0) for m in dyn_maps)
-
-    prefill_s = float(pre.duration_s)
-    durations = [float(s.duration_s) for s in tokens]
-    decode_s = math.fsum(durations)
-    median_token_s = statistics.median(durations)
-
-    n_prompt = prompt_tokens * batch
-    n_new = new_tokens * batch
-    window_averaged: list[str] = []
-    notes: list[str] = []
-    if resolution_s is None:
-        resolution_s = getattr(measurement, "resolution_s", None)
-    for domain, res in sorted((resolution_s or {}).items()):
-        if res is not None and res > median_token_s and domain in per_token:
-            window_averaged.append(domain)
-            per_token[domain] = [decode_j[domain] / new_tokens] * new_tokens
-            notes.append(
-                f"{domain}: counter resolution {res:.3g} s > median token duration "
-                f"{median_token_s:.3g} s, so per-token figures are the decode window "
-                f"({decode_s:.3g} s) divided by {new_tokens} tokens"
-            )
-            if res > prefill_s and domain in prefill_j:
-                notes.append(
-                    f"{domain}: the prefill ({prefill_s:.3g} s) is shorter than the counter "
-                    "resolution; its prefill energy is uncertain by up to one counter update"
-                )
-
-    return Attribution(
-        prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens,
-        batch=batch,
-        prefill_duration_s=prefill_s,
-        decode_duration_s=decode_s,
-        prefill_tokens_per_s=n_prompt / prefill_s if prefill_s > 0 else math.nan,
-        decode_tokens_per_s=n_new / decode_s if decode_s > 0 else math.nan,
-        prefill_energy_j=prefill_j,
-        decode_energy_j=decode_j,
-        prefill_j_per_prompt_token={d: j / n_prompt for d, j in prefill_j.items()},
-        decode_j_per_token={d: j / n_new for d, j in decode_j.items()},
-        prefill_dynamic_j_per_prompt_token={d: j / n_prompt for d, j in prefill_dyn.items()},
-        decode_dynamic_j_per_token={d: j / n_new for d, j in decode_dyn.items()},
-        per_token_j={d: [j / batch for j in v] for d, v in per_token.items()},
-        window_averaged=window_averaged,
-        notes=notes,
-    )
-
-
-def _domain_map(value: Any) -> dict[str, float]:
-    """{domain: J} from a segment field; {} when the field is absent."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return {str(k): float(v) for k, v in value.items()}
-    raise AttributionError(f"segment energy {value!r} is not a {{domain: joules}} mapping")
-
-
-def _domains(segments: Sequence[Any]) -> list[str]:
-    seen: dict[str, None] = {}
-    for s in segments:
-        for d in _domain_map(s.energy_j):
-            seen.setdefault(d)
-    return list(seen)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def summarize(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, lower, upper) of a two-sided 95 % Student-t confidence interval of the mean.
-
-    One value gives (value, nan, nan): a single run says nothing about its spread.
-    """
-    data = [float(v) for v in values]
-    if not data:
-        raise InvalidArgument("summarize() needs at least one value")
-    mean = math.fsum(data) / len(data)
-    if len(data) == 1:
-        return mean, math.nan, math.nan
-    sd = statistics.stdev(data)
-    half = t_quantile(0.975, len(data) - 1) * sd / math.sqrt(len(data))
-    return mean, mean - half, mean + half
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Quantile of Student's t distribution with ``df`` degrees of freedom.
-
-    Exact to ~1e-12: the CDF is the regularized incomplete beta function (continued fraction,
-    Lentz's method), inverted by Newton steps safeguarded with bisection. No scipy needed.
-    """
-    if not 0.0 < p < 1.0:
-        raise InvalidArgument(f"p={p!r}: a quantile needs 0 < p < 1")
-    if not df > 0:
-        raise InvalidArgument(f"df={df!r}: degrees of freedom must be > 0")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    # Bracket [lo, hi] around the root of cdf(t) - p for t > 0, then Newton with bisection fallback.
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    t = 0.5 * (lo + hi)
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    for _ in range(200):
-        f = _t_cdf(t, df) - p
-        if f > 0:
-            hi = t
-        else:
-            lo = t
-        pdf = math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
-        step = t - f / pdf if pdf > 0 else math.nan
-        t_new = step if lo < step < hi else 0.5 * (lo + hi)
-        if abs(t_new - t) <= 1e-14 * max(1.0, abs(t)):
-            return t_new
-        t = t_new
-    return t
-
-
-def _t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for t >= 0: 1 - I_x(df/2, 1/2) / 2 with x = df / (df + t^2)."""
-    x = df / (df + t * t)
-    return 1.0 - 0.5 * _betainc(df / 2.0, 0.5, x)
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes 6.4)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    # The fraction converges fast for x < (a+1)/(a+b+2); otherwise use the symmetry relation.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h

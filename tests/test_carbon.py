@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from greenprof import carbon
+from greenprof import accounting, carbon
 from greenprof.errors import GreenprofError, UsageError
 
 
@@ -228,18 +228,18 @@ def test_regions_listing(mix):
 
 def test_co2e_formula():
     # 3.6 MJ = 1 kWh
-    assert carbon.co2e_g(3.6e6, 56.0) == pytest.approx(56.0)
-    assert carbon.co2e_g(3.6e6, 56.0, pue=1.5) == pytest.approx(84.0)
-    assert carbon.co2e_g(1800.0, 475.0, 1.2) == pytest.approx(1800 / 3.6e6 * 475 * 1.2)
-    assert carbon.co2e_g(3.6e6, 0.0) == 0.0  # market-based 100 % renewable
+    assert accounting.co2e_g(3.6e6, 56.0) == pytest.approx(56.0)
+    assert accounting.co2e_g(3.6e6, 56.0, pue=1.5) == pytest.approx(84.0)
+    assert accounting.co2e_g(1800.0, 475.0, 1.2) == pytest.approx(1800 / 3.6e6 * 475 * 1.2)
+    assert accounting.co2e_g(3.6e6, 0.0) == 0.0  # market-based 100 % renewable
 
 
 def test_cost_and_per_token():
-    assert carbon.cost_usd(3.6e6, 0.10) == pytest.approx(0.10)
-    assert carbon.cost_usd(3.6e6, 0.10, pue=1.25) == pytest.approx(0.125)
+    assert accounting.cost_usd(3.6e6, 0.10) == pytest.approx(0.10)
+    assert accounting.cost_usd(3.6e6, 0.10, pue=1.25) == pytest.approx(0.125)
     # 0.455 J/token (ML.ENERGY, Llama-3.1-8B batch 8): 1M tokens = 0.1264 kWh
-    assert carbon.usd_per_m_tokens(0.455, 0.10) == pytest.approx(0.455e6 / 3.6e6 * 0.10)
-    assert carbon.co2e_g_per_1k_tokens(0.455, 475, 1.1) == pytest.approx(455 / 3.6e6 * 475 * 1.1)
+    assert accounting.usd_per_m_tokens(0.455, 0.10) == pytest.approx(0.455e6 / 3.6e6 * 0.10)
+    assert accounting.co2e_g_per_1k_tokens(0.455, 475, 1.1) == pytest.approx(455 / 3.6e6 * 475 * 1.1)
 
 
 def test_default_price_is_documented():
@@ -250,21 +250,21 @@ def test_default_price_is_documented():
 @pytest.mark.parametrize("pue", [0, -1, 0.9, float("nan"), float("inf"), "x", None])
 def test_bad_pue(pue):
     with pytest.raises(UsageError, match="PUE"):
-        carbon.co2e_g(1.0, 100.0, pue)
+        accounting.co2e_g(1.0, 100.0, pue)
     with pytest.raises(UsageError, match="PUE"):
-        carbon.cost_usd(1.0, 0.1, pue)
+        accounting.cost_usd(1.0, 0.1, pue)
 
 
 @pytest.mark.parametrize("intensity", [-1, float("nan"), float("inf"), "abc"])
 def test_bad_intensity(intensity):
     with pytest.raises(UsageError, match="intensity"):
-        carbon.co2e_g(1.0, intensity)
+        accounting.co2e_g(1.0, intensity)
 
 
 @pytest.mark.parametrize("price", [-0.1, float("nan"), float("-inf"), "abc"])
 def test_bad_price(price):
     with pytest.raises(UsageError, match="price"):
-        carbon.usd_per_m_tokens(1.0, price)
+        accounting.usd_per_m_tokens(1.0, price)
 
 
 # ------------------------------------------------------------------------ no side effects

@@ -28,7 +28,9 @@ from test_models_loader import byte_tokenizer, genai_config, toy_decoder
 
 from greenprof.models import errors as merr
 from greenprof.models.loader import LoadedModel, load
-from greenprof.models.runner import attribute, generate, summarize, t_quantile
+from greenprof.errors import UsageError
+from greenprof.accounting import attribute, interval95, t_quantile
+from greenprof.models.runner import generate
 
 # --------------------------------------------------------------------------- helpers
 
@@ -769,12 +771,22 @@ def test_t_quantile_approaches_normal() -> None:
     assert t_quantile(0.975, 10**7) == pytest.approx(1.959963984540054, rel=1e-6)
 
 
-def test_summarize() -> None:
-    mean, lo, hi = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
-    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)
-    assert mean == 3.0 and lo == pytest.approx(3.0 - half) and hi == pytest.approx(3.0 + half)
-    assert summarize([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    one = summarize([4.2])
-    assert one[0] == 4.2 and math.isnan(one[1]) and math.isnan(one[2])
-    with pytest.raises(merr.InvalidArgument):
-        summarize([])
+def test_interval95_positive_values_never_go_below_zero() -> None:
+    # two runs far apart: a Student-t interval would be [-0.0011, 0.0018]
+    iv = interval95([0.0001, 0.0006])
+    assert iv.mean == pytest.approx(0.00035) and iv.lo > 0 and iv.hi > iv.mean
+    assert iv.method == "lognormal-cox"
+    iv = interval95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 0 < iv.lo < 3.0 < iv.hi
+    same = interval95([2.0, 2.0, 2.0])
+    assert same.mean == 2.0 and same.lo == pytest.approx(2.0) and same.hi == pytest.approx(2.0)
+
+
+def test_interval95_one_run_has_no_interval_and_signed_values_use_student_t() -> None:
+    one = interval95([4.2])
+    assert one.mean == 4.2 and one.lo is None and one.hi is None and one.as_list() is None
+    signed = interval95([-1.0, 1.0, 3.0])
+    half = 4.302652729749464 * 2.0 / math.sqrt(3)
+    assert signed.method == "student-t" and signed.lo == pytest.approx(1.0 - half)
+    with pytest.raises(UsageError):
+        interval95([])

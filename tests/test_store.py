@@ -127,7 +127,16 @@ def round_trip(url: str) -> None:
             assert rec.idle_power_w == m.idle_power_w[d]
             assert rec.dynamic_energy_j == pytest.approx(m.dynamic_energy_j[d], rel=1e-12)
             assert rec.method == "replayed" and rec.source == m.sources[d] and rec.lost_reason is None
-        assert r.domains["gpu-1"].energy_j is None and "fell off the bus" in (r.domains["gpu-1"].lost_reason or "")
+        # the lost domain keeps what it measured before the loss (here: lost during the idle
+        # baseline, so nothing inside the window), marked partial by its reason
+        assert r.domains["gpu-1"].energy_j == m.energy_j["gpu-1"]
+        assert "fell off the bus" in (r.domains["gpu-1"].lost_reason or "")
+        # gross and attributed side by side (replayed traces count as this process's: share 1)
+        for d in ("gpu-0", "cpu-package-0"):
+            rec = r.domains[d]
+            assert rec.attributed_energy_j == pytest.approx(m.attributed_energy_j[d], rel=1e-12)
+            assert rec.share == pytest.approx(1.0) and rec.scope == "process"
+        assert r.process_cpu_s == m.process_cpu_s and r.other_cpu_share == m.other_cpu_share
         # segments, exactly
         assert [s.label for s in r.segments] == [s.label for s in m.segments]
         for got, want in zip(r.segments, m.segments):
@@ -148,7 +157,9 @@ def round_trip(url: str) -> None:
         assert sorted((s.t_s, s.domain, s.power_w) for s in stored) == \
             sorted((s.t_s, s.domain, s.power_w) for s in m.samples)
         line = store.power_timeline(run_id, max_points=5)
-        assert set(line) == {"gpu-0", "cpu-package-0"}
+        # the lost domain has samples only from before its loss (here the idle baseline)
+        assert {"gpu-0", "cpu-package-0"} <= set(line) <= {"gpu-0", "cpu-package-0", "gpu-1"}
+        assert all(s.t_s < 0 for s in stored if s.domain == "gpu-1")
         assert all(len(tl.t_s) <= 5 for tl in line.values())
         assert sum(sum(tl.samples) for tl in line.values()) == len(m.samples)
         # list_runs sees the same thing
@@ -352,6 +363,26 @@ SEED: dict[str, list[str]] = {
         "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
         "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
     ],
+    "0003": [
+        "INSERT INTO runs (id, batch_id, kind, status, started_at, ended_at, model_name, precision, "
+        "prompt_tokens, new_tokens, batch_size, extra, collectors, process_cpu_s, machine_busy_cpu_s, "
+        "other_cpu_share, concurrent_windows) VALUES (7, 'b-3', 'measure', 'completed', "
+        "'2026-12-02 03:04:05.000000', '2026-12-02 03:04:09.500000', 'SmolLM-135M', 'int8', 32, 64, 8, "
+        "'{\"tag\": \"old\"}', 'cpu', 4.1, 8.3, 0.5060240963855422, 0)",
+        "INSERT INTO runs (id, kind, status, started_at, error) VALUES (8, 'serve', 'failed', "
+        "'2026-12-02 00:00:00.000000', 'boom')",
+        "INSERT INTO run_domains VALUES (7, 'cpu-package-0', 'measured', 'rapl', 123.5, 10.0, 78.5, 0.001, NULL, "
+        "61.0, 0.4939, 'machine', 'a wrap may have been missed', NULL)",
+        "INSERT INTO run_domains VALUES (7, 'gpu-0', NULL, 'nvml', NULL, NULL, NULL, NULL, 'GPU fell off the bus', "
+        "NULL, NULL, 'gpu', NULL, 'not shared-checked')",
+        "INSERT INTO segments VALUES (7, 0, 'prefill', 'prefill', 0.0, 0.5, 32)",
+        "INSERT INTO segments VALUES (7, 1, 'token-1', 'decode', 0.5, 0.06, 1)",
+        "INSERT INTO segment_energy VALUES (7, 0, 'cpu-package-0', 20.0, 15.0, 10.0)",
+        "INSERT INTO segment_energy VALUES (7, 1, 'cpu-package-0', 3.0, 2.4, 1.5)",
+        "INSERT INTO samples VALUES (7, -0.5, 'cpu-package-0', 10.0)",
+        "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
+        "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
+    ],
 }
 
 
@@ -389,6 +420,14 @@ def test_old_database_migrates_to_head_and_keeps_every_row(tmp_path, revision):
         # 0002 added runs.batch_size: 0001 measure runs were one sequence at a time
         assert old.batch_size == (1 if revision == "0001" else 8)
         assert store.get_run(8).batch_size is None  # a track run does not know its batch
+        # 0003: runs stored before it have no attributed figures (never invented)
+        if revision < "0003":
+            assert old.domains["cpu-package-0"].attributed_energy_j is None
+            assert old.phases["decode"].attributed_energy_j == {"cpu-package-0": None}
+        else:
+            assert old.domains["cpu-package-0"].attributed_energy_j == 61.0
+            assert old.phases["decode"].attributed_energy_j == {"cpu-package-0": 1.5}
+            assert old.other_cpu_share == pytest.approx(0.506, abs=1e-3) and old.collectors == "cpu"
         new = store.start_run()  # and the migrated database takes new runs
         assert new == 9
         store.delete_run(new)
@@ -401,6 +440,27 @@ def test_old_database_migrates_to_head_and_keeps_every_row(tmp_path, revision):
         keep = [new_cols.index(c) for c in cols if c in new_cols]
         projected = sorted((tuple(r[i] for i in keep) for r in new_rows), key=repr)
         assert projected == sorted((tuple(r[cols.index(new_cols[i])] for i in keep) for r in rows), key=repr), table
+
+
+def test_0003_names_setup_and_teardown_segments_of_old_runs(tmp_path):
+    from alembic import command
+
+    db = tmp_path / "at-0002.db"
+    command.upgrade(alembic_config(f"sqlite:///{db}"), "0002")
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO runs (id, kind, status, started_at) VALUES (1, 'measure', 'completed', "
+                     "'2026-11-23 00:00:00.000000')")
+        conn.execute("INSERT INTO runs (id, kind, status, started_at) VALUES (2, 'track', 'completed', "
+                     "'2026-11-23 00:00:00.000000')")
+        for idx, label, kind in [(0, "setup", "other"), (1, "prefill", "prefill"), (2, "token-1", "decode"),
+                                 (3, "end", "other")]:
+            conn.execute(f"INSERT INTO segments VALUES (1, {idx}, '{label}', '{kind}', {idx}.0, 1.0, NULL)")
+        conn.execute("INSERT INTO segments VALUES (2, 0, 'end', 'other', 0.0, 1.0, NULL)")
+    conn.close()
+    with open_store(db) as store:
+        assert [s.kind for s in store.get_run(1).segments] == ["setup", "prefill", "decode", "teardown"]
+        assert [s.kind for s in store.get_run(2).segments] == ["other"]  # no phase marks: unphased
 
 
 def test_database_from_a_newer_greenprof_is_refused_untouched(tmp_path):

@@ -36,15 +36,17 @@ from sqlalchemy import (
 )
 
 #: Head revision of the migrations; the version a database is at after ``open_store``.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 #: Alembic's bookkeeping table. Not the default ``alembic_version``, so that a PostgreSQL database
 #: shared with an application that has its own Alembic history does not collide with ours.
 VERSION_TABLE = "greenprof_alembic_version"
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
-RUN_KINDS = ("measure", "track")
-SEGMENT_KINDS = ("prefill", "decode", "other")
+RUN_KINDS = ("measure", "track", "serve")
+#: setup (before the first prefill/token segment), prefill, decode (token-N), teardown (after the
+#: last), other (between them, or every segment of a run without phase marks)
+SEGMENT_KINDS = ("setup", "prefill", "decode", "teardown", "other")
 
 # Deterministic constraint names, so batch-mode (SQLite) migrations can find them later.
 metadata = MetaData(
@@ -82,6 +84,11 @@ runs = Table(
     Column("prompt_tokens", Integer, nullable=True),
     Column("new_tokens", Integer, nullable=True),
     Column("batch_size", Integer, nullable=True),  # sequences generated together (0002)
+    Column("collectors", String(255), nullable=True),  # the domains asked for: "auto", "cpu", a list (0003)
+    Column("process_cpu_s", Float, nullable=True),  # this process's CPU seconds over the run (0003)
+    Column("machine_busy_cpu_s", Float, nullable=True),  # every CPU's busy seconds over the run (0003)
+    Column("other_cpu_share", Float, nullable=True),  # other processes' share of the busy time (0003)
+    Column("concurrent_windows", Integer, nullable=True),  # windows it split energy with (0003)
     Column("region", String(64), nullable=True),
     Column("intensity_g_per_kwh", Float, nullable=True),
     Column("intensity_source", String(255), nullable=True),
@@ -95,7 +102,7 @@ runs = Table(
     Column("warnings", JSON, nullable=True),  # the measurement's warnings (list of strings)
     Column("extra", JSON, nullable=True),
     CheckConstraint("status IN ('running', 'completed', 'failed', 'interrupted')", name="status"),
-    CheckConstraint("kind IN ('measure', 'track')", name="kind"),
+    CheckConstraint("kind IN ('measure', 'track', 'serve')", name="kind"),
     Index("ix_runs_batch_id", "batch_id"),
     Index("ix_runs_started_at", "started_at"),
     Index("ix_runs_status", "status"),
@@ -109,11 +116,17 @@ run_domains = Table(
     Column("domain", String(64), primary_key=True),
     Column("method", String(16), nullable=True),  # measured | estimated | replayed (null if lost early)
     Column("source", String(255), nullable=True),
-    Column("energy_j", Float, nullable=True),  # gross; null when the domain was lost
+    Column("energy_j", Float, nullable=True),  # gross; partial (until the loss) when lost_reason is set
     Column("idle_power_w", Float, nullable=True),  # null without an idle baseline
     Column("dynamic_energy_j", Float, nullable=True),  # gross - idle_power_w x duration
     Column("resolution_s", Float, nullable=True),  # how often the source's counter updates
     Column("lost_reason", Text, nullable=True),  # null unless the sensor was lost mid-run
+    # 0003: this run's share; null for runs stored before 0003 (charged the whole counter)
+    Column("attributed_energy_j", Float, nullable=True),
+    Column("share", Float, nullable=True),  # attributed / gross
+    Column("scope", String(16), nullable=True),  # process | machine | gpu: what the counter sees
+    Column("uncertain_reason", Text, nullable=True),  # why the figure may be wrong (a missed wrap)
+    Column("share_note", Text, nullable=True),  # how the share was found ("not shared-checked")
 )
 
 segments = Table(
@@ -136,6 +149,7 @@ segment_energy = Table(
     Column("domain", String(64), primary_key=True),
     Column("energy_j", Float, nullable=True),
     Column("dynamic_energy_j", Float, nullable=True),
+    Column("attributed_energy_j", Float, nullable=True),  # 0003
     ForeignKeyConstraint(["run_id", "idx"], ["segments.run_id", "segments.idx"], ondelete="CASCADE"),
 )
 
@@ -160,6 +174,13 @@ def segment_kind(label: str) -> str:
     if label.startswith("token-") and label[6:].isdigit():
         return "decode"
     return "other"
+
+
+def segment_kinds(labels: list[str]) -> list[str]:
+    """Each segment's kind by label and position (see greenprof.accounting.segment_phases)."""
+    from greenprof.accounting import segment_phases
+
+    return segment_phases(labels)
 
 
 @dataclass
