@@ -111,6 +111,11 @@ def measure(
     graph_opt: str = typer.Option("all", "--graph-opt", help="onnxruntime graph optimisation level: disable, "
                                   "basic, extended, layout or all."),
     idle_s: float = typer.Option(0.0, "--idle-s", help="Seconds of idle baseline before each run (dynamic = gross - idle)."),
+    provider: str = typer.Option("cpu", "--provider", help="onnxruntime execution provider: cpu, cuda or cuda:N."),
+    collectors: str = typer.Option(None, "--collectors", help="Energy domains to charge, comma-separated (e.g. "
+                                   "cpu-package-0,dram-0 or gpu-0,cpu-estimate; see `greenprof sensors`). Default: "
+                                   "the device the model runs on: CPU domains for a CPU run (never an idle GPU), "
+                                   "its own GPU plus the host CPU for a CUDA run."),
     region: str = typer.Option(None, "--region", help="Grid region for CO2e: ISO3 (FRA), ISO2, name, or USA/CA."),
     intensity: float = typer.Option(None, "--intensity", help="Grid intensity in g CO2e/kWh (market-based factor); overrides --region."),
     pue: float = typer.Option(None, "--pue", help="Data-centre PUE (default 1.0)."),
@@ -138,7 +143,8 @@ def measure(
                               "price_usd_per_kwh": price_kwh, "threads": threads})
     req = MeasureRequest(models=models or list(DEFAULT_MODELS), precision=precision, prompt=prompt,
                          prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, runs=runs, warmup=warmup,
-                         threads=settings.threads, spinning=spinning, graph_opt=graph_opt, idle_s=idle_s, sample_hz=settings.sample_hz)
+                         threads=settings.threads, spinning=spinning, graph_opt=graph_opt, idle_s=idle_s, sample_hz=settings.sample_hz,
+                         provider=provider, collectors=collectors)
     from rich.console import Console
 
     err = Console(stderr=True)
@@ -156,7 +162,9 @@ def measure(
         e.exit_code = 143
         raise e from None
     if as_json:
-        typer.echo(json.dumps(doc, indent=2))
+        from greenprof.accounting import clean_json
+
+        typer.echo(json.dumps(clean_json(doc), indent=2, allow_nan=False))
         return
     _print_summary(doc)
 
@@ -195,25 +203,44 @@ def _print_summary(doc: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from greenprof.accounting import energy_label
+
     grid = doc["grid"]
     table = Table(title=f"Energy per token ({grid['name']}, {grid['intensity_g_per_kwh']:.0f} g CO2e/kWh, "
                         f"PUE {doc['pue']:g}, ${doc['price_usd_per_kwh']:g}/kWh)", title_justify="left")
-    for col, just in (("model", "left"), ("params", "right"), ("precision", "left"), ("method", "left"),
-                      ("tokens/s", "right"), ("J/prompt token", "right"), ("J/gen token (95% CI)", "right"),
-                      ("g CO2e/1k tokens", "right"), ("$/M tokens", "right")):
+    for col, just in (("model", "left"), ("params", "right"), ("precision", "left"), ("energy", "left"),
+                      ("domains", "left"), ("tokens/s", "right"), ("J/prompt token", "right"),
+                      ("J/gen token, decode (95% CI)", "right"), ("J/request, all phases", "right"),
+                      ("g CO2e/1k gen tokens", "right"), ("$/M gen tokens", "right")):
         table.add_column(col, justify=just)
+
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.4g}"
+
     for s in doc["summary"]:
-        lo, hi = s["j_per_token_ci95"]
-        ci = f"{s['j_per_token']:.4g} [{lo:.4g}, {hi:.4g}]" if s["runs"] > 1 else f"{s['j_per_token']:.4g}"
-        table.add_row(s["model"], _human_params(s["params"]), s["precision"], s["method"],
-                      f"{s['tokens_per_s']:.1f}", f"{s['j_per_prompt_token']:.4g}", ci,
-                      f"{s['co2e_g_per_1k_tokens']:.4g}", f"{s['usd_per_m_tokens']:.4g}")
-    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160).print(table)
+        ci = s["j_per_token_ci95"]
+        jt = f"{s['j_per_token']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else f"{s['j_per_token']:.4g} [n/a]"
+        flags = []
+        if s.get("partial_run_ids"):
+            flags.append("partial")
+        if s.get("uncertain_run_ids"):
+            flags.append("uncertain")
+        label = energy_label(s["method"], s["basis"]) + (f" {', '.join(flags)}" if flags else "")
+        table.add_row(s["model"], _human_params(s["params"]), s["precision"], label,
+                      ", ".join(s.get("domains") or []), f"{s['tokens_per_s']:.1f}",
+                      num(s["j_per_prompt_token"]), jt, num(s["j_per_request"]),
+                      num(s["co2e_g_per_1k_tokens"]), num(s["usd_per_m_tokens"]))
+    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200).print(table)
     notes = list(doc.get("notes", []))
     for s in doc["summary"]:
         notes.extend(s.get("notes", []))
         if s["method"] != "measured":
             notes.append(f"{s['model']}: energy is {s['method']} (see `greenprof sensors`)")
+        if s["basis"] == "attributed" and s.get("gross_j_per_token") is not None \
+                and s["gross_j_per_token"] > s["j_per_token"] * 1.001:
+            notes.append(f"{s['model']}: attributed {s['j_per_token']:.4g} J/gen token of the "
+                         f"{s['gross_j_per_token']:.4g} the counters saw (gross): the rest was other "
+                         "processes' share")
     err = Console(stderr=True)
     from rich.markup import escape
 

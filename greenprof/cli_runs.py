@@ -45,15 +45,18 @@ CODECARBON_VERSION_WRITTEN = "3.3.2"
 #: Columns of `greenprof export --format csv` (one row per run).
 EXPORT_COLUMNS = (
     "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
-    "params", "precision", "model_file_hash", "provider", "threads", "prompt_tokens", "new_tokens",
-    "batch_size", "method", "methods", "duration_s", "energy_j", "dynamic_energy_j", "prefill_energy_j",
-    "decode_energy_j", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",
-    "dynamic_j_per_token", "tokens_per_s", "lost_domains", "region", "intensity_g_per_kwh",
-    "intensity_source", "intensity_year", "pue", "co2e_g", "co2e_g_per_1k_tokens",
-    "price_usd_per_kwh", "cost_usd", "usd_per_m_tokens", "error",
+    "params", "precision", "model_file_hash", "provider", "threads", "spinning", "graph_opt",
+    "prompt_tokens", "new_tokens", "batch_size", "collectors", "domains", "method", "methods", "basis",
+    "duration_s", "energy_j", "gross_energy_j", "energy_j_by_domain", "gross_energy_j_by_domain", "share",
+    "dynamic_energy_j", "setup_energy_j", "prefill_energy_j", "decode_energy_j", "teardown_energy_j",
+    "phases_marked", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",
+    "j_per_request", "dynamic_j_per_token", "tokens_per_s", "partial", "lost_domains", "uncertain_domains",
+    "other_cpu_share", "region", "intensity_g_per_kwh", "intensity_source", "intensity_year", "pue", "co2e_g",
+    "co2e_g_per_1k_tokens", "co2e_g_per_request", "price_usd_per_kwh", "cost_usd", "usd_per_m_tokens",
+    "usd_per_request", "error",
 )
 
-J_PER_KWH = 3.6e6
+from greenprof.accounting import J_PER_KWH  # noqa: E402  (light: no heavy imports)
 _DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, ./greenprof.db)."
 
 
@@ -98,15 +101,6 @@ def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
     with _open(settings) as store:
         _mark_stale(store)
         yield store
-
-
-def collapse_methods(methods: Iterable[str | None]) -> str:
-    """``measured`` / ``estimated`` / ``replayed`` when every domain agrees, else ``mixed``;
-    ``none`` when the run has no domain."""
-    vals = {m for m in methods if m}
-    if not vals:
-        return "none"
-    return vals.pop() if len(vals) == 1 else "mixed"
 
 
 def _fsum(values: Iterable[float | None]) -> float | None:
@@ -195,28 +189,33 @@ class _Costing:
 
 
 def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
-    """Everything `runs`, `show`, `export` and `compare` print about a run, from stored joules."""
-    from greenprof import carbon
+    """Everything `runs`, `show`, `export` and `compare` print about a run, from stored joules.
+
+    Every derived figure comes from greenprof.accounting.record_figures. Vocabulary (the same in
+    measure --json and track): ``energy_j`` is the energy charged to the run (a number, on
+    ``basis``), ``gross_energy_j`` what the counters saw; ``*_by_domain`` the same per domain.
+    """
+    from greenprof import accounting
 
     gross = {d: r.energy_j for d, r in run.domains.items() if r.energy_j is not None}
-    lost = sorted(d for d, r in run.domains.items() if r.energy_j is None)
-    total = _fsum(gross.values())
+    basis = accounting.record_basis(run)
+    charged = ({d: r.attributed_energy_j for d, r in run.domains.items() if r.attributed_energy_j is not None}
+               if basis == "attributed" else dict(gross))
+    lost = {d: r.lost_reason for d, r in run.domains.items() if r.lost_reason}
+    uncertain = {d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason}
     dynamic = _fsum(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
-    pre = run.phases.get("prefill")
     dec = run.phases.get("decode")
-    prefill_j = _fsum(pre.energy_j.values()) if pre else None
-    decode_j = _fsum(dec.energy_j.values()) if dec else None
-    decode_dyn = _fsum(dec.dynamic_energy_j.values()) if dec else None
-    prefill_tokens = pre.tokens if pre and pre.tokens is not None else (run.prompt_tokens if pre else None)
-    decode_tokens = dec.tokens if dec and dec.tokens is not None else (run.new_tokens if dec else None)
-    j_tok = _div(decode_j, decode_tokens)
-    j_prompt = _div(prefill_j, prefill_tokens)
-    tps = _div(decode_tokens, dec.duration_s) if dec else None
-    grid = costing.grid(run, needed=total is not None)
-    g = grid.g_per_kwh
+    grid = costing.grid(run, needed=bool(gross))
     pue = float(run.pue) if run.pue is not None else 1.0
     price = costing.price(run)
+    fig = accounting.record_figures(run, intensity_g_per_kwh=grid.g_per_kwh, pue=pue,
+                                    price_usd_per_kwh=price, basis=basis)
+    has_energy = bool(gross)
+    ph = fig.phase_energy_j if has_energy else {}
+    decode_dyn = _fsum(dec.dynamic_energy_j.values()) if dec else None
     methods = {d: r.method for d, r in run.domains.items()}
+    session = (run.extra or {}).get("session") or {}
+    decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)
     return {
         "id": run.id,
         "batch_id": run.batch_id,
@@ -232,24 +231,43 @@ def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
         "model_file_hash": run.model_file_hash,
         "provider": run.provider,
         "threads": run.threads,
+        "spinning": session.get("spinning"),
+        "graph_opt": session.get("graph_opt"),
         "prompt_tokens": run.prompt_tokens,
         "new_tokens": run.new_tokens,
         "batch_size": run.batch_size,
-        "method": collapse_methods(methods.values()),
+        "collectors": run.collectors,
+        "domains": sorted(run.domains),
+        "method": accounting.collapse_methods(methods.values()),
         "methods": methods,
+        "basis": basis,
         "duration_s": run.duration_s,
-        "energy_j": total,
-        "energy_j_by_domain": gross,
+        "energy_j": fig.energy_j if has_energy else None,
+        "gross_energy_j": _fsum(gross.values()),
+        "energy_j_by_domain": charged,
+        "gross_energy_j_by_domain": gross,
+        "share": {d: r.share for d, r in run.domains.items() if r.share is not None},
+        "share_notes": {d: r.share_note for d, r in run.domains.items() if r.share_note},
         "dynamic_energy_j": dynamic,
-        "prefill_energy_j": prefill_j,
-        "decode_energy_j": decode_j,
-        "prefill_tokens": prefill_tokens,
-        "decode_tokens": decode_tokens,
-        "j_per_prompt_token": j_prompt,
-        "j_per_token": j_tok,
-        "dynamic_j_per_token": _div(decode_dyn, decode_tokens),
-        "tokens_per_s": tps,
-        "lost_domains": lost,
+        "phase_energy_j": ph,
+        "phases_marked": fig.phases_marked,
+        "setup_energy_j": ph.get("setup"),
+        "prefill_energy_j": ph.get("prefill") if fig.phases_marked else None,
+        "decode_energy_j": ph.get("decode"),
+        "teardown_energy_j": ph.get("teardown"),
+        "prefill_tokens": fig.prompt_tokens,
+        "decode_tokens": fig.generated_tokens,
+        "j_per_prompt_token": fig.j_per_prompt_token,
+        "j_per_token": fig.j_per_token,
+        "j_per_request": fig.j_per_request if has_energy else None,
+        "dynamic_j_per_token": _div(decode_dyn, fig.generated_tokens) if fig.phases_marked else None,
+        "tokens_per_s": _div(fig.generated_tokens, decode_s),
+        "partial": bool(lost),
+        "lost": lost,
+        "lost_domains": sorted(lost),
+        "uncertain": uncertain,
+        "uncertain_domains": sorted(uncertain),
+        "other_cpu_share": run.other_cpu_share,
         "region": grid.region,
         "intensity_g_per_kwh": grid.g_per_kwh,
         "intensity_source": grid.source,
@@ -258,14 +276,21 @@ def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
         "run_region": run.region,
         "run_intensity_g_per_kwh": run.intensity_g_per_kwh,
         "pue": pue,
-        "co2e_g": carbon.co2e_g(total, g, pue) if total is not None and g is not None else None,
-        "co2e_g_per_1k_tokens": (carbon.co2e_g_per_1k_tokens(j_tok, g, pue)
-                                 if j_tok is not None and g is not None else None),
+        "co2e_g": fig.co2e_g if has_energy else None,
+        "co2e_g_per_1k_tokens": fig.co2e_g_per_1k_tokens,
+        "co2e_g_per_request": fig.co2e_g_per_request if has_energy else None,
         "price_usd_per_kwh": price,
-        "cost_usd": carbon.cost_usd(total, price, pue) if total is not None else None,
-        "usd_per_m_tokens": carbon.usd_per_m_tokens(j_tok, price, pue) if j_tok is not None else None,
+        "cost_usd": fig.cost_usd if has_energy else None,
+        "usd_per_m_tokens": fig.usd_per_m_tokens,
+        "usd_per_request": fig.usd_per_request if has_energy else None,
         "error": run.error,
     }
+
+
+def energy_cell(s: dict[str, Any]) -> str:
+    """How a run's energy figures are labelled in tables: method, basis, and any flag."""
+    flags = [f for f, on in (("partial", s["partial"]), ("uncertain", bool(s["uncertain"]))) if on]
+    return f"{s['method']}, {s['basis']}" + (f" ({', '.join(flags)})" if flags else "")
 
 
 def _num(x: Any, fmt: str = ".4g") -> str:
@@ -301,7 +326,9 @@ def _console(stderr: bool = False):
 def _echo_json(doc: Any) -> None:
     import json
 
-    typer.echo(json.dumps(doc, indent=2, default=str))
+    from greenprof.accounting import clean_json
+
+    typer.echo(json.dumps(clean_json(doc), indent=2, default=str, allow_nan=False))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -351,8 +378,8 @@ def runs_cmd(
                                    f"({what_if.intensity_g_per_kwh:g} g/kWh)" if what_if else ""))
     table = Table(title=title, title_justify="left")
     for col, right in (("id", True), ("started", False), ("status", False), ("model", False),
-                       ("precision", False), ("params", True), ("prompt/new", True), ("method", False),
-                       ("energy J", True), ("J/token", True), (co2_head, True), ("region", False)):
+                       ("precision", False), ("params", True), ("prompt/new", True), ("energy", False),
+                       ("J", True), ("J/gen token", True), (co2_head, True), ("region", False)):
         table.add_column(col, justify="right" if right else "left", overflow="fold")
     colour = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
     for s in rows:
@@ -360,10 +387,14 @@ def runs_cmd(
         table.add_row(
             str(s["id"]), _local(s["started_at"]), f"[{colour.get(st, 'white')}]{st}[/]",
             s["model"] or "-", s["precision"] or "-", _params(s["params"]),
-            f"{_num(s['prompt_tokens'])}/{_num(s['new_tokens'])}", s["method"],
+            f"{_num(s['prompt_tokens'])}/{_num(s['new_tokens'])}", energy_cell(s),
             _num(s["energy_j"]), _num(s["j_per_token"]), _num(s["co2e_g"]), s["region"] or "-",
         )
     _console().print(table)
+    if rows:
+        _note("J is the energy charged to each run (attributed: its share of the counters; "
+              "'gross' for runs stored before attribution); J/gen token is decode energy per "
+              "generated token; `greenprof show RUN_ID` has every phase and domain")
     if not rows:
         _note(f"no runs in {where}" + (f" for model {model!r}" if model else "")
               + "; `greenprof measure` records some")
@@ -383,11 +414,15 @@ def show_cmd(
         n_samples = store.count_samples(run_id)
     s = summarize(run, costing)
     phases = {}
+    attributed = s["basis"] == "attributed"
     for kind, p in run.phases.items():
-        e = _fsum(p.energy_j.values())
+        e = _fsum((p.attributed_energy_j if attributed else p.energy_j).values())
         phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
-                        "energy_j": e, "dynamic_energy_j": _fsum(p.dynamic_energy_j.values()),
-                        "j_per_token": _div(e, p.tokens), "energy_j_by_domain": p.energy_j}
+                        "energy_j": e, "gross_energy_j": _fsum(p.energy_j.values()),
+                        "dynamic_energy_j": _fsum(p.dynamic_energy_j.values()),
+                        "j_per_token": _div(e, p.tokens),
+                        "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
+                        "gross_energy_j_by_domain": p.energy_j}
     if as_json:
         doc = run.to_dict()
         doc.pop("segments", None)
@@ -427,6 +462,9 @@ def show_cmd(
     add("model hash", run.model_file_hash)
     add("provider", run.provider)
     add("threads", run.threads)
+    add("onnxruntime", f"spinning {'on' if s['spinning'] else 'off'}, graph optimisation {s['graph_opt']}"
+        if s["spinning"] is not None or s["graph_opt"] is not None else None)
+    add("collectors", run.collectors)
     add("tokens", f"{_num(run.prompt_tokens)} prompt, {_num(run.new_tokens)} new")
     if s["intensity_g_per_kwh"] is not None:
         add("grid", f"{s['intensity_g_per_kwh']:g} g CO2e/kWh ({s['region'] or 'no region'}"
@@ -443,37 +481,50 @@ def show_cmd(
     add("samples", n_samples)
     for w in run.warnings or []:
         add("warning", w)
-    add("method", s["method"])
+    add("energy figures", energy_cell(s))
     if s["energy_j"] is not None:
-        add("energy", f"{_num(s['energy_j'])} J (dynamic {_num(s['dynamic_energy_j'])} J)")
+        add("energy", f"{_num(s['energy_j'])} J charged ({s['basis']}); the counters saw "
+                      f"{_num(s['gross_energy_j'])} J (gross; dynamic {_num(s['dynamic_energy_j'])} J)")
+        if s["other_cpu_share"] is not None:
+            add("other load", f"other processes used {s['other_cpu_share']:.0%} of the machine's busy CPU time")
         add("CO2e", f"{_num(s['co2e_g'])} g")
         add("cost", f"{_num(s['cost_usd'])} USD")
     else:
         add("energy", "none recorded")
-    add("J / generated token", _num(s["j_per_token"]))
+    for d, why in s["lost"].items():
+        add("lost (partial)", f"{d}: {why}; its energy until then is kept")
+    for d, why in s["uncertain"].items():
+        add("uncertain", f"{d}: {why}")
+    add("J / generated token (decode)", _num(s["j_per_token"]))
     add("J / prompt token", _num(s["j_per_prompt_token"]))
+    add("J / request (all phases)", _num(s["j_per_request"]))
+    if not s["phases_marked"] and s["energy_j"] is not None:
+        add("phases", "no phase marks: the whole run counts as decode")
     add("tokens / s", _num(s["tokens_per_s"]))
     add("g CO2e / 1k tokens", _num(s["co2e_g_per_1k_tokens"]))
     add("USD / M tokens", _num(s["usd_per_m_tokens"]))
     out.print(info)
 
     dom = Table(title="Domains", title_justify="left")
-    for col in ("domain", "method", "source", "gross J", "idle W", "dynamic J", "lost"):
-        dom.add_column(col, overflow="fold", justify="right" if col.endswith(("J", "W")) else "left")
+    for col in ("domain", "method", "scope", "gross J", "attributed J", "share", "idle W", "dynamic J", "note"):
+        dom.add_column(col, overflow="fold", justify="right" if col.endswith(("J", "W", "share")) else "left")
     for d, r in run.domains.items():
-        dom.add_row(d, r.method or "-", r.source or "-", _num(r.energy_j), _num(r.idle_power_w),
-                    _num(r.dynamic_energy_j), r.lost_reason or "")
+        note = "; ".join(x for x in (f"lost (partial): {r.lost_reason}" if r.lost_reason else "",
+                                     f"uncertain: {r.uncertain_reason}" if r.uncertain_reason else "",
+                                     r.share_note or "") if x)
+        dom.add_row(d, r.method or "-", r.scope or "-", _num(r.energy_j), _num(r.attributed_energy_j),
+                    _num(r.share, ".3f"), _num(r.idle_power_w), _num(r.dynamic_energy_j), note)
     out.print(dom)
     if phases:
         ph = Table(title="Phases", title_justify="left")
-        for col in ("phase", "segments", "duration s", "tokens", "energy J", "dynamic J", "J/token"):
+        for col in ("phase", "segments", "duration s", "tokens", f"{s['basis']} J", "gross J", "J/token"):
             ph.add_column(col, justify="left" if col == "phase" else "right")
-        for kind in ("prefill", "decode", "other"):
+        for kind in ("setup", "prefill", "decode", "teardown", "other"):
             p = phases.get(kind)
             if p is None:
                 continue
             ph.add_row(kind, str(p["segments"]), _num(p["duration_s"]), _num(p["tokens"]),
-                       _num(p["energy_j"]), _num(p["dynamic_energy_j"]), _num(p["j_per_token"]))
+                       _num(p["energy_j"]), _num(p["gross_energy_j"]), _num(p["j_per_token"]))
         out.print(ph)
     costing.flush()
 
@@ -497,15 +548,15 @@ def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
 
     pue = s["pue"]
     groups = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0}
-    for d, r in run.domains.items():
-        if r.energy_j is None:
+    for d, j in s["energy_j_by_domain"].items():  # the energy charged to the run
+        if j is None:
             continue
-        if d.startswith("cpu-package-") or d == "cpu-estimate":
-            groups["cpu"] += r.energy_j
+        if d.startswith("cpu-package-") or d in ("cpu-estimate", "psys"):
+            groups["cpu"] += j
         elif d.startswith("gpu-"):
-            groups["gpu"] += r.energy_j
+            groups["gpu"] += j
         elif d.startswith("dram-"):
-            groups["ram"] += r.energy_j
+            groups["ram"] += j
     dur = run.duration_s
     total = s["energy_j"] or 0.0
 
@@ -567,7 +618,7 @@ def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
         "latitude": "",
         "ram_total_size": hw.get("memory_gib", ""),
         # the CPU estimate charges this process's CPU time; counters see the whole machine
-        "tracking_mode": "process" if "estimated" in methods else "machine",
+        "tracking_mode": "process" if "estimated" in methods or s["basis"] == "attributed" else "machine",
         "cpu_utilization_percent": "",
         "gpu_utilization_percent": "",
         "ram_utilization_percent": "",
@@ -580,8 +631,10 @@ def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
 
 def _flat(s: dict[str, Any]) -> dict[str, Any]:
     row = {k: s.get(k) for k in EXPORT_COLUMNS}
-    row["methods"] = ";".join(f"{d}={m}" for d, m in sorted(s["methods"].items()))
-    row["lost_domains"] = ";".join(s["lost_domains"])
+    for key in ("methods", "energy_j_by_domain", "gross_energy_j_by_domain", "share"):
+        row[key] = ";".join(f"{d}={v}" for d, v in sorted(s[key].items()))
+    for key in ("domains", "lost_domains", "uncertain_domains"):
+        row[key] = ";".join(s[key])
     return {k: "" if v is None else v for k, v in row.items()}
 
 
@@ -672,14 +725,23 @@ def export_cmd(
 
 _COMPARE = (
     # key, label, ratio?
+    ("kind", "kind", False),
     ("model", "model", False),
     ("params", "params", True),
     ("precision", "precision", False),
+    ("spinning", "onnxruntime spinning", False),
+    ("graph_opt", "graph optimisation", False),
     ("method", "method", False),
+    ("basis", "basis", False),
+    ("domains", "domains", False),
     ("region", "region", False),
+    ("duration_s", "duration s", True),
+    ("energy_j", "energy J (charged)", True),
+    ("gross_energy_j", "energy J (gross)", True),
     ("tokens_per_s", "tokens/s", True),
-    ("j_per_token", "J / generated token", True),
+    ("j_per_token", "J / generated token (decode)", True),
     ("j_per_prompt_token", "J / prompt token", True),
+    ("j_per_request", "J / request (all phases)", True),
     ("co2e_g_per_1k_tokens", "g CO2e / 1k tokens", True),
     ("usd_per_m_tokens", "USD / M tokens", True),
 )
@@ -718,9 +780,17 @@ def compare_cmd(
         sentences.append(f"B emits {_x(ratios['co2e_g_per_1k_tokens'])} the CO2e per token of A"
                          + (f" ({sb['region']} vs {sa['region']} grid)" if sa["region"] != sb["region"] else ""))
     notes = []
-    if sa["method"] != sb["method"]:
-        notes.append(f"A is {sa['method']}, B is {sb['method']}: the ratios compare different "
-                     "kinds of figure")
+    if sa["method"] != sb["method"] or sa["basis"] != sb["basis"]:
+        notes.append(f"A is {sa['method']} ({sa['basis']}), B is {sb['method']} ({sb['basis']}): the "
+                     "ratios compare different kinds of figure")
+    if sa["spinning"] != sb["spinning"] or sa["graph_opt"] != sb["graph_opt"]:
+        notes.append("A and B ran with different onnxruntime settings (spinning / graph optimisation)")
+    for x in (sa, sb):
+        if x["partial"]:
+            notes.append(f"run {x['id']} lost {', '.join(x['lost_domains'])} mid-run: its energy is partial")
+        if x["uncertain"]:
+            notes.append(f"run {x['id']}: {', '.join(x['uncertain_domains'])} uncertain (a counter wrap may "
+                         "have been missed)")
     if a.hardware_fingerprint and b.hardware_fingerprint and a.hardware_fingerprint != b.hardware_fingerprint:
         notes.append("A and B ran on different hardware")
     for s in (sa, sb):
@@ -740,6 +810,10 @@ def compare_cmd(
             va, vb = sa[key], sb[key]
             if key == "params":
                 ta, tb = _params(va), _params(vb)
+            elif key == "domains":
+                ta, tb = ", ".join(va) or "-", ", ".join(vb) or "-"
+            elif key == "spinning":
+                ta, tb = ("-" if v is None else "on" if v else "off" for v in (va, vb))
             else:
                 ta, tb = _num(va) if va is not None else "-", _num(vb) if vb is not None else "-"
             r = ratios.get(key) if has_ratio else None
@@ -794,4 +868,4 @@ def register(app: typer.Typer) -> None:
     app.command("regions")(regions_cmd)
 
 
-__all__ = ["register", "summarize", "collapse_methods", "CODECARBON_COLUMNS", "EXPORT_COLUMNS"]
+__all__ = ["register", "summarize", "energy_cell", "CODECARBON_COLUMNS", "EXPORT_COLUMNS"]

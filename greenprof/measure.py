@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import statistics
 from dataclasses import dataclass, field
@@ -41,47 +42,50 @@ class MeasureRequest:
     graph_opt: str = "all"  # a key of greenprof.models.loader.GRAPH_OPT_LEVELS
     idle_s: float = 0.0
     sample_hz: float = 10.0
-    collectors: Any = "auto"
+    #: None or "auto": the domains of the device the model runs on (see collectors_for_device);
+    #: else a comma-separated string or list of domain names, used as given
+    collectors: Any = None
+    #: onnxruntime execution provider: "cpu", "cuda" or "cuda:N"
+    provider: str = "cpu"
 
 
 @dataclass
 class ModelSummary:
+    """One model's runs summarised. Per-token figures are on ``basis`` (attributed unless the
+    runs have no attributed energy), J per generated token is decode energy only, J per request
+    covers every phase (setup + prefill + decode + teardown)."""
+
     model: str
     precision: str
     params: int | None
     runs: int
     tokens_per_s: float
     j_per_token: float
-    j_per_token_ci95: tuple[float, float]
-    j_per_prompt_token: float
+    j_per_token_ci95: list[float] | None  # None with one run
+    j_per_prompt_token: float | None
+    j_per_request: float
     co2e_g_per_1k_tokens: float
+    co2e_g_per_request: float
     usd_per_m_tokens: float
-    usd_per_m_prompt_tokens: float
+    usd_per_m_prompt_tokens: float | None
+    usd_per_request: float
     method: str
+    basis: str
+    domains: list[str]
     run_ids: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: decode J per token above the idle baseline (None without --idle-s)
+    #: decode J per token above the idle baseline, gross (None without --idle-s)
     dynamic_j_per_token: float | None = None
+    #: runs with a domain lost mid-run (their energy is partial) or a possibly missed wrap
+    partial_run_ids: list[int] = field(default_factory=list)
+    uncertain_run_ids: list[int] = field(default_factory=list)
+    gross_j_per_token: float | None = None
+    provider: str = "CPUExecutionProvider"
 
     def to_dict(self) -> dict:
-        return {
-            "model": self.model, "precision": self.precision, "params": self.params,
-            "runs": self.runs, "tokens_per_s": self.tokens_per_s,
-            "j_per_token": self.j_per_token, "j_per_token_ci95": list(self.j_per_token_ci95),
-            "j_per_prompt_token": self.j_per_prompt_token,
-            "co2e_g_per_1k_tokens": self.co2e_g_per_1k_tokens,
-            "usd_per_m_tokens": self.usd_per_m_tokens,
-            "usd_per_m_prompt_tokens": self.usd_per_m_prompt_tokens,
-            "method": self.method, "run_ids": self.run_ids, "notes": self.notes,
-            "dynamic_j_per_token": self.dynamic_j_per_token,
-        }
+        from greenprof.accounting import clean_json
 
-
-def collapse_methods(methods: "dict[str, str] | Sequence[str]") -> str:
-    vals = set(methods.values() if isinstance(methods, dict) else methods)
-    if not vals:
-        return "none"
-    return vals.pop() if len(vals) == 1 else "mixed"
+        return clean_json(dict(self.__dict__))
 
 
 def check_request(req: MeasureRequest) -> None:
@@ -107,6 +111,8 @@ def check_request(req: MeasureRequest) -> None:
         raise UsageError(f"--idle-s must be a number of seconds >= 0 (got {req.idle_s!r})")
     if not req.models:
         raise UsageError("no model given")
+    if not isinstance(req.provider, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", req.provider.strip().lower()):
+        raise UsageError(f"--provider must be cpu, cuda or cuda:N (got {req.provider!r})")
     from greenprof.models.loader import GRAPH_OPT_LEVELS
 
     if req.graph_opt not in GRAPH_OPT_LEVELS:
@@ -246,22 +252,56 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     }
 
 
+def collectors_for_device(device: str, device_id: int = 0) -> list[str]:
+    """The domain names a run on ``device`` is charged (greenprof.collectors.domains_for_device):
+    a CPU run its CPU domains and no GPU; a CUDA run its own GPU plus the host CPU."""
+    from greenprof.collectors import discover_all, domains_for_device, gpu_domain_for_cuda_device
+
+    gpu = gpu_domain_for_cuda_device(device_id) if device == "cuda" else None
+    found = discover_all()
+    try:
+        return domains_for_device(device, found.statuses, gpu)
+    finally:
+        found.close()
+
+
+def run_figures_of(m: Any, gen: Any, batch: int, grid: Any, pue: float, price: float):
+    """(Attribution, RunFigures) of one measured generation, from greenprof.accounting."""
+    from greenprof import accounting
+
+    att = accounting.attribute(m, gen.prompt_tokens, gen.new_tokens, batch=batch)
+    fig = accounting.run_figures(att.phase_energy_j, basis=att.basis, phases_marked=True,
+                                 prompt_tokens=gen.prompt_tokens * batch,
+                                 generated_tokens=gen.new_tokens * batch, requests=batch,
+                                 intensity_g_per_kwh=grid.intensity_g_per_kwh, pue=pue,
+                                 price_usd_per_kwh=price)
+    return att, fig
+
+
 def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progress, doc_runs) -> ModelSummary:
-    from greenprof import carbon
+    from greenprof import accounting
     from greenprof.meter import Meter
     from greenprof.models.loader import load
-    from greenprof.models.runner import attribute, generate, summarize
+    from greenprof.models.runner import generate
 
     import uuid
 
     batch_id = str(uuid.uuid4())  # groups this model's repeated runs
     say(f"{spec}: preparing {req.precision} model")
     rm = resolve_model(spec, req.precision, build_progress)
-    model = load(rm.path, threads=threads, spinning=req.spinning, graph_opt=req.graph_opt)
+    model = load(rm.path, threads=threads, spinning=req.spinning, graph_opt=req.graph_opt,
+                 providers=req.provider)
     meta = getattr(model, "metadata", None) or {}
     params = rm.params or meta.get("param_count")
     precision = req.precision if rm.builtin else (meta.get("precision") or "unknown")
     provider = getattr(model, "provider", "CPUExecutionProvider")
+    device = getattr(model, "device", "cpu")
+    if req.collectors in (None, "auto"):
+        collectors: Any = collectors_for_device(device, getattr(model, "device_id", 0))
+        collectors_label = f"{device} (auto)"
+    else:
+        collectors = req.collectors
+        collectors_label = collectors if isinstance(collectors, str) else ",".join(map(str, collectors))
     if rm.file_hash is None:
         try:
             from greenprof.models.builder import file_hash
@@ -285,7 +325,9 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
     for w in range(req.warmup):
         say(f"{spec}: warm-up {w + 1}/{req.warmup}")
         generate(model, **gen_kw)
-    per_token, per_prompt, tps, methods, run_ids, notes = [], [], [], {}, [], []
+    per_token, per_token_gross, per_prompt, per_request, tps, methods = [], [], [], [], [], {}
+    run_ids, notes, bases, domains = [], [], set(), {}
+    partial, uncertain = [], []
     per_token_dynamic: list[float] = []
     for r in range(req.runs):
         say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new tokens)")
@@ -295,10 +337,10 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             prompt_tokens=n_prompt, new_tokens=req.new_tokens, region=grid.region,
             intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
             intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
-            batch_size=req.batch,
+            batch_size=req.batch, collectors=collectors_label[:255],
             extra={"session": {"spinning": req.spinning, "graph_opt": req.graph_opt}},
         )
-        meter = Meter(collectors=req.collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
+        meter = Meter(collectors=collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None
         try:
             with meter:
@@ -317,41 +359,74 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1) * req.batch
                   for s in m.segments if s.label == "prefill" or s.label.startswith("token-")}
         store.finish_run(run_id, m, tokens=tokens)
-        att = attribute(m, gen.prompt_tokens, gen.new_tokens, batch=req.batch)
-        j_tok = sum(att.decode_j_per_token.values())
-        j_prompt = sum(att.prefill_j_per_prompt_token.values())
-        per_token.append(j_tok)
+        att, fig = run_figures_of(m, gen, req.batch, grid, pue, price)
+        gross_att = accounting.attribute(m, gen.prompt_tokens, gen.new_tokens, batch=req.batch, basis="gross")
+        per_token.append(fig.j_per_token)
+        per_token_gross.append(gross_att.j_per_token)
         if m.idle_power_w:
-            per_token_dynamic.append(sum(att.decode_dynamic_j_per_token.values()))
-        per_prompt.append(j_prompt)
+            per_token_dynamic.append(sum(gross_att.decode_dynamic_j_per_token.values()))
+        per_prompt.append(fig.j_per_prompt_token)
+        per_request.append(fig.j_per_request)
         tps.append(att.decode_tokens_per_s)
         methods.update(m.method)
+        bases.add(fig.basis)
+        domains.update(dict.fromkeys(m.domains))
         run_ids.append(run_id)
-        notes.extend(n for n in att.notes if n not in notes)
-        doc_runs.append({
-            "run_id": run_id, "model": rm.name, "precision": precision,
-            "duration_s": m.duration_s, "energy_j": m.energy_j,
-            "prefill_energy_j": sum(att.prefill_energy_j.values()),
-            "decode_energy_j": sum(att.decode_energy_j.values()),
+        if m.lost:
+            partial.append(run_id)
+        if m.uncertain:
+            uncertain.append(run_id)
+        for n in list(att.notes) + list(m.warnings):
+            if n not in notes:
+                notes.append(n)
+        if m.other_cpu_share is not None and m.other_cpu_share > 0.10:
+            say(f"{spec}: run {r + 1}: other processes used {m.other_cpu_share:.0%} of the machine's busy "
+                "CPU time (stored on the run)")
+        doc_runs.append(accounting.clean_json({
+            "run_id": run_id, "model": rm.name, "precision": precision, "provider": provider,
+            "duration_s": m.duration_s, "domains": m.domains, "collectors": collectors_label,
+            "energy_j": m.energy_j, "attributed_energy_j": m.attributed_energy_j, "share": m.share,
+            "scope": m.scope, "phase_energy_j": fig.phase_energy_j, "basis": fig.basis,
+            "prefill_energy_j": fig.phase_energy_j["prefill"],
+            "decode_energy_j": fig.phase_energy_j["decode"],
             "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens, "batch": req.batch,
-            "method": collapse_methods(m.method), "methods": m.method,
-            "j_per_token": j_tok, "tokens_per_s": att.decode_tokens_per_s,
+            "method": accounting.collapse_methods(m.method), "methods": m.method,
+            "j_per_token": fig.j_per_token, "j_per_prompt_token": fig.j_per_prompt_token,
+            "j_per_request": fig.j_per_request, "co2e_g": fig.co2e_g, "cost_usd": fig.cost_usd,
+            "tokens_per_s": att.decode_tokens_per_s,
             "dynamic_j_per_token": per_token_dynamic[-1] if m.idle_power_w else None,
-            "idle_power_w": m.idle_power_w,
-        })
-    mean, lo, hi = summarize(per_token)
-    j_prompt_mean = statistics.fmean(per_prompt)
+            "idle_power_w": m.idle_power_w, "uncertain": m.uncertain, "lost": m.lost,
+            "share_notes": m.share_notes, "other_cpu_share": m.other_cpu_share,
+            "process_cpu_s": m.process_cpu_s, "machine_busy_cpu_s": m.machine_busy_cpu_s,
+            "warnings": m.warnings,
+        }))
+    iv = accounting.interval95(per_token)
+    j_prompt_mean = statistics.fmean(per_prompt) if all(v is not None for v in per_prompt) else None
+    j_req = statistics.fmean(per_request)
+    basis = bases.pop() if len(bases) == 1 else "mixed"
+    if partial:
+        notes.append(f"{rm.name}: run(s) {', '.join(map(str, partial))} lost a domain mid-run: their energy is "
+                     "partial, and the mean above includes them (see `greenprof show RUN_ID`)")
+    if uncertain:
+        notes.append(f"{rm.name}: run(s) {', '.join(map(str, uncertain))} may have missed a counter wrap "
+                     "(uncertain): see `greenprof show RUN_ID`")
     return ModelSummary(
         model=rm.name, precision=precision, params=params, runs=req.runs,
-        tokens_per_s=statistics.fmean(tps), j_per_token=mean, j_per_token_ci95=(lo, hi),
-        j_per_prompt_token=j_prompt_mean,
-        co2e_g_per_1k_tokens=carbon.co2e_g_per_1k_tokens(mean, grid.intensity_g_per_kwh, pue),
-        usd_per_m_tokens=carbon.usd_per_m_tokens(mean, price, pue),
-        usd_per_m_prompt_tokens=carbon.usd_per_m_tokens(j_prompt_mean, price, pue),
-        method=collapse_methods(methods), run_ids=run_ids, notes=notes,
+        tokens_per_s=statistics.fmean(tps), j_per_token=iv.mean, j_per_token_ci95=iv.as_list(),
+        j_per_prompt_token=j_prompt_mean, j_per_request=j_req,
+        co2e_g_per_1k_tokens=accounting.co2e_g_per_1k_tokens(iv.mean, grid.intensity_g_per_kwh, pue),
+        co2e_g_per_request=accounting.co2e_g(j_req, grid.intensity_g_per_kwh, pue),
+        usd_per_m_tokens=accounting.usd_per_m_tokens(iv.mean, price, pue),
+        usd_per_m_prompt_tokens=(accounting.usd_per_m_tokens(j_prompt_mean, price, pue)
+                                 if j_prompt_mean is not None else None),
+        usd_per_request=accounting.cost_usd(j_req, price, pue),
+        method=accounting.collapse_methods(methods), basis=basis, domains=list(domains),
+        run_ids=run_ids, notes=notes,
         dynamic_j_per_token=statistics.fmean(per_token_dynamic) if per_token_dynamic else None,
+        partial_run_ids=partial, uncertain_run_ids=uncertain,
+        gross_j_per_token=statistics.fmean(per_token_gross), provider=provider,
     )
 
 
 __all__ = ["MeasureRequest", "ModelSummary", "measure_models", "DEFAULT_MODELS", "Terminated",
-           "GreenprofError"]
+           "GreenprofError", "collectors_for_device"]

@@ -374,7 +374,8 @@ def test_export_codecarbon(db, tmp_path, measurements):
                                                   rel=1e-9)
     assert float(a["emissions_rate"]) == pytest.approx(float(a["emissions"]) / m.duration_s, rel=1e-9)
     assert (a["country_iso_code"], a["country_name"], a["on_cloud"]) == ("FRA", "France", "N")
-    assert a["tracking_mode"] == "machine" and a["codecarbon_version"] == "greenprof-0.1.0"
+    # the energy exported is what the run was charged (its process's share): CodeCarbon's "process"
+    assert a["tracking_mode"] == "process" and a["codecarbon_version"] == "greenprof-0.1.0"
     assert a["longitude"] == a["latitude"] == "" and float(a["pue"]) == 1.0
     assert a["python_version"] == ".".join(map(str, sys.version_info[:3]))
     datetime.strptime(a["timestamp"], "%Y-%m-%dT%H:%M:%S")  # CodeCarbon's timestamp format
@@ -422,7 +423,7 @@ def test_compare_ratios(db, measurements):
     assert "J / generated token" in r.stdout and "USD / M tokens" in r.stdout
 
     r = cli("compare", "1", "3", "--db", str(db), "--json")
-    assert "A is replayed, B is estimated" in r.stderr
+    assert "A is replayed (attributed), B is estimated (attributed)" in r.stderr
     r = cli("compare", "1", "77", "--db", str(db))
     assert r.code == 2 and "no run 77 in" in r.stderr
 
