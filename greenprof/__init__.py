@@ -17,7 +17,7 @@ _LAZY = {
     "Segment": "greenprof.meter",
     "PowerSample": "greenprof.meter",
     "GreenprofError": "greenprof.errors",
-    "track": "greenprof.track",
+    "track": "greenprof.tracking",
     "measure_models": "greenprof.measure",
     "MeasureRequest": "greenprof.measure",
 }

@@ -661,10 +661,11 @@ class Meter:
             self._parent = parent if (parent is not None and parent._hub is hub
                                       and parent._state == "running") else None
             self._acc = [0.0] * len(hub.collectors)
-            self._uncertain0 = [int(getattr(c, "uncertain_count", 0) or 0) for c in hub.collectors]
             with hub.lock:
                 self._state = "running"
                 hub.add(self)
+                # after the window's first read: a stale start read is not this window's doubt
+                self._uncertain0 = [int(getattr(c, "uncertain_count", 0) or 0) for c in hub.collectors]
                 self._t0 = self._rows[0][0]
                 self._first_point = self._rows[0][4]
                 hub.ensure_sampler()

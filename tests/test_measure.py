@@ -41,9 +41,18 @@ def test_measure_json_document(tmp_path):
         assert run["new_tokens"] == 8 and run["prompt_tokens"] == 8
         assert run["method"] == "estimated"  # no sensor on this machine
         assert run["prefill_energy_j"] > 0 and run["decode_energy_j"] > 0
+        # the JSON contract: charged (attributed) and gross side by side, phases adding up
+        assert run["basis"] == "attributed" and run["domains"] == ["cpu-estimate"]
+        assert run["energy_j_by_domain"].keys() == run["gross_energy_j_by_domain"].keys() == {"cpu-estimate"}
+        assert sum(run["phase_energy_j"].values()) == pytest.approx(run["energy_j"], rel=1e-9)
+        assert set(run["phase_energy_j"]) == {"setup", "prefill", "decode", "teardown"}
+        assert run["share"]["cpu-estimate"] == pytest.approx(1.0)  # the estimate is this process's own
+        assert run["uncertain"] == {} and run["lost"] == {}
     (s,) = doc["summary"]
     assert s["model"] == "tiny" and s["runs"] == 2 and s["params"] > 0
+    assert s["basis"] == "attributed" and s["domains"] == ["cpu-estimate"] and s["j_per_request"] > 0
     lo, hi = s["j_per_token_ci95"]
+    assert lo > 0
     assert lo <= s["j_per_token"] <= hi
     assert s["co2e_g_per_1k_tokens"] == pytest.approx(s["j_per_token"] * 1000 / 3.6e6 * doc["grid"]["intensity_g_per_kwh"])
     assert doc["grid"]["region"] == "FRA"
@@ -55,6 +64,38 @@ def test_measure_json_document(tmp_path):
     assert n_tokens == 8
     # progress went to stderr, not stdout
     assert "run 1/2" in r.stderr
+
+
+def test_one_run_has_no_interval_and_the_json_is_strict(tmp_path):
+    r = cli("measure", "tiny", "--runs", "1", "--warmup", "0", "--new-tokens", "4", "--prompt-tokens", "4",
+            "--db", str(tmp_path / "g.db"), "--json")
+    assert r.returncode == 0, r.stderr
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in JSON output")
+
+    doc = json.loads(r.stdout, parse_constant=no_constants)  # NaN / Infinity are not JSON
+    assert doc["summary"][0]["j_per_token_ci95"] is None
+
+
+def test_a_cpu_run_on_a_gpu_host_is_not_charged_the_gpus(monkeypatch):
+    """collectors_for_device: the CPU domains only, never an idle GPU."""
+    from greenprof.measure import collectors_for_device
+    import greenprof.collectors as col
+    from greenprof.collectors.base import Discovery, SensorStatus
+
+    def fake_discover_all(**kw):
+        return Discovery([
+            SensorStatus("rapl", "cpu-package-0", "measured", True, True),
+            SensorStatus("rapl", "dram-0", "measured", True, True),
+            SensorStatus("nvml", "gpu-0", "measured", True, True),
+            SensorStatus("nvml", "gpu-1", "measured", True, True),
+        ])
+
+    monkeypatch.setattr(col, "discover_all", fake_discover_all)
+    monkeypatch.setattr(col, "gpu_domain_for_cuda_device", lambda device_id, **kw: f"gpu-{device_id}")
+    assert collectors_for_device("cpu") == ["cpu-package-0", "dram-0"]
+    assert collectors_for_device("cuda", 1) == ["cpu-package-0", "dram-0", "gpu-1"]
 
 
 def test_measure_table_and_measured_with_powercap(tmp_path):

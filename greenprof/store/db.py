@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import (
     Engine,
@@ -76,7 +78,8 @@ _PG_MIGRATION_LOCK = 0x67726E70  # "grnp"
 _WRITE = "greenprof_write"  # execution option: this transaction starts with BEGIN IMMEDIATE
 
 # Columns a caller may set in start_run; the store owns id, status, ended_at and the results.
-_STORE_OWNED = {"id", "status", "ended_at", "duration_s", "sample_hz", "idle_window_s", "warnings"}
+_STORE_OWNED = {"id", "status", "ended_at", "duration_s", "sample_hz", "idle_window_s", "warnings",
+                "process_cpu_s", "machine_busy_cpu_s", "other_cpu_share", "concurrent_windows"}
 RUN_FIELDS = tuple(c.name for c in S.runs.c if c.name not in _STORE_OWNED)
 
 
@@ -86,28 +89,34 @@ class DomainRecord:
     domain: str
     method: str | None  # measured | estimated | replayed
     source: str | None
-    energy_j: float | None  # gross; None when the domain was lost
+    energy_j: float | None  # gross; until the loss when lost_reason is set (partial)
     idle_power_w: float | None
     dynamic_energy_j: float | None
     resolution_s: float | None
     lost_reason: str | None
+    attributed_energy_j: float | None = None  # None for runs stored before schema 0003
+    share: float | None = None
+    scope: str | None = None
+    uncertain_reason: str | None = None
+    share_note: str | None = None
 
 
 @dataclass
 class SegmentRecord:
     idx: int
     label: str
-    kind: str  # prefill | decode | other
+    kind: str  # setup | prefill | decode | teardown | other
     start_s: float
     duration_s: float
     tokens: int | None
     energy_j: dict[str, float | None] = field(default_factory=dict)
     dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
+    attributed_energy_j: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
 class PhaseSummary:
-    """The segments of one kind added up: prefill, decode or other."""
+    """The segments of one kind added up: setup, prefill, decode, teardown or other."""
 
     kind: str
     segments: int
@@ -115,6 +124,7 @@ class PhaseSummary:
     tokens: int | None
     energy_j: dict[str, float | None] = field(default_factory=dict)
     dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
+    attributed_energy_j: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,6 +162,11 @@ class RunRecord:
     error: str | None
     warnings: list | None
     extra: dict | None
+    collectors: str | None = None
+    process_cpu_s: float | None = None
+    machine_busy_cpu_s: float | None = None
+    other_cpu_share: float | None = None
+    concurrent_windows: int | None = None
     domains: dict[str, DomainRecord] = field(default_factory=dict)
     phases: dict[str, PhaseSummary] = field(default_factory=dict)  # by segment kind
     segments: list[SegmentRecord] = field(default_factory=list)  # filled by get_run only
@@ -269,6 +284,39 @@ def _check_sqlite_file(path: Path, origin: str) -> None:
 
 
 # -- engine -------------------------------------------------------------------------------------
+_LOCKED = ("database is locked", "database is busy", "database table is locked")
+
+
+def _use_wal(cur: Any) -> None:
+    """Put the database in WAL mode unless it already is (the mode is stored in the file).
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    waiting for ``busy_timeout``, when waiting could deadlock: two connections opening a fresh
+    file together both hold a read lock and both want to switch. Reading the mode takes no
+    such lock, so every connection after the first one skips the switch; the first ones retry
+    (:func:`_retry_locked`). A file system that cannot do WAL keeps its mode, as before."""
+    mode = cur.execute("PRAGMA journal_mode").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        cur.execute("PRAGMA journal_mode = WAL").fetchall()
+
+
+def _retry_locked(op: Callable[[], Any]) -> Any:
+    """Run connection set-up ``op``, retrying "database is locked" with a short backoff (1 ms
+    doubling to 50 ms, jittered) for up to :data:`BUSY_TIMEOUT_S`, as ``busy_timeout`` would
+    wait. Past that the driver's error is raised (the error map says it stayed locked)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.001
+    while True:
+        try:
+            return op()
+        except Exception as e:
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(s in str(e).lower() for s in _LOCKED):
+                raise
+        time.sleep(min(delay * random.uniform(0.5, 1.5), left))
+        delay = min(delay * 2, 0.05)
+
+
 def _sqlite_engine(u: URL) -> Engine:
     memory = _sqlite_path(u) is None
     kw: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
@@ -285,7 +333,7 @@ def _sqlite_engine(u: URL) -> Engine:
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if not memory:
-                cur.execute("PRAGMA journal_mode = WAL")
+                _retry_locked(lambda: _use_wal(cur))
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -654,9 +702,14 @@ class Store:
             values: dict[str, Any] = {"status": status, "error": error}
             if measurement is not None:
                 self._write_results(run_id, measurement, tokens or {}, run.prompt_tokens)
-                values.update(duration_s=_num(measurement.duration_s), sample_hz=measurement.sample_hz,
-                              idle_window_s=measurement.idle_window_s,
-                              warnings=list(measurement.warnings) or None)
+                m = measurement
+                values.update(duration_s=_num(m.duration_s), sample_hz=m.sample_hz,
+                              idle_window_s=m.idle_window_s,
+                              warnings=list(m.warnings) or None,
+                              process_cpu_s=_num(getattr(m, "process_cpu_s", None)),
+                              machine_busy_cpu_s=_num(getattr(m, "machine_busy_cpu_s", None)),
+                              other_cpu_share=_num(getattr(m, "other_cpu_share", None)),
+                              concurrent_windows=getattr(m, "concurrent_windows", None))
             values["ended_at"] = _utcnow()
             with self._write() as conn:
                 conn.execute(update(S.runs).where(S.runs.c.id == run_id).values(**values))
@@ -674,22 +727,31 @@ class Store:
 
     def _write_results(self, run_id: int, m: "Measurement", tokens: Mapping[str | int, int | None],
                        prompt_tokens: int | None) -> None:
+        attributed = getattr(m, "attributed_energy_j", None) or {}
+        scope = getattr(m, "scope", None) or {}
+        uncertain = getattr(m, "uncertain", None) or {}
+        share_notes = getattr(m, "share_notes", None) or {}
         domains = [
             {"run_id": run_id, "domain": d, "method": m.method.get(d), "source": m.sources.get(d),
              "energy_j": _num(e), "idle_power_w": _num(m.idle_power_w.get(d)),
              "dynamic_energy_j": _num(e - m.idle_power_w.get(d, 0.0) * m.duration_s),
-             "resolution_s": _num(m.resolution_s.get(d)), "lost_reason": None}
+             "resolution_s": _num(m.resolution_s.get(d)), "lost_reason": m.lost.get(d),
+             "attributed_energy_j": _num(attributed.get(d)),
+             "share": _num(attributed[d] / e) if d in attributed and e and e > 0 else None,
+             "scope": scope.get(d), "uncertain_reason": uncertain.get(d), "share_note": share_notes.get(d)}
             for d, e in m.energy_j.items()
         ]
         domains += [
             {"run_id": run_id, "domain": d, "method": m.method.get(d), "source": m.sources.get(d),
              "energy_j": None, "idle_power_w": None, "dynamic_energy_j": None, "resolution_s": None,
-             "lost_reason": reason}
+             "lost_reason": reason, "attributed_energy_j": None, "share": None, "scope": scope.get(d),
+             "uncertain_reason": uncertain.get(d), "share_note": None}
             for d, reason in m.lost.items() if d not in m.energy_j
         ]
         segs, seg_energy = [], []
+        kinds = S.segment_kinds([s.label for s in m.segments])
         for idx, s in enumerate(m.segments):
-            kind = S.segment_kind(s.label)
+            kind = kinds[idx]
             if idx in tokens:
                 n = tokens[idx]
             elif s.label in tokens:
@@ -699,8 +761,10 @@ class Store:
             segs.append({"run_id": run_id, "idx": idx, "label": s.label, "kind": kind,
                          "start_s": s.start_s, "duration_s": s.duration_s, "tokens": n})
             dyn = s.dynamic_energy_j
+            att = getattr(s, "attributed_energy_j", None) or {}
             seg_energy += [{"run_id": run_id, "idx": idx, "domain": d, "energy_j": _num(e),
-                            "dynamic_energy_j": _num(dyn.get(d))} for d, e in s.energy_j.items()]
+                            "dynamic_energy_j": _num(dyn.get(d)),
+                            "attributed_energy_j": _num(att.get(d))} for d, e in s.energy_j.items()]
         with self._write() as conn:
             if domains:
                 conn.execute(insert(S.run_domains), domains)
@@ -798,7 +862,7 @@ class Store:
         with self._read() as conn:
             row = conn.execute(select(S.runs).where(S.runs.c.id == run_id)).mappings().first()
             if row is None:
-                raise RunNotFound(f"no run {run_id} in {self._errors.where}: see `greenprof list`")
+                raise RunNotFound(f"no run {run_id} in {self._errors.where}: see `greenprof runs`")
             rec = self._record(row)
             self._attach_details(conn, [rec])
             by_idx: dict[int, SegmentRecord] = {}
@@ -809,6 +873,7 @@ class Store:
                 seg = by_idx.get(e.idx)
                 if seg is not None:
                     seg.energy_j[e.domain] = e.energy_j
+                    seg.attributed_energy_j[e.domain] = e.attributed_energy_j
                     seg.dynamic_energy_j[e.domain] = e.dynamic_energy_j
             rec.segments = list(by_idx.values())
         return rec
@@ -870,7 +935,8 @@ class Store:
                                   .order_by(S.run_domains.c.run_id, S.run_domains.c.domain)):
                 by_id[d.run_id].domains[d.domain] = DomainRecord(
                     d.domain, d.method, d.source, d.energy_j, d.idle_power_w, d.dynamic_energy_j,
-                    d.resolution_s, d.lost_reason)
+                    d.resolution_s, d.lost_reason, d.attributed_energy_j, d.share, d.scope,
+                    d.uncertain_reason, d.share_note)
             seg = S.segments
             for run_id, kind, n, dur, tok in conn.execute(
                     select(seg.c.run_id, seg.c.kind, func.count(), func.sum(seg.c.duration_s),
@@ -879,15 +945,16 @@ class Store:
                 by_id[run_id].phases[kind] = PhaseSummary(kind, int(n), float(dur or 0.0),
                                                           int(tok) if tok is not None else None)
             se = S.segment_energy
-            for run_id, kind, domain, e, dyn in conn.execute(
+            for run_id, kind, domain, e, dyn, att in conn.execute(
                     select(seg.c.run_id, seg.c.kind, se.c.domain, func.sum(se.c.energy_j),
-                           func.sum(se.c.dynamic_energy_j))
+                           func.sum(se.c.dynamic_energy_j), func.sum(se.c.attributed_energy_j))
                     .join(seg, (seg.c.run_id == se.c.run_id) & (seg.c.idx == se.c.idx))
                     .where(se.c.run_id.in_(ids)).group_by(seg.c.run_id, seg.c.kind, se.c.domain)):
                 phase = by_id[run_id].phases.get(kind)
                 if phase is not None:
                     phase.energy_j[domain] = float(e) if e is not None else None
                     phase.dynamic_energy_j[domain] = float(dyn) if dyn is not None else None
+                    phase.attributed_energy_j[domain] = float(att) if att is not None else None
 
 
 def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db") -> str:

@@ -1,0 +1,444 @@
+"""greenprof.track: generators and async generators, a failing tokens=, concurrent first opens of
+a SQLite file, a store that cannot be used, mark() mistakes, attributed and gross figures."""
+
+import asyncio
+import inspect
+import json
+import sqlite3
+import threading
+import time
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+import greenprof
+from greenprof.errors import UsageError
+from greenprof.meter import GreenprofWarning
+
+
+def rows(db, sql, *params):
+    with sqlite3.connect(db) as c:
+        return c.execute(sql, params).fetchall()
+
+
+def burn(seconds):
+    """Busy CPU for a while: the CPU estimate (the collector on a machine without sensors) sees it."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def run_row(db, run_id):
+    (row,) = rows(db, "select status, new_tokens, duration_s, error, warnings from runs where id = ?", run_id)
+    return SimpleNamespace(status=row[0], new_tokens=row[1], duration_s=row[2], error=row[3],
+                           warnings=json.loads(row[4]) if row[4] else [])
+
+
+# -- 1. generators, async generators, coroutines ------------------------------------------------
+def test_generator_is_measured_over_its_whole_iteration(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="stream", tokens=lambda chunk: 1, db=db)
+    def stream(n):
+        for i in range(n):
+            burn(0.04)
+            yield i
+        return "done"
+
+    assert inspect.isgeneratorfunction(stream)  # frameworks that check it still see a generator
+    assert stream.__name__ == "stream"
+    gen = stream(5)
+    assert not (tmp_path / "t.db").exists()  # the run opens at the first next(), not at the call
+    assert list(gen) == [0, 1, 2, 3, 4]
+    t = stream.greenprof_track.last
+    assert t.tokens == 5 and t.run_id is not None
+    assert t.measurement.duration_s >= 0.2  # the work after each yield, not the generator's creation
+    assert t.energy_j > 0 and t.j_per_token == pytest.approx(t.energy_j / 5)
+    r = run_row(db, t.run_id)
+    assert r.status == "completed" and r.new_tokens == 5 and r.duration_s >= 0.2
+
+    # the return value comes through yield from
+    def outer():
+        return (yield from stream(2))
+
+    got = []
+    g = outer()
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            got.append(next(g))
+    assert got == [0, 1] and stop.value.value == "done"
+
+
+def test_generator_run_opens_at_first_next_and_early_close_is_completed(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="stream", tokens=lambda chunk: len(chunk), db=db)
+    def stream():
+        for i in range(10):
+            burn(0.02)
+            yield "ab"
+
+    gen = stream()
+    assert stream.greenprof_track.last is None  # nothing measured or stored before next()
+    assert next(gen) == "ab"
+    t = stream.greenprof_track.last
+    assert run_row(db, t.run_id).status == "running"
+    assert next(gen) == "ab"
+    gen.close()  # the consumer stops early (a `break` out of a for loop does the same)
+    r = run_row(db, t.run_id)
+    assert r.status == "completed" and r.new_tokens == 4 and r.error is None
+    assert t.tokens == 4 and t.measurement.status == "completed"
+
+
+def test_generator_that_raises_is_failed_and_the_error_propagates(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="stream", tokens=lambda chunk: 1, db=db)
+    def stream():
+        yield 1
+        yield 2
+        raise KeyError("model fell over")
+
+    got = []
+    with pytest.raises(KeyError, match="model fell over"):
+        for x in stream():
+            got.append(x)
+    assert got == [1, 2]
+    r = run_row(db, stream.greenprof_track.last.run_id)
+    assert r.status == "failed" and "KeyError" in r.error and r.new_tokens == 2
+
+
+def test_generator_send_and_throw_pass_through(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="echo", db=db)
+    def echo():
+        x = yield "ready"
+        while x != "stop":
+            try:
+                x = yield f"echo:{x}"
+            except ValueError as e:
+                x = yield f"caught:{e}"
+        return "bye"
+
+    g = echo()
+    assert next(g) == "ready"
+    assert g.send("a") == "echo:a"
+    assert g.throw(ValueError("v")) == "caught:v"
+    assert g.send("b") == "echo:b"
+    with pytest.raises(StopIteration) as stop:
+        g.send("stop")
+    assert stop.value.value == "bye"
+    assert run_row(db, echo.greenprof_track.last.run_id).status == "completed"
+
+    g = echo()
+    next(g)
+    with pytest.raises(OSError, match="not handled"):  # a thrown exception the generator lets through
+        g.throw(OSError("not handled"))
+    r = run_row(db, echo.greenprof_track.last.run_id)
+    assert r.status == "failed" and "OSError" in r.error
+
+
+def test_async_generator_and_coroutine_are_measured_whole(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="astream", tokens=lambda chunk: 1, db=db)
+    async def astream(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            burn(0.04)
+            yield i
+
+    @greenprof.track(model="echo", db=db)
+    async def aecho():
+        x = yield "ready"
+        while x != "stop":
+            try:
+                x = yield f"echo:{x}"
+            except ValueError as e:
+                x = yield f"caught:{e}"
+
+    @greenprof.track(model="coro", tokens=lambda out: len(out), db=db)
+    async def answer():
+        await asyncio.sleep(0.01)
+        burn(0.1)
+        return [1, 2, 3]
+
+    assert inspect.isasyncgenfunction(astream) and inspect.iscoroutinefunction(answer)
+    assert answer.greenprof_track is not None and astream.greenprof_track is not None
+
+    async def main():
+        got = [x async for x in astream(4)]
+        full = astream.greenprof_track.last
+        ag = astream(10)
+        first = [await ag.__anext__(), await ag.__anext__()]
+        await ag.aclose()  # the consumer stops early
+        early = astream.greenprof_track.last
+        e = aecho()
+        echoed = [await e.__anext__(), await e.asend("a"), await e.athrow(ValueError("v")),
+                  await e.asend("b")]
+        with pytest.raises(StopAsyncIteration):
+            await e.asend("stop")
+        return got, full, first, early, echoed, await answer()
+
+    got, full, first, early, echoed, out = asyncio.run(main())
+    assert got == [0, 1, 2, 3] and first == [0, 1] and out == [1, 2, 3]
+    assert echoed == ["ready", "echo:a", "caught:v", "echo:b"]
+    assert full.tokens == 4 and full.measurement.duration_s >= 0.16
+    r = run_row(db, full.run_id)
+    assert r.status == "completed" and r.new_tokens == 4 and r.duration_s >= 0.16
+    r = run_row(db, early.run_id)
+    assert r.status == "completed" and r.new_tokens == 2
+    assert run_row(db, aecho.greenprof_track.last.run_id).status == "completed"
+    c = answer.greenprof_track.last
+    assert c.tokens == 3 and c.measurement.duration_s >= 0.1
+    assert run_row(db, c.run_id).status == "completed"
+
+
+def test_async_generator_that_raises_is_failed(tmp_path):
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="astream", tokens=lambda chunk: 1, db=db)
+    async def astream():
+        yield 1
+        raise RuntimeError("decode step failed")
+
+    async def main():
+        return [x async for x in astream()]
+
+    with pytest.raises(RuntimeError, match="decode step failed"):
+        asyncio.run(main())
+    r = run_row(db, astream.greenprof_track.last.run_id)
+    assert r.status == "failed" and "decode step failed" in r.error and r.new_tokens == 1
+
+
+# -- 2. a failing tokens= never fails the call -------------------------------------------------
+@pytest.mark.parametrize("tokens, why", [
+    (lambda out: 1 / 0, "ZeroDivisionError"),
+    (lambda out: "12", "'12'"),
+    (lambda out: -5, "-5"),
+    (lambda out: 3.0, "3.0"),
+    (lambda out: 12.0, "12.0"),  # floats are refused, even whole ones
+    (lambda out: True, "True"),
+    (lambda out: None, "None"),
+], ids=["raises", "str", "negative", "float", "whole-float", "bool", "none"])
+def test_failing_tokens_callback_keeps_the_result(tmp_path, tokens, why):
+    db = str(tmp_path / "t.db")
+    result = object()
+
+    @greenprof.track(model="m", tokens=tokens, db=db)
+    def infer():
+        burn(0.01)
+        return result
+
+    with pytest.warns(GreenprofWarning, match="tokens=") as rec:
+        assert infer() is result
+    msgs = [str(w.message) for w in rec if issubclass(w.category, GreenprofWarning)]
+    assert len(msgs) == 1 and why in msgs[0] and "\n" not in msgs[0]
+    t = infer.greenprof_track.last
+    assert t.tokens is None and t.j_per_token is None and t.energy_j > 0
+    assert msgs[0] in t.warnings
+    r = run_row(db, t.run_id)
+    assert r.status == "completed" and r.new_tokens is None and r.error is None
+    assert any("tokens=" in w and why in w for w in r.warnings)
+
+
+def test_tokens_accepts_integer_types_and_sums_over_a_generator(tmp_path):
+    np = pytest.importorskip("numpy")
+    db = str(tmp_path / "t.db")
+
+    @greenprof.track(model="m", tokens=lambda out: np.int64(len(out)), db=db)
+    def infer():
+        return [1, 2, 3]
+
+    assert infer() == [1, 2, 3] and infer.greenprof_track.last.tokens == 3
+
+    @greenprof.track(model="s", tokens=lambda chunk: chunk["n"], db=db)
+    def stream():
+        yield {"n": 2}
+        yield {"n": 3}
+        yield {"n": "oops"}
+        yield {"n": 4}
+
+    with pytest.warns(GreenprofWarning, match="'oops'"):
+        got = list(stream())
+    assert [c["n"] for c in got] == [2, 3, "oops", 4]  # every chunk still comes through
+    t = stream.greenprof_track.last
+    assert t.tokens is None
+    r = run_row(db, t.run_id)
+    assert r.status == "completed" and r.new_tokens is None
+
+    with greenprof.track(model="b", db=db) as b:
+        b.add_tokens(np.int32(2))
+        with pytest.raises(UsageError):
+            b.add_tokens(2.0)
+    assert b.tokens == 2
+
+
+# -- 3. several threads opening a fresh SQLite file --------------------------------------------
+def test_fresh_sqlite_file_locked_while_switching_to_wal(tmp_path):
+    """Switching a fresh file to WAL meets "database is locked" at once (no busy_timeout wait)
+    when another connection holds its write lock: what concurrent first opens do to each other."""
+    db = tmp_path / "fresh.db"
+    db.touch()
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GreenprofWarning)
+            with greenprof.track(model="m", db=str(db)) as t:
+                t.add_tokens(1)
+    finally:
+        release.join()
+        other.close()
+    assert t.run_id is not None and run_row(db, t.run_id).status == "completed"
+    assert rows(db, "pragma journal_mode") == [("wal",)]
+
+
+def test_many_threads_tracking_into_a_fresh_sqlite_file(tmp_path):
+    db = str(tmp_path / "fresh.db")
+    n_threads, blocks = 8, 3
+    barrier = threading.Barrier(n_threads)
+    trackers, errors = [], []
+
+    def worker(i):
+        try:
+            barrier.wait(timeout=60)
+            for j in range(blocks):
+                with greenprof.track(model=f"w{i}", db=db, sample_hz=0) as t:
+                    burn(0.002)
+                    t.mark("prefill")
+                    t.add_tokens(j + 1)
+                trackers.append(t)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=300)
+    assert not errors, errors
+    assert not [w for w in rec if "not stored" in str(w.message)], [str(w.message) for w in rec]
+    assert len(trackers) == n_threads * blocks and all(t.run_id is not None for t in trackers)
+    got = rows(db, "select status, count(*), sum(new_tokens) from runs group by status")
+    assert got == [("completed", n_threads * blocks, n_threads * sum(range(1, blocks + 1)))]
+    assert rows(db, "pragma integrity_check") == [("ok",)]
+
+
+# -- 4. a store that cannot be used keeps the figures on the tracker ---------------------------
+def test_unusable_store_warns_once_and_keeps_the_figures(tmp_path):
+    db = str(tmp_path / "no" / "such" / "dir" / "t.db")
+
+    @greenprof.track(model="m", tokens=lambda out: len(out), db=db)
+    def infer():
+        burn(0.02)
+        return "abc"
+
+    with pytest.warns(GreenprofWarning) as rec:
+        assert infer() == "abc"
+    msgs = [str(w.message) for w in rec if issubclass(w.category, GreenprofWarning)]
+    assert len(msgs) == 1 and "\n" not in msgs[0]
+    assert "does not exist" in msgs[0] and "kept on the tracker only" in msgs[0]
+    t = infer.greenprof_track.last
+    assert t.run_id is None and t.tokens == 3
+    assert t.energy_j > 0 and t.j_per_token == pytest.approx(t.energy_j / 3) and t.co2e_g > 0
+    assert t.measurement.status == "completed"
+    assert not (tmp_path / "no").exists()
+
+
+def test_store_locked_past_the_timeout(tmp_path, monkeypatch):
+    import greenprof.store.db as store_db
+    from greenprof.store import open_store
+
+    db = tmp_path / "t.db"
+    open_store(db).close()  # a good greenprof database...
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.3)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # ...that another process keeps locked
+    try:
+        with pytest.warns(GreenprofWarning, match="locked") as rec:
+            with greenprof.track(model="m", db=str(db)) as t:
+                burn(0.01)
+                t.add_tokens(2)
+        assert len([w for w in rec if issubclass(w.category, GreenprofWarning)]) == 1
+        assert t.run_id is None and t.energy_j > 0 and t.j_per_token is not None
+
+        # locked only while the block runs: the run started, but it cannot be saved
+        holder.execute("COMMIT")
+        with pytest.warns(GreenprofWarning, match="cannot save run") as rec:
+            with greenprof.track(model="m", db=str(db)) as t2:
+                assert t2.run_id is not None
+                holder.execute("BEGIN IMMEDIATE")
+                t2.add_tokens(1)
+        assert len([w for w in rec if issubclass(w.category, GreenprofWarning)]) == 1
+        assert t2.run_id is None and t2.energy_j > 0 and t2.tokens == 1
+    finally:
+        holder.close()
+
+
+def test_exception_and_unusable_store_the_user_error_wins(tmp_path):
+    db = str(tmp_path / "missing" / "t.db")
+    with pytest.warns(GreenprofWarning, match="kept on the tracker only"):
+        with pytest.raises(KeyError, match="boom"):
+            with greenprof.track(model="m", db=db) as t:
+                raise KeyError("boom")
+    assert t.measurement.status == "failed" and t.run_id is None
+
+
+# -- 5. mark() mistakes are raised at the call ---------------------------------------------------
+def test_mark_usage_errors_at_the_call(tmp_path):
+    db = str(tmp_path / "t.db")
+    t = greenprof.track(model="m", db=db)
+    with pytest.raises(UsageError, match="inside a running"):
+        t.mark("prefill")
+    with t:
+        for bad in (123, None, b"prefill", "", "   ", "start", "end"):
+            with pytest.raises(UsageError, match="label"):
+                t.mark(bad)
+        t.mark("prefill")
+        t.add_tokens(1)
+    r = run_row(db, t.run_id)
+    assert r.status == "completed" and r.error is None
+    labels = [x[0] for x in rows(db, "select label from segments where run_id = ? order by idx", t.run_id)]
+    assert labels[0] == "prefill" and all(isinstance(x, str) for x in labels)
+    with pytest.raises(UsageError, match="inside a running"):
+        t.mark("after")
+
+
+# -- 6. attributed and gross figures -----------------------------------------------------------
+def test_energy_is_the_attributed_share_and_gross_is_beside_it():
+    with greenprof.track(model="m", store=False, region="FRA", pue=1.5, price_kwh=0.2) as t:
+        burn(0.02)
+        t.add_tokens(4)
+    assert t.run_id is None
+    assert 0 < t.energy_j <= t.gross_energy_j * (1 + 1e-9)
+    # a window that shared the process with others: attributed 2 J of the 8 J the counter saw
+    from greenprof.meter import Segment
+
+    gross, charged = {"cpu-package-0": 6.0, "dram-0": 2.0}, {"cpu-package-0": 1.5, "dram-0": 0.5}
+    t.measurement = SimpleNamespace(energy_j=gross, attributed_energy_j=charged,
+                                    segments=[Segment("end", 0.0, 1.0, gross, {}, charged)],
+                                    total_energy_j=8.0, warnings=[], status="completed")
+    assert t.energy_j == pytest.approx(2.0) and t.gross_energy_j == pytest.approx(8.0)
+    assert t.j_per_token == pytest.approx(0.5)
+    assert t.co2e_g == pytest.approx(2.0 / 3.6e6 * t.grid.intensity_g_per_kwh * 1.5)
+    assert t.cost_usd == pytest.approx(2.0 / 3.6e6 * 0.2 * 1.5)
+
+
+# -- 7. collectors= chooses the domains ----------------------------------------------------------
+def test_collectors_choose_the_domains(tmp_path, monkeypatch):
+    from powercap_fake import build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=True)
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(pc.root))
+    db = str(tmp_path / "t.db")
+    with greenprof.track(model="m", db=db, collectors=["cpu-package-0"]) as t:
+        burn(0.01)
+    assert list(t.measurement.energy_j) == ["cpu-package-0"]
+    assert rows(db, "select domain from run_domains where run_id = ?", t.run_id) == [("cpu-package-0",)]
