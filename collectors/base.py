@@ -35,9 +35,13 @@ class SensorStatus:
     in_default_set: bool  # chosen by collectors="auto"
     detail: str = ""  # what it is: a path, a device name, the TDP used
     why_not: str = ""  # one line, with the fix, when not available or not in the default set
+    #: Estimates only: watts charged per busy thread (per busy vCPU in a VM), and where that
+    #: figure comes from (one line). Left out of ``to_dict`` when None.
+    power_w_per_busy_thread: float | None = None
+    basis: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "source": self.source,
             "domain": self.domain,
             "method": self.method,
@@ -46,6 +50,11 @@ class SensorStatus:
             "detail": self.detail,
             "why_not": self.why_not or None,
         }
+        if self.power_w_per_busy_thread is not None:
+            d["power_w_per_busy_thread"] = self.power_w_per_busy_thread
+        if self.basis is not None:
+            d["basis"] = self.basis
+        return d
 
 
 @runtime_checkable
@@ -149,33 +158,86 @@ class WrapTracker:
     * ``raw < prev`` by less is a stale read (value held, nothing committed);
     * ``raw > prev`` by more than half the range is a stale pre-wrap read racing a committed
       wrap (value corrected, nothing committed).
+
+    Given ``wrap_time`` (the shortest time the counter can take to go all the way round:
+    range / max power) and a time ``t`` with every update (taken just before the read, on a
+    monotonic clock in the same unit), the tracker also uses elapsed time:
+
+    * a read more than ``wrap_time / 2`` after the last committed one cannot be a racing stale
+      read, so its advance is taken modulo the range (a wrap is never held as a stale value);
+    * a read more than ``wrap_time`` after it may have missed whole wraps: its value is the best
+      guess (no lap missed) and counts in ``uncertain``, with the gap in ``last_gap``.
     """
 
-    __slots__ = ("range_raw", "_half", "_state", "_origin", "wraps")
+    __slots__ = ("range_raw", "_half", "_state", "_origin", "wraps", "wrap_time", "uncertain",
+                 "last_gap")
 
-    def __init__(self, first_raw: int, range_raw: int) -> None:
+    def __init__(self, first_raw: int, range_raw: int, wrap_time: float | None = None,
+                 t: float | None = None) -> None:
         self.range_raw = range_raw
         self._half = range_raw // 2
-        self._state = (first_raw, 0)  # (last raw value, wrap offset in raw units)
+        # (last raw value, wrap offset in raw units, time of that read or None)
+        self._state: tuple[int, int, float | None] = (first_raw, 0, t)
         self.wraps = 0
         self._origin = first_raw
+        self.wrap_time = wrap_time
+        self.uncertain = 0  # updates that may have missed a wrap
+        self.last_gap: float | None = None  # elapsed time before the latest such update
 
-    def update(self, raw: int) -> int:
+    def update(self, raw: int, t: float | None = None) -> int:
         """Cumulative raw units since construction."""
-        prev, off = self._state
+        prev, off, t_prev = self._state
         delta = raw - prev
+        wrap_time = self.wrap_time
+        if t is None:
+            t = t_prev
+        elif t_prev is not None and wrap_time is not None and t - t_prev > wrap_time / 2:
+            if delta < 0:  # far apart: the counter went round, not a stale read
+                off += self.range_raw
+                self.wraps += 1
+            if t - t_prev > wrap_time:
+                self.uncertain += 1
+                self.last_gap = t - t_prev
+            self._state = (raw, off, t)
+            return raw + off - self._origin
         if delta >= 0:
             if delta > self._half and off >= self.range_raw:
                 # stale read from before a wrap that another reader already committed
                 return raw + off - self.range_raw - self._origin
-            self._state = (raw, off)
+            self._state = (raw, off, t)
             return raw + off - self._origin
         if -delta > self._half:
             off += self.range_raw
-            self._state = (raw, off)
+            self._state = (raw, off, t)
             self.wraps += 1
             return raw + off - self._origin
         return prev + off - self._origin  # stale read: hold the committed value
+
+    @property
+    def origin(self) -> int:
+        """The first raw value: cumulative values count from it."""
+        return self._origin
+
+    @property
+    def last_t(self) -> float | None:
+        """Time of the last committed read."""
+        return self._state[2]
+
+    @property
+    def committed(self) -> tuple[int, int, float | None]:
+        """``(raw, raw + wrap offset, t)`` of the last committed read."""
+        raw, off, t = self._state
+        return raw, raw + off, t
+
+    def sync(self, raw: int, unwrapped: int, t: float) -> None:
+        """Commit a read resolved elsewhere (``unwrapped`` = raw + the whole ranges gone by since
+        construction), unless a later read is already committed."""
+        prev, off, t_prev = self._state
+        if t_prev is None or t >= t_prev:
+            new_off = unwrapped - raw
+            if new_off > off:
+                self.wraps += (new_off - off) // self.range_raw
+            self._state = (raw, new_off, t)
 
 
 class Discovery:

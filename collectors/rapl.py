@@ -21,25 +21,48 @@ package); those are still opened so the user can select them explicitly.
 ``energy_uj`` is root-only since Linux 5.10 (CVE-2020-8694, "Platypus"); that case turns into an
 unavailable status naming the file and the fix, never an exception.
 
-Importing this module touches no file.
+Wraps: a counter must be read at least once per lap (``range / max power``) for a wrap to be
+seen, also while this interpreter is busy (a C call holding the GIL stops the meter's sampler
+thread). So the collectors of one :func:`discover` share a small watcher process
+(:mod:`greenprof.collectors.rapl_watch`), started at their first read and stopped when the last
+of them closes, that reads every zone at a tenth of its lap and publishes its last raw value,
+cumulative value and read time in shared memory. ``read_j`` stays one ``pread`` of our own file
+descriptor, resolved against the watcher's latest record. When there is no usable record
+(``GREENPROF_RAPL_WATCH=0``, the watcher could not start, died or was starved for a lap) the
+collector tracks wraps in-process and, when a read comes more than a lap after the last one it
+trusts, counts it in ``uncertain_count`` with a one-line ``uncertain_reason``: flagged, never
+filled in silently.
+
+Importing this module touches no file and starts nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import mmap
 import os
 import re
+import subprocess
+import sys
+import threading
+import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
 from greenprof.errors import SensorLost, SensorPermissionError, SensorUnavailable
 
+from . import rapl_watch
 from .base import CounterCollector, Discovery, SensorStatus, WrapTracker
 
-__all__ = ["ENV_ROOT", "DEFAULT_ROOT", "RaplCollector", "discover"]
+__all__ = ["ENV_ROOT", "DEFAULT_ROOT", "ENV_WATCH", "RaplCollector", "discover"]
 
 ENV_ROOT = "GREENPROF_POWERCAP_ROOT"
 DEFAULT_ROOT = "/sys/class/powercap"
+#: ``GREENPROF_RAPL_WATCH=0`` (or false/no/off): no watcher process; wraps are tracked by reads
+#: in this process only (the meter's sampler), and reads that may have missed one are flagged.
+ENV_WATCH = "GREENPROF_RAPL_WATCH"
 SOURCE = "rapl"
 
 #: Used when a zone advertises no power constraint at all (watts). Generous for any socket today.
@@ -51,6 +74,7 @@ RESOLUTION_S = 0.001
 # sensor. Looked up at call time on purpose.
 _open = os.open
 _pread = os.pread
+_now_ns = time.monotonic_ns  # CLOCK_MONOTONIC: the watcher process reads the same clock
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -71,6 +95,16 @@ def _permission_message(path: str) -> str:
     return (f"cannot read {path} (root-only since Linux 5.10, CVE-2020-8694): "
             f"run `sudo chmod o+r {path}`, or add a udev rule / `chgrp power` + `chmod g+r` "
             "(see README 'Giving greenprof access to RAPL')")
+
+
+def _watch_enabled(watch: bool | None) -> bool:
+    if watch is not None:
+        return bool(watch)
+    return os.environ.get(ENV_WATCH, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _secs(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
 def _is_permission(exc: OSError) -> bool:
@@ -133,15 +167,27 @@ def _max_power_w(zone_dir: str) -> float:
 class RaplCollector(CounterCollector):
     """Cumulative joules of one powercap zone since it was opened.
 
-    ``energy_uj`` is opened once and read with ``os.pread`` (no open/close per read); wraps are
-    corrected by :class:`~greenprof.collectors.base.WrapTracker` against
+    ``energy_uj`` is opened once and read with ``os.pread`` (no open/close per read). Wraps are
+    resolved against the shared watcher process's latest record when one is fresh (see the
+    module docstring), else by :class:`~greenprof.collectors.base.WrapTracker` against
     ``max_energy_range_uj``. Raises :class:`SensorPermissionError` / :class:`SensorUnavailable`
     from the constructor when the zone cannot be used; :meth:`read_j` raises
     :class:`SensorLost` when a zone that worked stops working.
+
+    What the meter reads besides ``read_j``:
+
+    * ``scope = "machine"``: the counter sees the whole package (or DRAM, or platform), not
+      this process;
+    * ``uncertain_count`` / ``uncertain_reason``: how many reads may have missed a wrap (or may
+      otherwise be wrong), and the latest reason, one line with numbers;
+    * ``watched``: a live watcher process covers this zone, so wraps do not depend on the
+      sampler's rate (``max_read_interval_s`` then only matters if the watcher dies);
+    * ``wrap_s``: the shortest time the counter can take to go round (range / max power).
     """
 
     source = SOURCE
     method = "measured"
+    scope = "machine"
     resolution_s = RESOLUTION_S
 
     def __init__(self, zone_dir: str | os.PathLike[str], domain: str) -> None:
@@ -149,6 +195,10 @@ class RaplCollector(CounterCollector):
         self.zone_dir = os.fspath(zone_dir)
         self.path = os.path.join(self.zone_dir, "energy_uj")
         self._fd = -1
+        self._watch: _RaplWatch | None = None
+        self._slot = -1
+        #: Why no watcher covers this zone, when none does (one line); None otherwise.
+        self.watch_note: str | None = "no watcher process (not opened by discover())"
 
         try:
             fd = _open(self.path, _O_FLAGS)
@@ -161,6 +211,7 @@ class RaplCollector(CounterCollector):
         self._fd = fd
         try:
             try:
+                t_first = _now_ns()
                 first = _parse_uint(_pread(fd, 32, 0), self.path)
             except OSError as exc:
                 if _is_permission(exc):
@@ -188,20 +239,127 @@ class RaplCollector(CounterCollector):
 
         self.range_uj = range_uj
         self.max_power_w = _max_power_w(self.zone_dir)
+        self.wrap_s = range_uj / 1e6 / self.max_power_w
+        self._wrap_ns = int(self.wrap_s * 1e9)
         # WrapTracker tells a wrap from a stale racing read only if consecutive reads are less
         # than half the range apart, hence the factor 2.
-        self.max_read_interval_s: float | None = range_uj / 1e6 / self.max_power_w / 2
-        self._tracker = WrapTracker(first, range_uj)
+        self.max_read_interval_s: float | None = self.wrap_s / 2
+        self._tracker = WrapTracker(first, range_uj, wrap_time=self._wrap_ns, t=t_first)
+        self._shift = 0  # whole ranges between the watcher's cumulative values and ours
+        self._watch_missed = 0  # the watcher's count of its own late reads, as last seen
+        self.uncertain_count = 0
+        self.uncertain_reason: str | None = None
 
+    # -- reading -------------------------------------------------------------------------------
     def read_j(self) -> float:
-        # Hot path (called per generated token): one pread, one int(), one tracker update.
+        # Hot path (called per generated token): one record copy from shared memory, one
+        # pread, one int(), a little integer arithmetic.
+        w = self._watch
+        if w is None:
+            t = _now_ns()
+            return self._read_tracked(self._read_raw(), t, None)
+        rec = w.record(self._slot)  # loaded before our pread: the watcher's read came first
+        t = _now_ns()
         try:
             raw = int(_pread(self._fd, 32, 0))
         except (OSError, ValueError) as exc:
             raise self._lost(exc) from None
         if raw < 0 or raw > self.range_uj:
             raise self._lost(f"read {raw}, outside 0..{self.range_uj}")
-        return self._tracker.update(raw) / 1e6
+        if rec is not None and t - rec[2] < self._wrap_ns:
+            return self._resolve(rec, raw, t)
+        # Too old: we may have lost the GIL between loading it and reading; once more.
+        rec = w.record(self._slot)
+        t = _now_ns()
+        raw = self._read_raw()
+        if rec is not None and t - rec[2] < self._wrap_ns:
+            return self._resolve(rec, raw, t)
+        return self._read_tracked(raw, t, rec)
+
+    def _read_raw(self) -> int:
+        try:
+            raw = int(_pread(self._fd, 32, 0))
+        except (OSError, ValueError) as exc:
+            raise self._lost(exc) from None
+        if raw < 0 or raw > self.range_uj:
+            raise self._lost(f"read {raw}, outside 0..{self.range_uj}")
+        return raw
+
+    def _resolve(self, rec: tuple[int, int, int, int, int], raw: int, t: int) -> float:
+        """Our read, taken less than a lap after the watcher's latest: exact, however long ago
+        our own previous read was."""
+        tracker = self._tracker
+        if rec[3] != self._watch_missed:
+            self._after_watcher_gap(rec)
+        if tracker.last_t >= rec[2]:  # our own last read is the more recent one: count from it
+            return tracker.update(raw, t) / 1e6
+        unwrapped = rec[1] + (raw - rec[0]) % self.range_uj + self._shift
+        tracker.sync(raw, unwrapped, t)
+        return (unwrapped - tracker.origin) / 1e6
+
+    def _advance(self, a: int, b: int, dt: int) -> int:
+        """Counter advance from a read of ``a`` to a read of ``b`` taken ``dt`` ns later
+        (negative: earlier), the two less than a lap apart."""
+        if dt < 0:
+            return -self._advance(b, a, -dt)
+        d = (b - a) % self.range_uj
+        if dt <= self._wrap_ns // 2 and d > self.range_uj // 2:
+            d -= self.range_uj  # racing reads: b is in fact a hair older
+        return d
+
+    def _after_watcher_gap(self, rec: tuple[int, int, int, int, int]) -> None:
+        """The watcher itself went more than a lap without a read (starved, stopped): its
+        cumulative values may lack whole ranges from now on. Re-anchor them on our own reads
+        when one of ours is within a lap of its latest; else flag."""
+        self._watch_missed = rec[3]
+        prev_raw, prev_unwrapped, t_prev = self._tracker.committed
+        rec_raw, rec_cum, rec_t = rec[0], rec[1], rec[2]
+        if t_prev is not None and abs(rec_t - t_prev) <= self._wrap_ns:
+            own = prev_unwrapped + self._advance(prev_raw, rec_raw, rec_t - t_prev)
+            self._shift = own - rec_cum  # a whole number of ranges
+            return
+        self._flag(f"{self.domain}: the RAPL watcher went {_secs(rec[4] / 1e9)} s without a "
+                   f"counter read ({self._lap()}): a wrap may have been missed")
+        behind = prev_unwrapped - (rec_cum + self._shift) - self.range_uj // 2
+        if behind > 0:  # never step back behind a committed read
+            self._shift += -(-behind // self.range_uj) * self.range_uj
+
+    def _read_tracked(self, raw: int, t: int, rec) -> float:
+        """In-process wrap tracking (no usable watcher record); flags a read that came more
+        than a lap after the last one the tracker trusts."""
+        tracker = self._tracker
+        n = tracker.uncertain
+        value = tracker.update(raw, t)
+        if tracker.uncertain != n:
+            gap = (tracker.last_gap or 0) / 1e9
+            if rec is not None:
+                why = f"; the watcher's last read was {_secs((t - rec[2]) / 1e9)} s old"
+            elif self.watch_note:
+                why = f"; {self.watch_note}"
+            else:
+                why = ""
+            self._flag(f"{self.domain}: {_secs(gap)} s without a counter read "
+                       f"({self._lap()}): a wrap may have been missed{why}")
+        return value / 1e6
+
+    def _seed(self) -> tuple[int, int, int] | None:
+        """A fresh read for the watcher to start from: ``(raw, unwrapped, t)``."""
+        if self._fd < 0:
+            return None
+        t = _now_ns()
+        try:
+            raw = self._read_raw()
+        except SensorLost:
+            return None  # our own next read says so
+        self._read_tracked(raw, t, None)
+        return self._tracker.committed  # type: ignore[return-value]
+
+    def _lap(self) -> str:
+        return f"wrap every {_secs(self.wrap_s)} s at {self.max_power_w:.3g} W max"
+
+    def _flag(self, reason: str) -> None:
+        self.uncertain_count += 1
+        self.uncertain_reason = reason
 
     def _lost(self, why: object) -> SensorLost:
         if self._fd < 0:
@@ -213,17 +371,146 @@ class RaplCollector(CounterCollector):
         return SensorLost(f"RAPL {self.domain}: reading {self.path} failed mid-run ({why})")
 
     @property
+    def watched(self) -> bool:
+        """True while a watcher process covers this zone (or will, from the first read)."""
+        w = self._watch
+        return w is not None and w.covers(self._slot, self._wrap_ns)
+
+    @property
     def wraps(self) -> int:
         """How many counter wraps were corrected since open."""
         return self._tracker.wraps
 
     def close(self) -> None:
+        w, self._watch = self._watch, None
+        if w is not None:
+            w.release(self._slot)
         fd, self._fd = self._fd, -1
         if fd >= 0:
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class _RaplWatch:
+    """One watcher process for the collectors of one :func:`discover`, shared by them: started
+    at the first read of any of them (so discovering alone starts nothing), stopped when the
+    last one closes, and never outliving this process (its stdin is our pipe; it also checks
+    its parent id)."""
+
+    def __init__(self, collectors: list[RaplCollector]) -> None:
+        self._members = list(collectors)
+        self._live = set(range(len(self._members)))
+        self._cache: list[tuple[int, tuple[int, int, int, int, int]] | None] = [None] * len(
+            self._members)
+        self._lock = threading.Lock()
+        self._buf: mmap.mmap | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stop = None  # weakref.finalize stopping the process
+        self.state = "pending"  # running | failed | stopped
+        self.period_s = rapl_watch.poll_period_s([c.wrap_s for c in self._members])
+        for slot, c in enumerate(self._members):
+            c._watch, c._slot, c.watch_note = self, slot, None
+
+    def record(self, slot: int) -> tuple[int, int, int, int, int] | None:
+        """The zone's latest record, ``(raw, cum, t_ns, missed, gap_ns)``, or None."""
+        buf = self._buf
+        if buf is None:
+            if self.state != "pending":
+                return None
+            self._start()
+            buf = self._buf
+            if buf is None:
+                return None
+        # The watcher writes a few times a second, marks come every few ms: most reads find
+        # the sequence number unchanged and reuse the record they already validated.
+        cached = self._cache[slot]
+        if cached is not None and cached[0] == rapl_watch.read_seq(buf, slot):
+            return cached[1]
+        got = rapl_watch.read_record_seq(buf, slot)
+        if got is None:
+            return None
+        self._cache[slot] = got
+        return got[1]
+
+    def covers(self, slot: int, wrap_ns: int) -> bool:
+        if self.state == "pending":
+            return True
+        buf, proc = self._buf, self._proc
+        if self.state != "running" or buf is None or proc is None or proc.poll() is not None:
+            return False
+        rec = rapl_watch.read_record(buf, slot)
+        return rec is not None and _now_ns() - rec[2] < wrap_ns
+
+    def _start(self) -> None:
+        with self._lock:
+            if self.state != "pending":
+                return
+            try:
+                self._spawn()
+                self.state = "running"
+            except Exception as exc:  # no watcher: in-process tracking, flagged when it can't vouch
+                self.state = "failed"
+                note = f"no watcher process (it could not start: {type(exc).__name__}: {exc})"
+                for c in self._members:
+                    c.watch_note = note
+
+    def _spawn(self) -> None:
+        script = getattr(rapl_watch, "__file__", None)
+        if not sys.executable or not script or not os.path.isfile(script):
+            raise OSError("no Python executable or watcher script to run")
+        size = rapl_watch.SLOT * len(self._members)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("greenprof-rapl-watch")  # anonymous, close-on-exec
+        else:  # pragma: no cover - Linux has memfd_create
+            import tempfile
+
+            with tempfile.TemporaryFile() as f:
+                fd = os.dup(f.fileno())
+        try:
+            os.ftruncate(fd, size)
+            buf = mmap.mmap(fd, size)
+            args: list[str] = []
+            for slot, c in enumerate(self._members):
+                seed = c._seed() if slot in self._live else None
+                if seed is not None:  # an unseeded slot fails its checksum: the watcher skips it
+                    rapl_watch.write_record(buf, slot, 0, seed[0], seed[1], seed[2], 0, 0)
+                args += [c.path, str(c.range_uj), str(c._wrap_ns)]
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", script, str(fd), repr(self.period_s),
+                 str(os.getpid()), *args],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(fd,), cwd="/")
+        finally:
+            os.close(fd)
+        self._buf, self._proc = buf, proc
+        self._stop = weakref.finalize(self, _stop_watcher, proc, os.getpid())
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._live.discard(slot)
+            if self._live:
+                return
+            self.state = "stopped"
+            self._buf = None  # not closed: a racing reader still holding it must not fault
+            stop = self._stop
+        if stop is not None:
+            stop()
+
+
+def _stop_watcher(proc: subprocess.Popen, owner_pid: int) -> None:
+    if os.getpid() != owner_pid:  # a forked child: the watcher is its parent's to stop
+        return
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()  # end of file: the watcher exits at once
+        proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except Exception:
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,9 +672,12 @@ def _missing(why_not: str) -> Discovery:
                                    available=False, in_default_set=False, why_not=why_not)])
 
 
-def discover(root: str | os.PathLike[str] | None = None) -> Discovery:
+def discover(root: str | os.PathLike[str] | None = None, *, watch: bool | None = None) -> Discovery:
     """Every RAPL zone under ``root`` (else ``$GREENPROF_POWERCAP_ROOT``, else
     ``/sys/class/powercap``): a status per zone and an open collector per usable zone.
+
+    ``watch``: share one watcher process among the collectors (started at their first read);
+    default: yes unless ``GREENPROF_RAPL_WATCH=0``.
 
     Never raises for a missing, unreadable or malformed tree: those become statuses.
     """
@@ -428,4 +718,17 @@ def discover(root: str | os.PathLike[str] | None = None) -> Discovery:
                                            plan.in_default_set, detail=detail,
                                            why_not=plan.why_not))
         found.collectors[plan.domain] = collector
+    collectors = list(found.collectors.values())
+    if not collectors:
+        return found
+    if _watch_enabled(watch):
+        period = _RaplWatch(collectors).period_s  # type: ignore[arg-type]
+        how = f"by a watcher process every {period * 1e3:.3g} ms"
+    else:
+        how = f"by this process only ({ENV_WATCH}=0)"
+        for c in collectors:
+            c.watch_note = f"no watcher process ({ENV_WATCH}=0)"  # type: ignore[attr-defined]
+    found.statuses = [dataclasses.replace(s, detail=f"{s.detail} ({how})")
+                      if s.available and s.domain in found.collectors else s
+                      for s in found.statuses]
     return found

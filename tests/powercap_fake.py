@@ -11,12 +11,16 @@ Three layouts:
 * ``"flat"``: plain directories, every zone directly under the root, nothing nested.
 
 Counter values are written in place (same inode), so a collector that keeps its file descriptor
-open sees them.
+open sees them. :class:`CounterWriter` keeps one counter moving at a fixed power from a separate
+process, so it goes on moving (and wrapping) while the test process is blocked.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,3 +189,88 @@ def build(
         pc.add_zone("intel-rapl-mmio:0", "package-0", energy_uj=2_000_000,
                     max_energy_range_uj=max_energy_range_uj, power_limit_uw=power_limit_uw)
     return pc
+
+
+# A separate process: the counter is start + power x (CLOCK_MONOTONIC - t0), modulo the range,
+# rewritten in place at `hz` with a fixed width (pwrite, no truncation: a reader never sees an
+# empty file). It prints t0 once ready and exits when its stdin closes.
+_WRITER = r"""
+import os, select, sys, time
+path, start, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rng, hz = int(sys.argv[4]), float(sys.argv[5])
+width = len(str(rng))
+fd = os.open(path, os.O_WRONLY)
+t0 = time.monotonic()
+def put():
+    v = (start + int((time.monotonic() - t0) * rate)) % rng
+    os.pwrite(fd, f"{v:>{width}}\n".encode(), 0)
+put()
+os.ftruncate(fd, width + 1)
+sys.stdout.write(repr(t0) + "\n")
+sys.stdout.flush()
+period = 1.0 / hz
+nxt = t0
+while True:
+    put()
+    nxt += period
+    now = time.monotonic()
+    if nxt < now:
+        nxt = now
+    if select.select([0], [], [], nxt - now)[0] and not os.read(0, 64):
+        break
+"""
+
+
+class CounterWriter:
+    """Moves ``zone``'s ``energy_uj`` at ``power_w`` from a separate process (``hz`` writes a
+    second), wrapping at the zone's ``max_energy_range_uj``. Use as a context manager; the true
+    energy between two CLOCK_MONOTONIC instants is ``power_w x (t1 - t0)``."""
+
+    def __init__(self, zone: FakeZone, power_w: float, *, hz: float = 1000.0,
+                 start_uj: int = 0) -> None:
+        self.zone = zone
+        self.power_w = power_w
+        self.hz = hz
+        self.start_uj = start_uj
+        self.range_uj = int((zone.path / "max_energy_range_uj").read_text())
+        self.proc: subprocess.Popen | None = None
+        self.t0 = 0.0
+
+    def __enter__(self) -> "CounterWriter":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WRITER, str(self.zone.energy_path), str(self.start_uj),
+             repr(self.power_w * 1e6), str(self.range_uj), repr(self.hz)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.__exit__(None, None, None)
+            raise RuntimeError("the counter writer did not start")
+        self.t0 = float(line)
+        return self
+
+    def true_j(self, t0: float, t1: float) -> float:
+        return self.power_w * (t1 - t0)
+
+    def __exit__(self, *exc) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def wait_until(predicate, timeout_s: float = 5.0, step_s: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout_s`` passes; its last answer."""
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            return bool(predicate())
+        time.sleep(step_s)
+    return True

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from greenprof.collectors import rapl
-from greenprof.collectors.base import Collector, SensorStatus
+from greenprof.collectors.base import Collector, SensorStatus, WrapTracker
 from greenprof.errors import SensorLost
 
 try:  # tests/ is on sys.path (rootdir-less "prepend" import mode)
@@ -28,6 +28,10 @@ PERMISSION_FIX_WORDS = ("root-only since Linux 5.10", "CVE-2020-8694", "sudo chm
 @pytest.fixture(autouse=True)
 def _no_env_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(rapl.ENV_ROOT, raising=False)
+    # These tests write counter values by hand, including impossible ones (a racing "stale"
+    # value), which a watcher process would also read; the watcher has its own tests in
+    # test_wrap_blocked.py.
+    monkeypatch.setenv(rapl.ENV_WATCH, "0")
 
 
 @pytest.fixture
@@ -58,8 +62,10 @@ def default_domains(d) -> set[str]:
 def small_range_zone(tmp_path: Path, *, range_uj: int = 1_000_000, energy_uj: int = 0,
                      layout: str = "sysfs") -> tuple[FakePowercap, str]:
     pc = FakePowercap(tmp_path, layout)
+    # 0.1 W limit, so 0.2 W max: a 1 J range takes 5 s to go round, and reads a few ms apart
+    # on a loaded machine stay "close" (a racing stale read is then told from a wrap by size)
     pc.add_zone("intel-rapl:0", "package-0", energy_uj=energy_uj,
-                max_energy_range_uj=range_uj, power_limit_uw=10_000_000)
+                max_energy_range_uj=range_uj, power_limit_uw=100_000)
     return pc, "intel-rapl:0"
 
 
@@ -568,6 +574,85 @@ def test_collector_attributes_and_read_interval(tmp_path, closing):
     assert dram.max_read_interval_s == pytest.approx(65_712.999613 / 40 / 2)
     assert psys.max_power_w == 500.0  # 0 max_power means "unknown"
     assert "read at least every" in by_domain(d)["cpu-package-0"].detail
+    assert "(by this process only (GREENPROF_RAPL_WATCH=0))" in by_domain(d)["psys"].detail
+    assert all(c.scope == "machine" for c in (pkg, dram, psys))
+    assert pkg.wrap_s == pytest.approx(262_143.32885 / 200)
+    assert (pkg.uncertain_count, pkg.uncertain_reason) == (0, None)
+    assert pkg.watched is False  # GREENPROF_RAPL_WATCH=0 in this file
+
+
+# ---------------------------------------------------------------------------- elapsed time
+
+
+def test_tracker_uses_elapsed_time_to_tell_wraps_from_stale_reads():
+    tr = WrapTracker(900, 1000, wrap_time=10.0, t=0.0)
+    assert tr.update(950, 1.0) == 50
+    assert tr.update(920, 2.0) == 50  # 1 s later, 30 back: a racing stale read, held
+    assert tr.update(900, 0.5) == 50  # taken before the committed read: stale, held
+    # 7 s after the committed read (more than half a lap): the counter went round, even though
+    # it is "only" 50 back (the old size-only rule held such a read: 0 J)
+    assert tr.update(900, 8.0) == 1000
+    assert (tr.wraps, tr.uncertain) == (1, 0)
+    # 22 s without a read (more than a lap): best guess, flagged
+    assert tr.update(100, 30.0) == 1200
+    assert (tr.uncertain, tr.last_gap) == (1, 22.0)
+    assert tr.committed == (100, 2100, 30.0)
+    tr.sync(150, 3150, 31.0)  # resolved elsewhere (the watcher): one more range went by
+    assert tr.update(160, 31.5) == 3160 - 900 and tr.wraps == 3
+    tr.sync(10, 10, 1.0)  # older than what is committed: ignored
+    assert tr.committed == (160, 3160, 31.5)
+
+
+def test_tracker_without_times_keeps_the_size_rule():
+    tr = WrapTracker(900, 1000)
+    assert tr.update(950) == 50
+    assert tr.update(920) == 50
+    assert tr.update(100) == 200 and tr.wraps == 1 and tr.uncertain == 0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """rapl's monotonic clock, driven by hand (ns)."""
+    now = [10**12]
+    monkeypatch.setattr(rapl, "_now_ns", lambda: now[0])
+
+    def advance(seconds: float) -> None:
+        now[0] += int(seconds * 1e9)
+
+    return advance
+
+
+def test_a_wrap_seen_late_is_counted_not_held(tmp_path, closing, clock):
+    """The reported bug: a read more than half a lap after the last one, past a wrap, was
+    taken for a stale read and held (0 J)."""
+    pc, zid = small_range_zone(tmp_path, range_uj=1_000_000, energy_uj=500_000)  # lap 5 s
+    c = discover(pc.root, closing).collectors["cpu-package-0"]
+    assert c.wrap_s == pytest.approx(5.0)
+    clock(0.1)
+    assert c.read_j() == 0.0
+    clock(3.0)
+    pc.set_energy(zid, 400_000)  # 0.9 J in 3 s, past the wrap
+    assert c.read_j() == pytest.approx(0.9)
+    assert (c.wraps, c.uncertain_count, c.uncertain_reason) == (1, 0, None)
+
+
+def test_a_read_more_than_a_lap_after_the_last_is_flagged(tmp_path, closing, clock):
+    pc, zid = small_range_zone(tmp_path, range_uj=1_000_000, energy_uj=500_000)
+    c = discover(pc.root, closing).collectors["cpu-package-0"]
+    clock(6.0)
+    pc.set_energy(zid, 700_000)
+    assert c.read_j() == pytest.approx(0.2)  # best guess: no lap missed
+    assert c.uncertain_count == 1
+    assert c.uncertain_reason == (
+        "cpu-package-0: 6.00 s without a counter read (wrap every 5.00 s at 0.2 W max): a wrap "
+        "may have been missed; no watcher process (GREENPROF_RAPL_WATCH=0)")
+    clock(1.0)
+    pc.set_energy(zid, 800_000)
+    assert c.read_j() == pytest.approx(0.3)
+    assert c.uncertain_count == 1  # a close read is trusted again
+    clock(12.0)
+    assert c.poll() == pytest.approx(0.3)
+    assert c.uncertain_count == 2 and c.uncertain_reason.startswith("cpu-package-0: 12.0 s ")
 
 
 def test_import_touches_no_file(tmp_path):
