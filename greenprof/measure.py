@@ -385,8 +385,9 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         doc_runs.append(accounting.clean_json({
             "run_id": run_id, "model": rm.name, "precision": precision, "provider": provider,
             "duration_s": m.duration_s, "domains": m.domains, "collectors": collectors_label,
-            "energy_j": m.energy_j, "attributed_energy_j": m.attributed_energy_j, "share": m.share,
-            "scope": m.scope, "phase_energy_j": fig.phase_energy_j, "basis": fig.basis,
+            "energy_j": fig.energy_j, "gross_energy_j": m.total_energy_j,
+            "energy_j_by_domain": m.attributed_energy_j, "gross_energy_j_by_domain": m.energy_j,
+            "share": m.share, "scope": m.scope, "phase_energy_j": fig.phase_energy_j, "basis": fig.basis,
             "prefill_energy_j": fig.phase_energy_j["prefill"],
             "decode_energy_j": fig.phase_energy_j["decode"],
             "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens, "batch": req.batch,
