@@ -60,6 +60,12 @@ class GreenprofWarning(UserWarning):
 
 #: Other processes' share of the machine's busy CPU time above which a run is warned about.
 OTHER_LOAD_WARN = 0.10
+#: /proc/stat counts busy time in clock ticks (10 ms): the CPU share of an interval is taken over
+#: a span widened around it (earlier sampler intervals, then later ones in the window) until the
+#: machine was busy this long, so a short interval's share is not a ratio of two or three ticks.
+SHARE_MIN_BUSY_S = 0.5
+#: How far back before a window the hub's share history is used to widen short spans.
+SHARE_HISTORY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -212,8 +218,9 @@ _CURRENT: contextvars.ContextVar["Meter | None"] = contextvars.ContextVar("green
 @dataclass
 class _SharePoint:
     t: float
-    cpu: Any  # CpuTimes | None
-    p: list[float | None]  # this process's share per domain over the interval ending here
+    cpu: Any  # CpuTimes | None (tick-based, /proc)
+    proc_s: float  # this process's CPU seconds, nanosecond clock (time.process_time)
+    p: list[float | None]  # GPU domains: this process's share over the interval ending here
     notes: dict[int, str]
 
 
@@ -350,12 +357,9 @@ class _Hub:
         """Close a share interval at ``t``: this process's share per domain since the last point.
         Returns the point's absolute index."""
         cpu = self.cpu_reader.read()
-        prev = self.points[-1] if self.points else None
+        proc_s = time.process_time()
         p: list[float | None] = []
         notes: dict[int, str] = {}
-        from greenprof.cpushare import process_share
-
-        cpu_share = process_share(prev.cpu, cpu) if prev is not None else None
         for i, (c, scope) in enumerate(zip(self.collectors, self.scopes)):
             if scope == "process":
                 p.append(1.0)
@@ -370,12 +374,11 @@ class _Hub:
                 if share is None:
                     notes[i] = why or "not shared-checked"
                 p.append(share)
-            else:  # machine-wide counter: apportioned by CPU time
-                if cpu_share is None:
-                    notes[i] = ("not shared-checked: " + (self.cpu_reader.why_not or "no /proc/stat")
-                                if not self.cpu_reader.available else "")
-                p.append(cpu_share)
-        self.points.append(_SharePoint(t, cpu, p, notes))
+            else:  # machine-wide counter: apportioned by CPU time, over spans (see _build)
+                if cpu is None:
+                    notes[i] = "not shared-checked: " + (self.cpu_reader.why_not or "no /proc/stat")
+                p.append(None)
+        self.points.append(_SharePoint(t, cpu, proc_s, p, notes))
         return self.point_base + len(self.points) - 1
 
     def share_read(self, poll: bool = False) -> tuple[float, list[float], int]:
@@ -767,14 +770,52 @@ class Meter:
         return out
 
     def _window_points(self, hub: _Hub) -> dict[int, _SharePoint]:
-        idxs = {r[4] for r in self._rows}
-        idxs |= {i + 1 for i in idxs}
+        """Every share point from a little before the window to its end (earlier ones widen
+        the spans of short intervals at the start)."""
+        first = min(r[4] for r in self._rows)
+        last = max(r[4] for r in self._rows) + 1
         out = {}
-        for i in idxs:
+        for i in range(max(hub.point_base, first - 1), last + 1):
             k = i - hub.point_base
             if 0 <= k < len(hub.points):
                 out[i] = hub.points[k]
+        t_from = self._t0 - SHARE_HISTORY_S
+        i = max(hub.point_base, first - 1) - 1
+        while i >= hub.point_base and hub.points[i - hub.point_base].t >= t_from:
+            out[i] = hub.points[i - hub.point_base]
+            i -= 1
         return out
+
+    @staticmethod
+    def _cpu_shares(points: dict[int, _SharePoint], lo_idx: int) -> tuple[dict[int, float | None], dict[int, float]]:
+        """This process's share of the machine's busy CPU time for every interval (ending at
+        point k > lo_idx), each over a span widened until the machine was busy at least
+        SHARE_MIN_BUSY_S. Returns ({k: share}, {k: busy seconds of the span used})."""
+        idxs = sorted(i for i, pt in points.items() if pt.cpu is not None)
+        shares: dict[int, float | None] = {}
+        spans: dict[int, float] = {}
+        if len(idxs) < 2:
+            return shares, spans
+        pos = {k: n for n, k in enumerate(idxs)}
+        for k in idxs:
+            if k <= lo_idx or pos[k] == 0:
+                continue
+            a, b = pos[k] - 1, pos[k]
+            while True:
+                pa, pb = points[idxs[a]], points[idxs[b]]
+                busy = pb.cpu.machine_busy_s - pa.cpu.machine_busy_s
+                if busy >= SHARE_MIN_BUSY_S or (a == 0 and b == len(idxs) - 1):
+                    break
+                if a > 0:
+                    a -= 1
+                else:
+                    b += 1
+            mine = pb.proc_s - pa.proc_s
+            # busy time is counted in ticks, this process's time in ns: when the ticks undercount
+            # (a short span with this process alone), the share is 1, never above
+            shares[k] = 1.0 if mine <= 0 and busy <= 0 else min(1.0, mine / max(busy, mine)) if mine > 0 else 0.0
+            spans[k] = busy
+        return shares, spans
 
     def _check_sampling_rate(self, hub: _Hub) -> None:
         for c in hub.collectors:
@@ -834,8 +875,15 @@ class Meter:
         t0 = rows[0][0]
         idle = dict(self._idle_power_w)
 
+        first_point = rows[0][4]
+        cpu_share, cpu_span = self._cpu_shares(points, first_point)
+        machine = [hub.scopes[i] == "machine" for i in range(nd)]
+
         # this process's share of each domain for the interval that ends at point k
         def p_of(k: int, i: int) -> float:
+            if machine[i]:
+                v = cpu_share.get(k)
+                return 1.0 if v is None else v
             pt = points.get(k)
             if pt is None:
                 return 1.0
@@ -876,6 +924,12 @@ class Meter:
             busy_s = pt_last.cpu.machine_busy_s - pt_first.cpu.machine_busy_s
             other = max(0.0, min(1.0, 1.0 - proc_s / busy_s)) if busy_s > 0 else 0.0
         share_notes: dict[str, str] = {}
+        spans = [cpu_span[k] for k in cpu_span if first_point < k <= rows[-1][4]]
+        if any(machine) and spans and min(spans) < SHARE_MIN_BUSY_S:
+            for i in range(nd):
+                if machine[i]:
+                    share_notes[doms[i]] = (f"CPU share over a span with only {min(spans):.2g} s of busy CPU "
+                                            "time (10 ms ticks): coarse")
         for k in sorted(points):
             if rows[0][4] < k <= rows[-1][4] + 1:
                 for i, why in points[k].notes.items():

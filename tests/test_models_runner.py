@@ -725,6 +725,7 @@ def test_with_the_real_meter(tmp_path: Path) -> None:
 
     class TenWatts(CounterCollector):
         domain, method, source = "cpu-test", "replayed", "test"
+        scope = "process"  # a synthetic counter of this process's own energy: not apportioned
 
         def __init__(self) -> None:
             self._t0 = time.perf_counter()
