@@ -5,8 +5,12 @@
     write_report(html, "greenprof-report.html")
 
 The page embeds plotly.js once and makes no network request (a Content-Security-Policy forbids
-it). Figures come from SQL aggregates (:mod:`.queries`), so a database of thousands of runs and
-millions of samples renders in seconds. ``greenprof dashboard`` is the command-line shell.
+it). Every figure comes from :mod:`greenprof.accounting` over the store's runs (:mod:`.queries`:
+``Store.list_runs`` plus ``record_figures`` per run, ``interval95`` per model), on the attributed
+basis unless a run has only gross energy, and says whether its energy is measured, estimated,
+replayed or mixed. Partial runs are left out of every average and listed on their own. The power
+timeline is downsampled by the database, so thousands of runs and millions of samples render in
+seconds. ``greenprof dashboard`` is the command-line shell.
 
 Nothing heavy is imported here: plotly and SQLAlchemy load when a report is built.
 """
@@ -70,21 +74,35 @@ def build_report(store: "Store", *, regions: Sequence[str] = (), run_id: int | N
     price = float(settings.price_usd_per_kwh)
     where = where or (str(store.path) if store.path is not None else store.url)
     ov = queries.overview(store, fallback_intensity=fallback.intensity_g_per_kwh, fallback_price=price)
+    something = bool(ov.models or ov.partial_runs)
     if run_id is not None:
         timeline = queries.run_timeline(store, int(run_id), TIMELINE_POINTS)  # RunNotFound if absent
-    elif not ov.models:
+    elif not something:
         timeline = None
     else:
-        rid = queries.default_timeline_run(store)
+        rid = queries.default_timeline_run(store, ov.runs)
         timeline = queries.run_timeline(store, rid, TIMELINE_POINTS) if rid is not None else None
-    if not ov.models:
+    if not something:
         return page.empty_page(where, db_arg, runs=ov.total_runs)
     unpriced = sum(m.unpriced_runs for m in ov.models)
     if unpriced:
         notes.append(f"{unpriced} run(s) stored no grid intensity: costed at {fallback.region} "
                      f"({fallback.intensity_g_per_kwh:g} g/kWh) from the current settings"
                      + (f" ({fallback_note})" if fallback_note else ""))
-    skipped = ov.total_runs - ov.used_runs
+    if ov.partial_runs:
+        ids = [r.id for r in ov.partial_runs]
+        notes.append(f"{len(ids)} partial run(s) left out of every average and chart (an energy domain was "
+                     f"lost mid-run, so their energy stops at the loss): run(s) {_ids(ids)}, listed under "
+                     "'Partial and uncertain runs'")
+    uncertain = [r.id for r in ov.uncertain_runs if r.charted]
+    if uncertain:
+        notes.append(f"{len(uncertain)} run(s) in the averages have an uncertain domain (a counter may have "
+                     f"wrapped unseen): run(s) {_ids(uncertain)}; their groups are marked 'uncertain'")
+    if ov.gross_runs:
+        notes.append(f"{ov.gross_runs} charted run(s) were stored before attribution existed: their figures "
+                     "are gross (what the counters saw, the whole device), labelled 'gross' and grouped apart "
+                     "from attributed runs, never averaged with them")
+    skipped = ov.total_runs - ov.used_runs - len(ov.partial_runs)
     if skipped:
         notes.append(f"{skipped} run(s) not charted: failed, interrupted, still running, or without "
                      "per-token (decode) segments")
@@ -101,6 +119,11 @@ def build_report(store: "Store", *, regions: Sequence[str] = (), run_id: int | N
 
     return page.full_page(where=where, ov=ov, grids=grids, fallback=fallback, timeline=timeline,
                           timeline_note=timeline_note, notes=notes, plotly_js=get_plotlyjs())
+
+
+def _ids(ids: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, ids[:limit]))
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def write_report(html: str, path: str | os.PathLike) -> str:

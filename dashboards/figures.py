@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
+from greenprof.accounting import energy_label
 from greenprof.fmt import human_params
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
     the same model and precision ran on several machines (the fingerprint if that is not enough)."""
     base = [f"{m.model_name if m.model_name is not None else '(unnamed)'} · {m.precision or '?'}"
             + (f" · batch {m.batch_size}" if m.batch_size and m.batch_size > 1 else "")
+            + (" · gross" if m.basis == "gross" else "")
             for m in models]
     counts: dict[str, int] = {}
     for b in base:
@@ -119,63 +121,106 @@ def _layout(title_x: str, title_y: str, *, log_x: bool = False, log_y: bool = Fa
 TICK_CHARS = 36
 
 
-def _category_axis(labels: Sequence[str]) -> dict:
-    """x axis settings for per-model bar charts: every label, shortened when long."""
+def flags_text(m: "ModelAggregate") -> str:
+    """What a group's figures leave out or cannot vouch for: '1 of 3 runs uncertain; 1 partial
+    run left out'; empty when nothing."""
+    parts = []
+    if m.uncertain_run_ids:
+        parts.append(f"{len(m.uncertain_run_ids)} of {m.runs} run{'s' if m.runs != 1 else ''} uncertain "
+                     "(a counter may have wrapped unseen)")
+    if m.partial_run_ids:
+        k = len(m.partial_run_ids)
+        parts.append(f"{k} partial run{'s' if k != 1 else ''} left out (a domain was lost)")
+    return "; ".join(parts)
+
+
+def tick_tag(m: "ModelAggregate") -> str:
+    """The line under a model's name on a bar chart: what its energy is, and whether any of its
+    runs is uncertain."""
+    return m.energy_label + (" · uncertain" if m.uncertain_run_ids else "")
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= TICK_CHARS else label[:TICK_CHARS - 1] + "…"
+
+
+def _category_axis(labels: Sequence[str], tags: Sequence[str] | None = None) -> dict:
+    """x axis settings for per-model bar charts: every label (shortened when long), with the
+    group's energy label in italics on a second line."""
     vals = [ptext(lab) for lab in labels]
-    text = [ptext(lab if len(lab) <= TICK_CHARS else lab[:TICK_CHARS - 1] + "…") for lab in labels]
+    text = [ptext(_short(lab)) + (f"<br><i>{ptext(tags[i])}</i>" if tags else "")
+            for i, lab in enumerate(labels)]
     return dict(type="category", tickmode="array", tickvals=vals, ticktext=text, tickangle=-30)
 
 
-def _category_layout(labels: Sequence[str], title_y: str, **extra: Any) -> dict:
+def _category_layout(models: Sequence["ModelAggregate"], labels: Sequence[str], title_y: str,
+                     **extra: Any) -> dict:
+    tags = [tick_tag(m) for m in models]
     layout = _layout("", title_y, **extra)
-    layout["xaxis"].update(_category_axis(labels))
-    longest = max((min(len(lab), TICK_CHARS) for lab in labels), default=0)
-    layout["height"] = 420 + int(longest * 3.5)  # room for the slanted labels below the bars
+    layout["xaxis"].update(_category_axis(labels, tags))
+    longest = max((max(min(len(lab), TICK_CHARS), len(tag)) for lab, tag in zip(labels, tags)), default=0)
+    layout["height"] = 440 + int(longest * 3.5)  # room for the slanted labels below the bars
     return layout
 
 
 def _ci_text(m: "ModelAggregate") -> str:
-    lo, hi = m.j_per_token_ci95
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{fmt(m.j_per_token)} J [95% CI {fmt(lo)}, {fmt(hi)}]"
-    return f"{fmt(m.j_per_token)} J (1 run: no CI)"
+    iv = m.interval
+    if iv.lo is not None and iv.hi is not None:
+        return f"{fmt(iv.mean)} J [95% interval {fmt(iv.lo)}, {fmt(iv.hi)}]"
+    return f"{fmt(iv.mean)} J (1 run: no interval)"
+
+
+def _hover_extra(m: "ModelAggregate") -> str:
+    """Energy label and flags, for hover text (plain text: goes through ptext)."""
+    flags = flags_text(m)
+    return ptext(m.energy_label + (f"; {flags}" if flags else ""))
+
+
+def _series(models: Sequence["ModelAggregate"], idx: Sequence[int]) -> dict[tuple[str, str, str], list[int]]:
+    """Indices grouped by (precision, method, basis): one legend entry each."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i in idx:
+        m = models[i]
+        groups.setdefault((m.precision or "?", m.method, m.basis), []).append(i)
+    return groups
+
+
+def series_name(precision: str, method: str, basis: str) -> str:
+    """'fp32 · estimated energy (attributed)'."""
+    return f"{precision} · {energy_label(method, basis)}"
 
 
 # -- 1. J per token vs parameters -------------------------------------------------------------------
 def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
                      colours: dict[str, str]) -> dict | None:
-    """Log-log, one series per precision (colour) and method (marker), 95 % CI error bars."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, m in enumerate(models):
-        if m.param_count and m.param_count > 0 and m.j_per_token > 0:
-            groups.setdefault((m.precision or "?", m.method), []).append(i)
-    if not groups:
+    """Log-log, one series per precision (colour), method (marker) and basis, 95 % interval bars."""
+    idx = [i for i, m in enumerate(models) if m.param_count and m.param_count > 0 and m.j_per_token > 0]
+    if not idx:
         return None
     data = []
-    for (prec, method), idx in sorted(groups.items()):
+    for (prec, method, basis), members in sorted(_series(models, idx).items()):
         plus, minus = [], []
-        for i in idx:
-            lo, hi = models[i].j_per_token_ci95
-            ok = math.isfinite(lo) and math.isfinite(hi)
-            plus.append(hi - models[i].j_per_token if ok else 0.0)
-            minus.append(models[i].j_per_token - lo if ok else 0.0)
+        for i in members:
+            iv = models[i].interval
+            plus.append(iv.hi - iv.mean if iv.hi is not None else 0.0)
+            minus.append(iv.mean - iv.lo if iv.lo is not None else 0.0)
         colour = precision_colour(prec, colours)
         data.append(dict(
             type="scatter", mode="markers",
-            name=ptext(f"{prec} · {method}"), legendgroup=ptext(prec),
-            x=[models[i].param_count for i in idx],
-            y=[models[i].j_per_token for i in idx],
+            name=ptext(series_name(prec, method, basis)), legendgroup=ptext(prec),
+            x=[models[i].param_count for i in members],
+            y=[models[i].j_per_token for i in members],
             error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus,
                          color=colour, thickness=1.2, width=4),
             marker=dict(size=11, color=colour, symbol=METHOD_SYMBOLS.get(method, "square-open"),
-                        line=dict(width=2, color=colour)),
-            text=[ptext(labels[i]) for i in idx],
+                        opacity=0.55 if basis == "gross" else 1.0, line=dict(width=2, color=colour)),
+            text=[ptext(labels[i]) for i in members],
             customdata=[[human_params(models[i].param_count), ptext(_ci_text(models[i])),
-                         models[i].runs] for i in idx],
+                         models[i].runs, _hover_extra(models[i])] for i in members],
             hovertemplate=("<b>%{text}</b><br>%{customdata[0]} parameters<br>%{customdata[1]}"
-                           "<br>%{customdata[2]} run(s)<extra>" + ptext(method) + "</extra>"),
+                           "<br>%{customdata[2]} run(s)<br>%{customdata[3]}<extra></extra>"),
         ))
-    return dict(data=data, layout=_layout("parameters", "J per generated token", log_x=True,
+    return dict(data=data, layout=_layout("parameters", "J per generated token (decode)", log_x=True,
                                           log_y=True))
 
 
@@ -183,23 +228,28 @@ def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
 def co2e_by_grid(models: Sequence["ModelAggregate"], labels: Sequence[str],
                  grids: Sequence["GridIntensity"]) -> dict:
     x = [ptext(lab) for lab in labels]
+    extra = [_hover_extra(m) for m in models]
     data = [dict(
         type="bar", name="each run's own grid (stored)", x=x,
         y=[m.co2e_g_per_1k_own_grid for m in models],
         marker=dict(color="#444444"),
-        customdata=[[lab, ptext(_grid_of(m))] for lab, m in zip(x, models)],
-        hovertemplate="%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<br>%{customdata[1]}<extra>stored grid</extra>",
+        customdata=[[lab, ptext(_grid_of(m)), e] for lab, m, e in zip(x, models, extra)],
+        hovertemplate=("%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<br>%{customdata[1]}"
+                       "<br>%{customdata[2]}<extra>stored grid</extra>"),
     )]
     for k, g in enumerate(grids):
         name = f"{g.name} ({g.region}, {g.intensity_g_per_kwh:.4g} g/kWh{f', {g.year}' if g.year else ''})"
         data.append(dict(
             type="bar", name=ptext(name), x=x,
             y=[m.co2e_g_per_1k_at(g.intensity_g_per_kwh) for m in models],
-            marker=dict(color=GRID_COLOURS[k % len(GRID_COLOURS)]), customdata=[[lab] for lab in x],
-            hovertemplate="%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<extra>" + ptext(g.name) + "</extra>",
+            marker=dict(color=GRID_COLOURS[k % len(GRID_COLOURS)]),
+            customdata=[[lab, e] for lab, e in zip(x, extra)],
+            hovertemplate=("%{customdata[0]}<br>%{y:.4g} g CO2e / 1k tokens<br>%{customdata[1]}<extra>"
+                           + ptext(g.name) + "</extra>"),
         ))
-    return dict(data=data, layout=_category_layout(labels, "g CO2e per 1k generated tokens", log_y=True,
-                                                   barmode="group", bargap=0.15, bargroupgap=0.05))
+    return dict(data=data, layout=_category_layout(models, labels, "g CO2e per 1k generated tokens",
+                                                   log_y=True, barmode="group", bargap=0.15,
+                                                   bargroupgap=0.05))
 
 
 def _grid_of(m: "ModelAggregate") -> str:
@@ -210,21 +260,40 @@ def _grid_of(m: "ModelAggregate") -> str:
     return f"{where}: {m.intensity_g_per_kwh:.4g} g/kWh{more}"
 
 
-# -- 3. Prefill vs decode energy per request ----------------------------------------------------------
+# -- 3. Energy per request by phase ---------------------------------------------------------------------
+PHASE_STYLE = {  # name, colour
+    "setup": ("setup (before the prompt pass)", "#c6dbef"),
+    "prefill": ("prefill (prompt)", "#9ecae1"),
+    "decode": ("decode (generation)", "#3182bd"),
+    "teardown": ("teardown (after the last token)", "#08519c"),
+}
+
+
 def prefill_decode(models: Sequence["ModelAggregate"], labels: Sequence[str]) -> dict:
+    """Stacked phases of one request: prefill and decode always, setup and teardown when any
+    group has energy there. The stack is J per request, all phases."""
     x = [ptext(lab) for lab in labels]
-    pre = [m.prefill_j_per_request or 0.0 for m in models]
-    dec = [m.decode_j_per_request or 0.0 for m in models]
-    cd_pre = [[lab, fmt(m.prompt_tokens, 3)] for lab, m in zip(x, models)]
-    cd_dec = [[lab, fmt(m.new_tokens, 3)] for lab, m in zip(x, models)]
-    return dict(data=[
-        dict(type="bar", name="prefill (prompt)", x=x, y=pre, marker=dict(color="#9ecae1"),
-             customdata=cd_pre,
-             hovertemplate="%{customdata[0]}<br>prefill: %{y:.4g} J for %{customdata[1]} prompt tokens<extra></extra>"),
-        dict(type="bar", name="decode (generation)", x=x, y=dec, marker=dict(color="#3182bd"),
-             customdata=cd_dec,
-             hovertemplate="%{customdata[0]}<br>decode: %{y:.4g} J for %{customdata[1]} new tokens<extra></extra>"),
-    ], layout=_category_layout(labels, "J per request (mean over runs)", barmode="stack"))
+    extra = [_hover_extra(m) for m in models]
+    data = []
+    for phase in ("setup", "prefill", "decode", "teardown"):
+        ys = [m.phase_j_per_request.get(phase) or 0.0 for m in models]
+        if phase in ("setup", "teardown") and not any(ys):
+            continue
+        name, colour = PHASE_STYLE[phase]
+        if phase == "prefill":
+            what = [f"for {fmt(m.prompt_tokens, 3)} prompt tokens" for m in models]
+        elif phase == "decode":
+            what = [f"for {fmt(m.new_tokens, 3)} generated tokens" for m in models]
+        else:
+            what = [""] * len(models)
+        data.append(dict(
+            type="bar", name=name, x=x, y=ys, marker=dict(color=colour),
+            customdata=[[lab, w, e] for lab, w, e in zip(x, what, extra)],
+            hovertemplate=("%{customdata[0]}<br>" + phase + ": %{y:.4g} J %{customdata[1]}"
+                           "<br>%{customdata[2]}<extra></extra>"),
+        ))
+    return dict(data=data, layout=_category_layout(models, labels, "J per request (mean over runs)",
+                                                   barmode="stack"))
 
 
 # -- 4. Power timeline of one run ---------------------------------------------------------------------
@@ -237,12 +306,17 @@ def power_timeline(tl: "RunTimeline") -> dict | None:
     data = []
     for k, (domain, line) in enumerate(sorted(tl.lines.items())):
         colour = PALETTE[k % len(PALETTE)]
+        name = f"{domain} · {tl.methods.get(domain) or '?'}"
+        if domain in tl.lost:
+            name += " · lost (partial)"
+        elif domain in tl.uncertain:
+            name += " · uncertain"
         data.append(dict(
-            type="scatter", mode="lines", name=ptext(domain), x=line.t_s, y=line.power_w,
+            type="scatter", mode="lines", name=ptext(name), x=line.t_s, y=line.power_w,
             line=dict(color=colour, width=1.6), connectgaps=False,
             customdata=[[lo, hi, n] for lo, hi, n in zip(line.min_w, line.max_w, line.samples)],
             hovertemplate=("t=%{x:.3f} s<br>%{y:.4g} W (min %{customdata[0]:.4g}, max %{customdata[1]:.4g}, "
-                           "%{customdata[2]} samples)<extra>" + ptext(domain) + "</extra>"),
+                           "%{customdata[2]} samples)<extra>" + ptext(name) + "</extra>"),
         ))
     shapes, annotations = [], []
     ts = [t for line in tl.lines.values() for t in line.t_s]
@@ -278,7 +352,8 @@ def power_timeline(tl: "RunTimeline") -> dict | None:
                          y=[ymax] * len(xs), marker=dict(symbol="line-ns-open", size=14, color="#d62728"),
                          text=[boundaries[x] for x in xs],
                          hovertemplate="%{text} at t=%{x:.4f} s<extra></extra>"))
-    return dict(data=data, layout=_layout("seconds since the meter started", "power (W)",
+    return dict(data=data, layout=_layout("seconds since the meter started",
+                                          f"power (W), {tl.method}, gross",
                                           shapes=shapes, annotations=annotations,
                                           margin=dict(l=60, r=20, t=40, b=60),
                                           legend=dict(orientation="h", yanchor="top", y=-0.18,
@@ -295,19 +370,16 @@ def pareto(models: Sequence["ModelAggregate"], labels: Sequence[str], colours: d
     if not idx:
         return None
     data = []
-    by_prec: dict[str, list[int]] = {}
-    for i in idx:
-        by_prec.setdefault(models[i].precision or "?", []).append(i)
-    for prec, members in sorted(by_prec.items()):
+    for (prec, method, basis), members in sorted(_series(models, idx).items()):
         colour = precision_colour(prec, colours)
         data.append(dict(
-            type="scatter", mode="markers", name=ptext(prec),
+            type="scatter", mode="markers", name=ptext(series_name(prec, method, basis)),
+            legendgroup=ptext(prec),
             x=[models[i].j_per_token for i in members], y=[models[i].tokens_per_s for i in members],
-            marker=dict(size=10, color=colour,
-                        symbol=[METHOD_SYMBOLS.get(models[i].method, "square-open") for i in members],
-                        line=dict(width=2, color=colour)),
+            marker=dict(size=10, color=colour, symbol=METHOD_SYMBOLS.get(method, "square-open"),
+                        opacity=0.55 if basis == "gross" else 1.0, line=dict(width=2, color=colour)),
             text=[ptext(labels[i]) for i in members],
-            customdata=[[ptext(models[i].method)] for i in members],
+            customdata=[[_hover_extra(models[i])] for i in members],
             hovertemplate="<b>%{text}</b><br>%{x:.4g} J/token<br>%{y:.4g} tokens/s<br>%{customdata[0]}<extra></extra>",
         ))
     front = [idx[k] for k in pareto_front([(models[i].j_per_token, models[i].tokens_per_s) for i in idx])]
@@ -317,9 +389,11 @@ def pareto(models: Sequence["ModelAggregate"], labels: Sequence[str], colours: d
         line=dict(color="#d62728", width=2, dash="dot", shape="hv"),
         marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=2)),
         text=[ptext(labels[i]) for i in front],
+        customdata=[[_hover_extra(models[i])] for i in front],
         textposition=["top right" if k % 2 == 0 else "bottom right" for k in range(len(front))],
         textfont=dict(size=10, color="#d62728"),
-        hovertemplate="<b>%{text}</b> (Pareto-optimal)<br>%{x:.4g} J/token<br>%{y:.4g} tokens/s<extra></extra>",
+        hovertemplate=("<b>%{text}</b> (Pareto-optimal)<br>%{x:.4g} J/token<br>%{y:.4g} tokens/s"
+                       "<br>%{customdata[0]}<extra></extra>"),
     ))
     return dict(data=data, layout=_layout("J per generated token (lower is better)",
                                           "generated tokens per second (higher is better)",
@@ -327,15 +401,30 @@ def pareto(models: Sequence["ModelAggregate"], labels: Sequence[str], colours: d
 
 
 # -- 6. Electricity cost per million tokens vs an API price -------------------------------------------
+#: bar colour per method; estimated bars are hatched as well
+COST_COLOURS = {"measured": "#2ca02c", "estimated": "#98c379", "replayed": "#7f7f7f", "mixed": "#17becf",
+                "none": "#bbbbbb"}
+
+
 def cost(models: Sequence["ModelAggregate"], labels: Sequence[str]) -> dict:
+    """One bar series per energy label ("electricity, estimated energy (attributed)"), so the
+    legend says what each bar's energy is; a model's bar is in the series of its label only."""
     x = [ptext(lab) for lab in labels]
-    data: list[dict] = [dict(
-        type="bar", name="electricity, measured energy", x=x, y=[m.usd_per_m_tokens for m in models],
-        marker=dict(color="#2ca02c"),
-        customdata=[[lab, fmt(m.price_usd_per_kwh, 3) if m.price_usd_per_kwh is not None else "default"]
-                    for lab, m in zip(x, models)],
-        hovertemplate="%{customdata[0]}<br>$%{y:.3g} per M generated tokens<br>at $%{customdata[1]}/kWh<extra></extra>",
-    )]
+    kinds: dict[str, tuple[str, str]] = {}  # label -> (method, basis), in order of appearance
+    for m in models:
+        kinds.setdefault(m.energy_label, (m.method, m.basis))
+    data: list[dict] = []
+    for label, (method, basis) in kinds.items():
+        data.append(dict(
+            type="bar", name=ptext(f"electricity, {label}"), x=x,
+            y=[m.usd_per_m_tokens if m.energy_label == label else None for m in models],
+            marker=dict(color=COST_COLOURS.get(method, "#bbbbbb"), opacity=0.6 if basis == "gross" else 1.0,
+                        pattern=dict(shape="/" if method in ("estimated", "mixed") else "")),
+            customdata=[[lab, fmt(m.price_usd_per_kwh, 3) if m.price_usd_per_kwh is not None else "default",
+                         _hover_extra(m)] for lab, m in zip(x, models)],
+            hovertemplate=("%{customdata[0]}<br>$%{y:.3g} per M generated tokens<br>at $%{customdata[1]}/kWh"
+                           "<br>%{customdata[2]}<extra></extra>"),
+        ))
     annotations = []
     for kind, dash, colour in (("output", "dash", "#d62728"), ("input", "dot", "#ff7f0e")):
         price = GPT4O_MINI_USD_PER_M[kind]
@@ -355,5 +444,6 @@ def cost(models: Sequence["ModelAggregate"], labels: Sequence[str]) -> dict:
                    line=dict(color=c, width=1, dash=d))
               for p, c, d in ((GPT4O_MINI_USD_PER_M["output"], "#d62728", "dash"),
                               (GPT4O_MINI_USD_PER_M["input"], "#ff7f0e", "dot"))]
-    return dict(data=data, layout=_category_layout(labels, "US dollars per million generated tokens",
-                                                   log_y=True, shapes=shapes, annotations=annotations))
+    return dict(data=data, layout=_category_layout(models, labels, "US dollars per million generated tokens",
+                                                   log_y=True, barmode="overlay", shapes=shapes,
+                                                   annotations=annotations))

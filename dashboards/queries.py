@@ -1,62 +1,118 @@
-"""What the dashboard reads from the store: SQL aggregates, never every segment or sample.
+"""What the dashboard reads from the store, and the figures it shows: all from greenprof.accounting.
 
-Per run (one SQL ``GROUP BY run_id`` over ``segments`` x ``segment_energy``), as
-``greenprof.cli_runs.summarize`` and ``greenprof.measure`` define them:
+The runs come from the store's public :meth:`Store.list_runs` (``limit=None``): the run rows with
+their domains and phase summaries, attached in a few grouped queries (never every segment or
+sample). Every figure of a run is :func:`greenprof.accounting.record_figures` on that record, the
+same call ``greenprof runs / show / export / compare`` make (:func:`greenprof.cli_runs.summarize`),
+so the dashboard and the CLI cannot disagree:
 
-* ``decode_j`` / ``prefill_j``: gross energy of the decode / prefill segments, summed over domains;
-* ``decode_tokens``: tokens of the decode segments (else the run's ``new_tokens``);
-* ``j_per_token = decode_j / decode_tokens``; ``tokens_per_s = decode_tokens / decode seconds``.
+* ``j_per_token``: decode energy / generated tokens, on the run's basis: ``attributed`` (what the
+  run is charged) when the run stored it, else ``gross`` (runs stored before attribution);
+* ``co2e_g_per_1k_tokens`` and ``usd_per_m_tokens``: from that J per token at the run's own
+  stored grid intensity, PUE and price (a run without a stored intensity: its region's, else the
+  settings' fallback grid, and counted as ``unpriced``);
+* tokens/s: generated tokens over the decode phase's duration.
 
-Per model (a second ``GROUP BY`` over those per-run rows, on the database side): runs are grouped by
-``(model_name, precision, hardware_fingerprint)``; the group yields count, mean and sum of squares
-of J per token (so the 95 % Student-t interval is the one :func:`greenprof.models.runner.summarize`
-gives), mean tokens/s, mean prefill and decode energy per request, and the carbon and cost
-averages re-costed per run from stored joules. Only completed runs with decode energy count.
+Runs are then grouped in Python by (model, precision, batch size, hardware fingerprint, **basis**):
+attributed and gross runs are never averaged together, as different batch sizes never are. Only
+completed runs with a J per token count, and **partial runs** (a domain lost mid-run: their
+energy stops at the loss) are left out of every group; the page lists them separately and says
+how many. Runs with an **uncertain** domain (a counter may have wrapped unseen) stay in their
+group, which says how many of its runs are uncertain. The mean and the 95 % interval of J per
+token are :func:`greenprof.accounting.interval95` over the group's runs (log-normal, so never
+below zero; one run: no interval).
 
-The power timeline of one run comes from :meth:`Store.power_timeline` (downsampled in SQL) and its
-phase boundaries from one grouped query over the run's segments.
+The power timeline of one run is :meth:`Store.power_timeline` (downsampled by the database) and
+its phase spans come from :meth:`Store.get_run`'s segments.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from greenprof import accounting
+from greenprof.accounting import Interval
 
 if TYPE_CHECKING:
-    from greenprof.store import Store, Timeline
+    from greenprof.accounting import RunFigures
+    from greenprof.store import RunRecord, Store, Timeline
 
-J_PER_KWH = 3.6e6
+#: Runs of one model on one machine at one precision and batch size, on one energy basis, as the
+#: dashboard aggregates them.
+GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint", "basis")
 
-#: Runs of one model on one machine at one precision, as the dashboard aggregates them.
-GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint")
+#: The phases of a request, in the order they are drawn.
+PHASE_ORDER = ("setup", "prefill", "decode", "teardown")
+
+
+@dataclass
+class RunRow:
+    """One completed run and its figures (from accounting.record_figures), with its flags."""
+
+    run: "RunRecord"
+    fig: "RunFigures"
+    method: str  # measured | estimated | replayed | mixed | none
+    lost: dict[str, str]  # {domain: reason}: partial when not empty
+    uncertain: dict[str, str]  # {domain: reason}
+    tokens_per_s: float | None
+    intensity_g_per_kwh: float
+    pue: float
+    price_usd_per_kwh: float
+    unpriced: bool  # no stored or known grid intensity: costed at the fallback
+
+    @property
+    def id(self) -> int:
+        return self.run.id
+
+    @property
+    def basis(self) -> str:
+        return self.fig.basis
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.lost)
+
+    @property
+    def energy_label(self) -> str:
+        return accounting.energy_label(self.method, self.basis)
+
+    @property
+    def charted(self) -> bool:
+        """Counts in a model aggregate: complete (not partial) with a finite J per token."""
+        j = self.fig.j_per_token
+        return not self.lost and j is not None and math.isfinite(j)
 
 
 @dataclass
 class ModelAggregate:
-    """One (model, precision, hardware) group of completed runs."""
+    """One (model, precision, batch, hardware, basis) group of completed, complete runs."""
 
     model_name: str | None
     precision: str | None
     hardware_fingerprint: str | None
-    runs: int
     batch_size: int | None  # sequences per generation; different batches are never averaged
+    basis: str  # attributed | gross: never mixed in one group
+    runs: int
     param_count: int | None
-    method: str  # measured | estimated | replayed | mixed | none
-    j_per_token: float
-    j_per_token_ci95: tuple[float, float]  # (nan, nan) for a single run
+    method: str  # measured | estimated | replayed | mixed | none, over every domain of every run
+    interval: Interval  # accounting.interval95 of the runs' J per generated token
     tokens_per_s: float | None
-    prefill_j_per_request: float | None
-    decode_j_per_request: float | None
+    phase_j_per_request: dict[str, float]  # setup, prefill, decode, teardown: means over runs
     prompt_tokens: float | None  # mean per request
-    new_tokens: float | None  # mean decode tokens per request
+    new_tokens: float | None  # mean generated tokens per request
     co2e_g_per_1k_own_grid: float  # each run costed at its own stored intensity and PUE
-    jpt_x_pue: float  # mean of J/token x PUE, to re-cost at any other grid
     usd_per_m_tokens: float  # each run at its own stored price (else the settings' price) and PUE
     latest_run_id: int
     regions: int  # distinct regions among the runs
     unpriced_runs: int  # runs without a stored intensity (costed at the fallback)
-    # filled from the latest run of the group
+    run_ids: list[int] = field(default_factory=list)
+    uncertain_run_ids: list[int] = field(default_factory=list)  # included, and marked
+    partial_run_ids: list[int] = field(default_factory=list)  # same group, left out
+    #: (J per token, PUE) of each run: what a what-if grid re-costs
+    jpt_pue: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    # from the latest run of the group
     hardware: dict | None = None
     model_shape: str | None = None
     region: str | None = None
@@ -67,9 +123,34 @@ class ModelAggregate:
     pue_max: float | None = None
     price_usd_per_kwh: float | None = None
 
+    @property
+    def j_per_token(self) -> float:
+        """Mean J per generated token (decode) over the runs, on :attr:`basis`."""
+        return self.interval.mean
+
+    @property
+    def j_per_token_ci95(self) -> list[float] | None:
+        """[lo, hi] of the 95 % interval; None for a single run."""
+        return self.interval.as_list()
+
+    @property
+    def energy_label(self) -> str:
+        """"estimated energy (attributed)": what every energy figure of the group is."""
+        return accounting.energy_label(self.method, self.basis)
+
+    @property
+    def prefill_j_per_request(self) -> float | None:
+        return self.phase_j_per_request.get("prefill")
+
+    @property
+    def decode_j_per_request(self) -> float | None:
+        return self.phase_j_per_request.get("decode")
+
     def co2e_g_per_1k_at(self, intensity_g_per_kwh: float) -> float:
-        """g CO2e per 1k generated tokens had every run drawn from a grid of this intensity."""
-        return self.jpt_x_pue * 1e3 / J_PER_KWH * intensity_g_per_kwh
+        """g CO2e per 1k generated tokens had every run drawn from a grid of this intensity
+        (each run at its own PUE), mean over the runs."""
+        vals = [accounting.co2e_g_per_1k_tokens(j, intensity_g_per_kwh, pue) for j, pue in self.jpt_pue]
+        return math.fsum(vals) / len(vals)
 
 
 @dataclass
@@ -90,239 +171,216 @@ class RunTimeline:
     lines: dict[str, "Timeline"] = field(default_factory=dict)
     phases: dict[str, Phase] = field(default_factory=dict)
     samples: int = 0  # raw samples behind the lines
+    methods: dict[str, str | None] = field(default_factory=dict)  # per domain
+    lost: dict[str, str] = field(default_factory=dict)
+    uncertain: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return accounting.collapse_methods(self.methods)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.lost)
+
+    @property
+    def energy_label(self) -> str:
+        """Power samples are what the counters saw: always the gross basis."""
+        return accounting.energy_label(self.method, "gross")
 
 
 @dataclass
 class Overview:
     total_runs: int
     completed_runs: int
-    used_runs: int  # completed runs with decode energy: what the charts show
+    used_runs: int  # complete runs in the model aggregates: what the charts show
     models: list[ModelAggregate]
+    partial_runs: list[RunRow] = field(default_factory=list)  # completed, left out of every aggregate
+    uncertain_runs: list[RunRow] = field(default_factory=list)  # completed, with an uncertain domain
+    gross_runs: int = 0  # charted runs on the gross basis (stored before attribution)
+    runs: list["RunRecord"] = field(default_factory=list, repr=False)  # every run, newest first
+
+    @property
+    def flagged(self) -> list[RunRow]:
+        """Partial and uncertain runs, newest first (a run that is both appears once)."""
+        seen: dict[int, RunRow] = {r.id: r for r in self.partial_runs}
+        for r in self.uncertain_runs:
+            seen.setdefault(r.id, r)
+        return sorted(seen.values(), key=lambda r: -r.id)
 
 
-def ci95(n: int, mean: float, sum_sq: float) -> tuple[float, float]:
-    """The two-sided 95 % Student-t interval of the mean from count, mean and sum of squares,
-    the same interval :func:`greenprof.models.runner.summarize` computes from the values."""
-    if n < 2 or not math.isfinite(mean):
-        return math.nan, math.nan
-    from greenprof.models.runner import t_quantile
+class _Grids:
+    """The grid intensity and price each run is costed at, as ``greenprof runs`` resolves them:
+    the run's stored intensity, else its region's (CodeCarbon's data), else the fallback."""
 
-    var = max(0.0, (sum_sq - n * mean * mean) / (n - 1))
-    half = t_quantile(0.975, n - 1) * math.sqrt(var) / math.sqrt(n)
-    return mean - half, mean + half
+    def __init__(self, fallback_intensity: float, fallback_price: float) -> None:
+        self.fallback_intensity = float(fallback_intensity)
+        self.fallback_price = float(fallback_price)
+        self._regions: dict[str, float | None] = {}
+
+    def intensity(self, run: "RunRecord") -> tuple[float, bool]:
+        """(g CO2e per kWh, whether it is the fallback)."""
+        if run.intensity_g_per_kwh is not None:
+            return float(run.intensity_g_per_kwh), False
+        if run.region:
+            if run.region not in self._regions:
+                from greenprof import carbon
+
+                try:
+                    self._regions[run.region] = carbon.lookup(run.region).intensity_g_per_kwh
+                except carbon.UnknownRegion:
+                    self._regions[run.region] = None
+            g = self._regions[run.region]
+            if g is not None:
+                return float(g), False
+        return self.fallback_intensity, True
+
+    def price(self, run: "RunRecord") -> float:
+        return float(run.price_usd_per_kwh) if run.price_usd_per_kwh is not None else self.fallback_price
 
 
-def _collapse(n_methods: int | None, method: str | None) -> str:
-    if not method:
-        return "none"
-    return "mixed" if (n_methods or 0) > 1 else str(method)
+def run_row(run: "RunRecord", grids: _Grids) -> RunRow:
+    """A run's figures, exactly as :func:`greenprof.cli_runs.summarize` defines them."""
+    g, unpriced = grids.intensity(run)
+    pue = float(run.pue) if run.pue is not None else 1.0
+    price = grids.price(run)
+    fig = accounting.record_figures(run, intensity_g_per_kwh=g, pue=pue, price_usd_per_kwh=price)
+    dec = run.phases.get("decode")
+    decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)
+    n = fig.generated_tokens
+    tps = n / decode_s if n is not None and decode_s else None
+    return RunRow(
+        run=run, fig=fig, method=accounting.collapse_methods(d.method for d in run.domains.values()),
+        lost={d: r.lost_reason for d, r in run.domains.items() if r.lost_reason},
+        uncertain={d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason},
+        tokens_per_s=tps, intensity_g_per_kwh=g, pue=pue, price_usd_per_kwh=price, unpriced=unpriced)
 
 
-def _f(x: Any) -> float | None:
-    return float(x) if x is not None else None
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return math.fsum(vals) / len(vals) if vals else None
 
 
-def per_run_query(fallback_intensity: float, fallback_price: float):
-    """One row per completed run with decode energy (a SQLAlchemy select, for a subquery)."""
-    from sqlalchemy import Float, and_, case, cast, func, literal, select
+def _per_request(x: float | int | None, fig: "RunFigures") -> float | None:
+    """A run's total (phase energy, tokens) per request: a run of batch B serves B requests."""
+    return x / fig.requests if x is not None else None
 
-    from greenprof.store import schema as S
 
-    seg, se, runs, rd = S.segments, S.segment_energy, S.runs, S.run_domains
-    decode = seg.c.kind == "decode"
-    prefill = seg.c.kind == "prefill"
-    energy = (
-        select(
-            se.c.run_id.label("run_id"),
-            func.sum(case((decode, se.c.energy_j))).label("decode_j"),
-            func.sum(case((prefill, se.c.energy_j))).label("prefill_j"),
-        )
-        .select_from(se.join(seg, and_(seg.c.run_id == se.c.run_id, seg.c.idx == se.c.idx)))
-        .group_by(se.c.run_id)
-        .subquery("energy")
-    )
-    tokens = (
-        select(
-            seg.c.run_id.label("run_id"),
-            func.sum(case((decode, seg.c.tokens))).label("decode_tokens"),
-            func.sum(case((decode, seg.c.duration_s))).label("decode_s"),
-            func.sum(case((prefill, seg.c.tokens))).label("prefill_tokens"),
-        )
-        .group_by(seg.c.run_id)
-        .subquery("tokens")
-    )
-    methods = (
-        select(
-            rd.c.run_id.label("run_id"),
-            func.count(func.distinct(rd.c.method)).label("n_methods"),
-            func.min(rd.c.method).label("method"),
-        )
-        .group_by(rd.c.run_id)
-        .subquery("methods")
-    )
-    n_tok = cast(func.coalesce(tokens.c.decode_tokens, runs.c.new_tokens), Float)
-    jpt = energy.c.decode_j / n_tok
-    pue = func.coalesce(runs.c.pue, literal(1.0))
-    intensity = func.coalesce(runs.c.intensity_g_per_kwh, literal(fallback_intensity))
-    price = func.coalesce(runs.c.price_usd_per_kwh, literal(fallback_price))
-    return (
-        select(
-            runs.c.id.label("run_id"),
-            runs.c.model_name, runs.c.precision, runs.c.hardware_fingerprint, runs.c.param_count,
-            runs.c.batch_size,
-            runs.c.region, runs.c.intensity_g_per_kwh,
-            jpt.label("jpt"),
-            case((tokens.c.decode_s > 0, n_tok / tokens.c.decode_s)).label("tps"),
-            energy.c.prefill_j, energy.c.decode_j,
-            cast(func.coalesce(tokens.c.prefill_tokens, runs.c.prompt_tokens), Float).label("prefill_tokens"),
-            n_tok.label("decode_tokens"),
-            (jpt * pue).label("jpt_pue"),
-            (jpt * pue * intensity).label("jpt_pue_g"),
-            (jpt * pue * price).label("jpt_pue_usd"),
-            pue.label("pue"),
-            methods.c.n_methods, methods.c.method,
-        )
-        .select_from(runs.join(energy, energy.c.run_id == runs.c.id)
-                     .join(tokens, tokens.c.run_id == runs.c.id)
-                     .outerjoin(methods, methods.c.run_id == runs.c.id))
-        .where(runs.c.status == "completed", energy.c.decode_j.is_not(None), n_tok > 0)
-    )
+def _key(row: RunRow) -> tuple:
+    r = row.run
+    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, row.basis)
+
+
+def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
+    """Model aggregates over ``rows`` (completed runs): charted runs only; partial runs of a group
+    are counted in ``partial_run_ids`` and left out."""
+    groups: dict[tuple, list[RunRow]] = {}
+    partial: dict[tuple, list[int]] = {}
+    for row in rows:
+        if row.charted:
+            groups.setdefault(_key(row), []).append(row)
+        elif row.partial:
+            partial.setdefault(_key(row), []).append(row.id)
+    out: list[ModelAggregate] = []
+    for key, members in groups.items():
+        model_name, precision, batch, fingerprint, basis = key
+        latest = max(members, key=lambda r: r.id)
+        lr = latest.run
+        pues = [r.pue for r in members]
+        out.append(ModelAggregate(
+            model_name=model_name, precision=precision, hardware_fingerprint=fingerprint,
+            batch_size=int(batch) if batch is not None else None, basis=basis, runs=len(members),
+            param_count=max((r.run.param_count for r in members if r.run.param_count is not None),
+                            default=None),
+            method=accounting.collapse_methods(d.method for r in members for d in r.run.domains.values()),
+            interval=accounting.interval95([r.fig.j_per_token for r in members]),
+            tokens_per_s=_mean(r.tokens_per_s for r in members),
+            phase_j_per_request={p: _mean(_per_request(r.fig.phase_energy_j.get(p), r.fig) for r in members)
+                                 or 0.0 for p in PHASE_ORDER},
+            prompt_tokens=_mean(_per_request(r.fig.prompt_tokens, r.fig) for r in members),
+            new_tokens=_mean(_per_request(r.fig.generated_tokens, r.fig) for r in members),
+            co2e_g_per_1k_own_grid=_mean(r.fig.co2e_g_per_1k_tokens for r in members) or 0.0,
+            usd_per_m_tokens=_mean(r.fig.usd_per_m_tokens for r in members) or 0.0,
+            latest_run_id=latest.id,
+            regions=len({r.run.region for r in members if r.run.region is not None}),
+            unpriced_runs=sum(r.unpriced for r in members),
+            run_ids=sorted(r.id for r in members),
+            uncertain_run_ids=sorted(r.id for r in members if r.uncertain),
+            partial_run_ids=sorted(partial.get(key, [])),
+            jpt_pue=[(r.fig.j_per_token, r.pue) for r in members],
+            hardware=lr.hardware if isinstance(lr.hardware, dict) else None,
+            model_shape=lr.model_shape, region=lr.region, intensity_g_per_kwh=lr.intensity_g_per_kwh,
+            intensity_source=lr.intensity_source, intensity_year=lr.intensity_year,
+            pue_min=min(pues), pue_max=max(pues), price_usd_per_kwh=lr.price_usd_per_kwh,
+        ))
+    out.sort(key=lambda m: (m.param_count is None, m.param_count or 0, str(m.model_name),
+                            str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint),
+                            m.basis != "attributed"))
+    return out
+
+
+def completed_rows(runs: Iterable["RunRecord"], *, fallback_intensity: float,
+                   fallback_price: float) -> list[RunRow]:
+    grids = _Grids(fallback_intensity, fallback_price)
+    return [run_row(r, grids) for r in runs if r.status == "completed"]
 
 
 def model_aggregates(store: "Store", *, fallback_intensity: float,
                      fallback_price: float) -> list[ModelAggregate]:
-    """Every (model, precision, hardware) group, computed with ``GROUP BY`` in the database."""
-    from sqlalchemy import case, func, select
-
-    from greenprof.store import schema as S
-
-    r = per_run_query(fallback_intensity, fallback_price).subquery("per_run")
-    stmt = (
-        select(
-            r.c.model_name, r.c.precision, r.c.hardware_fingerprint, r.c.batch_size,
-            func.count().label("n"),
-            func.avg(r.c.jpt).label("jpt"),
-            func.sum(r.c.jpt * r.c.jpt).label("jpt_sq"),
-            func.avg(r.c.tps).label("tps"),
-            func.avg(r.c.prefill_j).label("prefill_j"),
-            func.avg(r.c.decode_j).label("decode_j"),
-            func.avg(r.c.prefill_tokens).label("prefill_tokens"),
-            func.avg(r.c.decode_tokens).label("decode_tokens"),
-            func.avg(r.c.jpt_pue).label("jpt_pue"),
-            func.avg(r.c.jpt_pue_g).label("jpt_pue_g"),
-            func.avg(r.c.jpt_pue_usd).label("jpt_pue_usd"),
-            func.max(r.c.param_count).label("params"),
-            func.max(r.c.run_id).label("latest"),
-            func.count(func.distinct(r.c.region)).label("regions"),
-            func.sum(case((r.c.intensity_g_per_kwh.is_(None), 1), else_=0)).label("unpriced"),
-            func.max(r.c.n_methods).label("n_methods"),
-            func.count(func.distinct(r.c.method)).label("n_run_methods"),
-            func.min(r.c.method).label("method"),
-            func.min(r.c.pue).label("pue_min"),
-            func.max(r.c.pue).label("pue_max"),
-        )
-        .group_by(r.c.model_name, r.c.precision, r.c.batch_size, r.c.hardware_fingerprint)
-    )
-    out: list[ModelAggregate] = []
-    with store._read() as conn:  # typed errors for a locked or unreachable database
-        for row in conn.execute(stmt):
-            n = int(row.n)
-            mean = float(row.jpt)
-            n_methods = max(int(row.n_methods or 0), int(row.n_run_methods or 0))
-            out.append(ModelAggregate(
-                model_name=row.model_name, precision=row.precision,
-                hardware_fingerprint=row.hardware_fingerprint, runs=n,
-                batch_size=int(row.batch_size) if row.batch_size is not None else None,
-                param_count=int(row.params) if row.params is not None else None,
-                method=_collapse(n_methods, row.method),
-                j_per_token=mean, j_per_token_ci95=ci95(n, mean, float(row.jpt_sq)),
-                tokens_per_s=_f(row.tps), prefill_j_per_request=_f(row.prefill_j),
-                decode_j_per_request=_f(row.decode_j), prompt_tokens=_f(row.prefill_tokens),
-                new_tokens=_f(row.decode_tokens),
-                co2e_g_per_1k_own_grid=float(row.jpt_pue_g) * 1e3 / J_PER_KWH,
-                jpt_x_pue=float(row.jpt_pue),
-                usd_per_m_tokens=float(row.jpt_pue_usd) * 1e6 / J_PER_KWH,
-                latest_run_id=int(row.latest), regions=int(row.regions or 0),
-                unpriced_runs=int(row.unpriced or 0),
-                pue_min=_f(row.pue_min), pue_max=_f(row.pue_max),
-            ))
-        # descriptive columns from the latest run of each group: one row per group
-        by_latest = {m.latest_run_id: m for m in out}
-        ids = list(by_latest)
-        runs = S.runs
-        for i in range(0, len(ids), 500):
-            for row in conn.execute(
-                    select(runs.c.id, runs.c.hardware, runs.c.model_shape, runs.c.region,
-                           runs.c.intensity_g_per_kwh, runs.c.intensity_source, runs.c.intensity_year,
-                           runs.c.price_usd_per_kwh)
-                    .where(runs.c.id.in_(ids[i:i + 500]))):
-                m = by_latest[row.id]
-                m.hardware = row.hardware if isinstance(row.hardware, dict) else None
-                m.model_shape = row.model_shape
-                m.region = row.region
-                m.intensity_g_per_kwh = _f(row.intensity_g_per_kwh)
-                m.intensity_source = row.intensity_source
-                m.intensity_year = int(row.intensity_year) if row.intensity_year is not None else None
-                m.price_usd_per_kwh = _f(row.price_usd_per_kwh)
-    out.sort(key=lambda m: (m.param_count is None, m.param_count or 0, str(m.model_name),
-                            str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint)))
-    return out
+    """Every model group of the store's completed, complete runs (see the module docstring)."""
+    rows = completed_rows(store.list_runs(limit=None), fallback_intensity=fallback_intensity,
+                          fallback_price=fallback_price)
+    return aggregate(rows)
 
 
 def overview(store: "Store", *, fallback_intensity: float, fallback_price: float) -> Overview:
-    from sqlalchemy import case, func, select
+    runs = store.list_runs(limit=None)
+    rows = completed_rows(runs, fallback_intensity=fallback_intensity, fallback_price=fallback_price)
+    models = aggregate(rows)
+    return Overview(
+        total_runs=len(runs), completed_runs=len(rows), used_runs=sum(m.runs for m in models),
+        models=models,
+        partial_runs=sorted((r for r in rows if r.partial), key=lambda r: -r.id),
+        uncertain_runs=sorted((r for r in rows if r.uncertain), key=lambda r: -r.id),
+        gross_runs=sum(m.runs for m in models if m.basis == "gross"),
+        runs=runs,
+    )
 
-    from greenprof.store import schema as S
 
-    with store._read() as conn:  # typed errors for a locked or unreachable database
-        total, completed = conn.execute(
-            select(func.count(), func.coalesce(func.sum(case((S.runs.c.status == "completed", 1), else_=0)), 0))
-        ).one()
-    models = model_aggregates(store, fallback_intensity=fallback_intensity, fallback_price=fallback_price)
-    return Overview(int(total), int(completed), sum(m.runs for m in models), models)
-
-
-def default_timeline_run(store: "Store") -> int | None:
+def default_timeline_run(store: "Store", runs: Sequence["RunRecord"] | None = None) -> int | None:
     """The latest completed ``measure`` run; else the latest completed run with samples."""
-    from sqlalchemy import exists, func, select
-
-    from greenprof.store import schema as S
-
-    runs = S.runs
-    with store._read() as conn:  # typed errors for a locked or unreachable database
-        rid = conn.execute(select(func.max(runs.c.id))
-                           .where(runs.c.status == "completed", runs.c.kind == "measure")).scalar()
-        if rid is None:
-            has_samples = exists().where(S.samples.c.run_id == runs.c.id)
-            rid = conn.execute(select(func.max(runs.c.id))
-                               .where(runs.c.status == "completed", has_samples)).scalar()
-    return int(rid) if rid is not None else None
+    if runs is None:
+        runs = store.list_runs(limit=None)
+    completed = sorted((r for r in runs if r.status == "completed"), key=lambda r: -r.id)
+    for r in completed:
+        if r.kind == "measure":
+            return r.id
+    for r in completed:
+        if store.count_samples(r.id):
+            return r.id
+    return None
 
 
 def run_timeline(store: "Store", run_id: int, max_points: int = 1000) -> RunTimeline:
-    """The run's power per domain (at most ``max_points`` per domain, bucketed in SQL) and the
-    span of each phase (prefill, decode, other) from its segments."""
-    from sqlalchemy import func, select
-
-    from greenprof.store import RunNotFound
-    from greenprof.store import schema as S
-
-    seg = S.segments
-    with store._read() as conn:  # typed errors for a locked or unreachable database
-        run = conn.execute(select(S.runs.c.id, S.runs.c.model_name, S.runs.c.precision, S.runs.c.status,
-                                  S.runs.c.kind).where(S.runs.c.id == run_id)).first()
-        if run is None:
-            raise RunNotFound(f"no run {run_id} in {store.path or store.url}: see `greenprof runs`")
-        phases = {
-            kind: Phase(kind, float(lo), float(hi), int(n))
-            for kind, lo, hi, n in conn.execute(
-                select(seg.c.kind, func.min(seg.c.start_s), func.max(seg.c.start_s + seg.c.duration_s),
-                       func.count())
-                .where(seg.c.run_id == run_id).group_by(seg.c.kind))
-        }
+    """The run's power per domain (at most ``max_points`` per domain, bucketed by the database)
+    and the span of each phase (setup, prefill, decode, teardown, other) from its segments.
+    Raises :class:`greenprof.store.RunNotFound` for an unknown run."""
+    run = store.get_run(run_id)
+    phases: dict[str, Phase] = {}
+    for s in run.segments:
+        end = s.start_s + s.duration_s
+        ph = phases.get(s.kind)
+        if ph is None:
+            phases[s.kind] = Phase(s.kind, float(s.start_s), float(end), 1)
+        else:
+            ph.start_s, ph.end_s, ph.segments = min(ph.start_s, s.start_s), max(ph.end_s, end), ph.segments + 1
     lines = store.power_timeline(run_id, max_points=max_points)
     n = sum(sum(line.samples) for line in lines.values())
-    return RunTimeline(run.id, run.model_name, run.precision, run.status, run.kind, lines, phases, n)
+    return RunTimeline(
+        run.id, run.model_name, run.precision, run.status, run.kind, lines, phases, n,
+        methods={d: r.method for d, r in run.domains.items()},
+        lost={d: r.lost_reason for d, r in run.domains.items() if r.lost_reason},
+        uncertain={d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason})
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -35,7 +35,7 @@ def dashboard_cmd(
 ) -> None:
     """Write an HTML dashboard of every stored run (works offline) and print its path.
 
-    Charts: J per token vs parameters (95% CI), g CO2e per 1k tokens on several grids, prefill vs decode energy, a run's power timeline, tokens/s vs J per token with the Pareto front, $ per million tokens vs the GPT-4o mini API price, and a summary table per model.
+    Charts: J per token vs parameters (95% CI), g CO2e per 1k tokens on several grids, energy per request by phase, a run's power timeline, tokens/s vs J per token with the Pareto front, $ per million tokens vs the GPT-4o mini API price, and a summary table per model. Figures are the energy charged to each run (attributed; gross for runs stored before attribution, in groups of their own), each labelled measured, estimated, replayed or mixed. Partial runs (a domain lost mid-run) are left out of every average and listed apart; uncertain runs are averaged and marked.
     """
     import os
     from pathlib import Path

@@ -3,7 +3,9 @@
 The database holds real measurements: `measure_models` on the built-in `tiny` model at two
 precisions (real onnxruntime, the machine's own energy sources), and runs of the real Meter over
 replayed power traces saved through the store API with different parameter counts, one of them
-named like an XSS payload. The report is opened in Debian's Chromium (/usr/bin/chromium, driven by
+named like an XSS payload, labelled measured, estimated or replayed; a partial run (a domain lost
+mid-run), an uncertain run (a counter may have wrapped unseen) and runs stored as before
+attribution existed (gross energy only). The report is opened in Debian's Chromium (/usr/bin/chromium, driven by
 /usr/bin/chromedriver; never a downloaded browser) with every network path closed; the tests skip
 with a reason when Chromium, chromedriver or selenium is missing.
 
@@ -31,7 +33,7 @@ from typer.testing import CliRunner
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("plotly")
 
-from greenprof import carbon  # noqa: E402
+from greenprof import accounting, carbon  # noqa: E402
 from greenprof.cli_dashboard import register  # noqa: E402
 from greenprof.cli_runs import _Costing, summarize  # noqa: E402
 from greenprof.collectors.replay import PowerTrace, ReplayCounterCollector  # noqa: E402
@@ -101,20 +103,50 @@ def replay_measurement(scale: float, tokens: int = 8, token_s: float = 0.008):
     return meter.measurement
 
 
+def as_method(m, method: str):
+    """The same joules labelled as another source's: "measured" stands in for a RAPL/NVML machine,
+    "estimated" for the CPU-time estimate."""
+    return dataclasses.replace(m, method={d: method for d in m.method})
+
+
 def as_measured(m):
-    """The same joules labelled as a hardware counter's: stands in for a RAPL/NVML machine."""
-    return dataclasses.replace(m, method={d: "measured" for d in m.method})
+    return as_method(m, "measured")
 
 
-#: synthetic models (name, params, precision, watts scale, seconds per token, repeats, measured?)
+#: synthetic models (name, params, precision, watts scale, seconds per token, repeats, method)
 SYNTHETIC = [
-    ("SmolLM-135M", 134_515_008, "fp32", 0.5, 0.008, 3, True),
-    ("SmolLM-360M", 361_821_120, "fp32", 1.0, 0.004, 3, True),
-    ("SmolLM-360M", 361_821_120, "int8", 0.6, 0.008, 2, False),
-    ("SmolLM-1.7B", 1_711_376_384, "int4", 2.0, 0.00005, 2, False),  # fast: on the Pareto front
-    (XSS, 1_000_000_000, "fp32", 1.5, 0.008, 2, False),
-    (IMG_XSS, 2_000_000_000, "int8", 1.8, 0.008, 1, False),
+    ("SmolLM-135M", 134_515_008, "fp32", 0.5, 0.008, 3, "measured"),
+    ("SmolLM-360M", 361_821_120, "fp32", 1.0, 0.004, 3, "measured"),
+    ("SmolLM-360M", 361_821_120, "int8", 0.6, 0.008, 2, "estimated"),
+    ("SmolLM-1.7B", 1_711_376_384, "int4", 2.0, 0.00005, 2, "replayed"),  # fast: on the Pareto front
+    (XSS, 1_000_000_000, "fp32", 1.5, 0.008, 2, "estimated"),
+    (IMG_XSS, 2_000_000_000, "int8", 1.8, 0.008, 1, "replayed"),
 ]
+#: runs stored as before attribution existed (gross energy only): a group of their own
+GROSS_MODEL = ("SmolLM-360M", 361_821_120, "fp32", 1.1, 0.004, 2, "measured")
+
+
+def forget_attribution(store, run_ids) -> None:
+    """Make runs look stored before schema 0003: no attributed energy, share or scope (the
+    migration adds those columns empty). Only the database rows change."""
+    from sqlalchemy import update
+
+    from greenprof.store import schema as S
+
+    with store.engine.begin() as conn:
+        conn.execute(update(S.run_domains).where(S.run_domains.c.run_id.in_(run_ids))
+                     .values(attributed_energy_j=None, share=None, scope=None))
+        conn.execute(update(S.segment_energy).where(S.segment_energy.c.run_id.in_(run_ids))
+                     .values(attributed_energy_j=None))
+
+
+def store_run(store, name, params, prec, m, grid=FRA) -> int:
+    rid = store.start_run(model_name=name, model_shape=name, param_count=params, precision=prec,
+                          prompt_tokens=16, new_tokens=8, region=grid.region,
+                          intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
+                          intensity_year=grid.year, pue=1.2, price_usd_per_kwh=0.2)
+    store.finish_run(rid, m)
+    return rid
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +162,24 @@ def report_db(tmp_path_factory):
                                             new_tokens=8, prompt_tokens=8), settings=settings)
         measured_tiny.append(doc["summary"][0])
     with open_store(path) as store:
-        for k, (name, params, prec, scale, token_s, repeats, measured) in enumerate(SYNTHETIC):
+        for k, (name, params, prec, scale, token_s, repeats, method) in enumerate(SYNTHETIC):
             grid = POL if k % 2 else FRA
             for r in range(repeats):
-                m = replay_measurement(scale * (1 + 0.05 * r), token_s=token_s)
-                if measured:
-                    m = as_measured(m)
-                rid = store.start_run(model_name=name, model_shape=name, param_count=params, precision=prec,
-                                      prompt_tokens=16, new_tokens=8, region=grid.region,
-                                      intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
-                                      intensity_year=grid.year, pue=1.2, price_usd_per_kwh=0.2)
-                store.finish_run(rid, m)
+                m = as_method(replay_measurement(scale * (1 + 0.05 * r), token_s=token_s), method)
+                store_run(store, name, params, prec, m, grid)
+        name, params, prec, scale, token_s, repeats, method = GROSS_MODEL
+        gross = [store_run(store, name, params, prec,
+                           as_method(replay_measurement(scale * (1 + 0.05 * r), token_s=token_s), method))
+                 for r in range(repeats)]
+        forget_attribution(store, gross)
+        # a SmolLM-135M run that lost its GPU mid-run: ten times the energy it would have had, so
+        # averaging it in would show; it must be left out of its group and listed
+        lost = dataclasses.replace(as_measured(replay_measurement(5.0)), lost={"gpu-0": "GPU fell off the bus"})
+        partial = store_run(store, "SmolLM-135M", 134_515_008, "fp32", lost)
+        # a SmolLM-360M fp32 run whose package counter may have wrapped unseen: averaged, and marked
+        unsure = dataclasses.replace(as_measured(replay_measurement(1.1, token_s=0.004)),
+                                     uncertain={"cpu-package-0": "no read for 50 s: a wrap may be missed"})
+        uncertain = store_run(store, "SmolLM-360M", 361_821_120, "fp32", unsure)
         failed = store.start_run(model_name="broken", precision="fp32")
         store.finish_run(failed, None, status="failed", error="model file not found")
         # the latest completed measure run: the one drawn by default
@@ -149,7 +188,8 @@ def report_db(tmp_path_factory):
                                  intensity_g_per_kwh=FRA.intensity_g_per_kwh, intensity_source=FRA.source,
                                  intensity_year=FRA.year, pue=1.2, price_usd_per_kwh=0.2)
         store.finish_run(latest, as_measured(replay_measurement(0.5, tokens=24, token_s=0.01)))
-    return path, {"tiny": measured_tiny, "latest": latest, "failed": failed}
+    return path, {"tiny": measured_tiny, "latest": latest, "failed": failed, "gross": gross,
+                  "partial": partial, "uncertain": uncertain}
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +306,15 @@ def test_every_chart_has_drawn_data(page):
     for cid, c in state.items():
         assert c["traces"] > 0, cid
         assert c["points"] + c["bars"] + c["lines"] > 0, cid
-    # 1: log-log, a series per precision and method, CI error bars, measured vs estimated in the legend
+    # 1: log-log, a series per precision, method and basis, CI error bars; the legend says what
+    # each series' energy is
     params = state["fig-params"]
     assert params["points"] >= 8 and params["errorbars"] >= 5
     legend = set(params["legend"])
-    assert {"fp32 · measured", "fp32 · estimated", "int8 · estimated"} <= legend
+    assert {"fp32 · measured energy (attributed)", "fp32 · estimated energy (attributed)",
+            "int8 · estimated energy (attributed)", "int4 · replayed energy (attributed)",
+            "fp32 · measured energy (gross)"} <= legend
+    assert not any("mixed" in t for t in legend)
     layout = driver.execute_script("var gd = document.getElementById('fig-params');"
                                    "return [gd.layout.xaxis.type, gd.layout.yaxis.type,"
                                    " gd.data.map(t => t.marker.symbol)]")
@@ -280,8 +324,9 @@ def test_every_chart_has_drawn_data(page):
     co2 = state["fig-co2"]
     assert co2["traces"] == 1 + 6 + 1
     assert any("California" in t for t in co2["legend"]) and sum("FRA" in t for t in co2["legend"]) == 1
-    # 3: stacked prefill + decode
-    assert state["fig-phases"]["traces"] == 2
+    # 3: stacked phases: prefill and decode always (setup and teardown where a run has them)
+    assert {"prefill (prompt)", "decode (generation)"} <= set(state["fig-phases"]["legend"])
+    assert 2 <= state["fig-phases"]["traces"] <= 4
     assert driver.execute_script("return document.getElementById('fig-phases').layout.barmode") == "stack"
     # 5: the Pareto front is its own trace, over the models no other beats on both axes
     assert "Pareto front" in state["fig-pareto"]["legend"]
@@ -290,7 +335,9 @@ def test_every_chart_has_drawn_data(page):
                                   "return [t.x, t.y, gd.querySelectorAll('.scatterlayer .trace:last-child path.point').length]")
     assert front[2] == len(front[0]) >= 1
     assert front[0] == sorted(front[0]) and front[1] == sorted(front[1])  # cheaper to faster
-    # 6: the GPT-4o mini reference lines, labelled
+    # 6: the GPT-4o mini reference lines, labelled; a bar series per kind of energy
+    assert {"electricity, measured energy (attributed)", "electricity, estimated energy (attributed)",
+            "electricity, measured energy (gross)"} <= set(state["fig-cost"]["legend"])
     assert any("$0.60/M" in t for t in state["fig-cost"]["legend"])
     assert any("$0.15/M" in t for t in state["fig-cost"]["legend"])
     # 4: one line per domain
@@ -319,17 +366,83 @@ def test_table_has_a_row_per_model(page, report_db):
     path, _ = report_db
     with open_store(path) as store:
         runs = store.list_runs(limit=None)
-    groups = {(r.model_name, r.precision, r.hardware_fingerprint) for r in runs
-              if r.status == "completed"}
+    groups = {(r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, accounting.record_basis(r))
+              for r in runs if r.status == "completed" and not any(d.lost_reason for d in r.domains.values())}
     rows = driver.find_elements("css selector", "#summary tbody tr")
-    assert len(rows) == len(groups) == len(SYNTHETIC) + 2  # six synthetic models + tiny at two precisions
+    # six synthetic models, tiny at two precisions, and the runs stored before attribution
+    assert len(rows) == len(groups) == len(SYNTHETIC) + 2 + 1
     names = [r.find_element("css selector", "td.model").text for r in rows]
     assert "broken" not in names  # the failed run is not charted
     assert names.count("tiny") == 2
     head = [th.text.lower() for th in driver.find_elements("css selector", "#summary thead th")]
-    for col in ("model", "params", "precision", "hardware", "method", "grid intensity", "intensity source",
-                "year", "pue", "runs", "95% ci"):
+    for col in ("model", "params", "precision", "hardware", "method", "basis", "grid intensity",
+                "intensity source", "year", "pue", "runs", "95% ci"):
         assert any(col in h for h in head), col
+    # every row says its method and basis; the gross runs are their own row, labelled gross
+    for r in rows:
+        assert r.find_element("css selector", "td.method").text in ("measured", "estimated", "replayed", "mixed")
+        assert r.find_element("css selector", "td.basis").text in ("attributed", "gross")
+    gross = [r for r in rows if r.find_element("css selector", "td.basis").text == "gross"]
+    assert [(r.find_element("css selector", "td.model").text, r.find_element("css selector", "td.runs").text)
+            for r in gross] == [("SmolLM-360M", str(len(facts["gross"])))]
+
+
+def test_partial_and_uncertain_runs_are_marked_and_not_averaged_silently(page):
+    """The partial run is left out of its group, and the page says so three times: in the notes,
+    in its group's row, and in the list of flagged runs. The uncertain run is averaged and marked."""
+    driver, _, facts = page
+    notes = driver.find_element("css selector", "ul.notes").text
+    assert "1 partial run(s) left out of every average" in notes and str(facts["partial"]) in notes
+    assert "uncertain" in notes and str(facts["uncertain"]) in notes
+    assert "1 partial run left out" in driver.find_element("css selector", "header").text
+    rows = {(r.find_element("css selector", "td.model").text, r.find_element("css selector", "td.basis").text,
+             r.find_elements("css selector", "td")[2].text.split()[0]): r
+            for r in driver.find_elements("css selector", "#summary tbody tr")}
+    small = rows[("SmolLM-135M", "attributed", "fp32")].find_element("css selector", "td.runs").text
+    # three synthetic runs and the latest one; the partial run is left out
+    assert small.splitlines() == ["4", "1 partial left out"]
+    mid = rows[("SmolLM-360M", "attributed", "fp32")].find_element("css selector", "td.runs").text
+    assert mid.splitlines() == ["4", "1 uncertain"]  # averaged, and marked
+    flagged = {int(r.get_attribute("data-run-id")): r for r in
+               driver.find_elements("css selector", "#flagged-runs tbody tr")}
+    assert sorted(flagged) == sorted([facts["partial"], facts["uncertain"]])
+    p = flagged[facts["partial"]].text
+    assert "partial" in p and "gpu-0 lost: GPU fell off the bus" in p and "left out" in p
+    assert "measured energy (attributed)" in p
+    u = flagged[facts["uncertain"]].text
+    assert "uncertain" in u and "cpu-package-0 uncertain" in u and "yes" in u
+    # hovering the uncertain group's point says so
+    hover = driver.execute_script("""
+        var gd = document.getElementById('fig-params');
+        for (var c = 0; c < gd.data.length; c++) {
+          var i = gd.data[c].text.findIndex(t => t === 'SmolLM-360M · fp32');
+          if (i >= 0) { Plotly.Fx.hover(gd, [{curveNumber: c, pointNumber: i}]); break; }
+        }
+        return Array.from(gd.querySelectorAll('.hoverlayer text')).map(t => t.textContent).join(' | ');""")
+    assert "1 of 4 runs uncertain" in hover and "measured energy (attributed)" in hover, hover
+
+
+def test_cost_bars_say_what_energy_they_are(page):
+    """An estimated model's cost bar is in the "estimated energy" series and nowhere else."""
+    driver, _, _ = page
+    traces = driver.execute_script("return document.getElementById('fig-cost').data"
+                                   ".filter(t => t.type === 'bar').map(t => [t.name, t.x, t.y])")
+    bar_of: dict[str, list[str]] = {}
+    for name, xs, ys in traces:
+        for x, y in zip(xs, ys):
+            if y is not None:
+                bar_of.setdefault(x, []).append(name)
+    assert all(len(v) == 1 for v in bar_of.values())  # one bar per model
+    assert bar_of["SmolLM-360M · int8"] == ["electricity, estimated energy (attributed)"]
+    assert bar_of["SmolLM-1.7B · int4"] == ["electricity, replayed energy (attributed)"]
+    assert bar_of["SmolLM-360M · fp32"] == ["electricity, measured energy (attributed)"]
+    assert bar_of["SmolLM-360M · fp32 · gross"] == ["electricity, measured energy (gross)"]
+    ticks = driver.execute_script("return Array.from(document.querySelectorAll('#fig-cost .xtick text'))"
+                                  ".map(t => t.textContent)")
+    assert any(t.startswith("SmolLM-360M · int8") and t.endswith("estimated energy (attributed)") for t in ticks)
+    caption = driver.find_element("css selector", "#fig-cost").find_element(
+        "xpath", "./ancestor::section/p").text
+    assert "Measured energy" not in caption
 
 
 def test_user_strings_render_as_text(page, report):
@@ -425,10 +538,10 @@ def test_run_option_draws_that_run(report_db, tmp_path):
 
 
 def test_aggregates_match_the_per_run_summaries(report_db):
-    """The SQL GROUP BY figures equal `greenprof runs`' per-run figures averaged in Python, and the
-    interval equals greenprof.models.runner.summarize's."""
+    """The model figures equal `greenprof runs`' per-run figures (greenprof.cli_runs.summarize)
+    averaged in Python, the interval is greenprof.accounting.interval95 over the runs' J per
+    token, and partial runs are left out."""
     from greenprof.dashboards import queries
-    from greenprof.models.runner import summarize as ci_summary
 
     path, facts = report_db
     settings = load_settings({"db": str(path)})
@@ -437,40 +550,124 @@ def test_aggregates_match_the_per_run_summaries(report_db):
         runs = store.list_runs(limit=None)
         aggs = queries.model_aggregates(store, fallback_intensity=475.0, fallback_price=0.1259)
     by_key: dict[tuple, list[dict]] = {}
+    partial: dict[tuple, list[int]] = {}
     for r in runs:
         s = summarize(r, costing)
-        if r.status == "completed" and s["j_per_token"] is not None:
-            by_key.setdefault((r.model_name, r.precision, r.hardware_fingerprint), []).append(s)
+        key = (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, s["basis"])
+        if r.status == "completed" and s["partial"]:
+            partial.setdefault(key, []).append(r.id)
+        elif r.status == "completed" and s["j_per_token"] is not None:
+            by_key.setdefault(key, []).append(s)
+    assert [(k[0], k[1], k[4], v) for k, v in partial.items()] == [
+        ("SmolLM-135M", "fp32", "attributed", [facts["partial"]])]
     assert len(aggs) == len(by_key)
     for a in aggs:
-        rows = by_key[(a.model_name, a.precision, a.hardware_fingerprint)]
+        key = (a.model_name, a.precision, a.batch_size, a.hardware_fingerprint, a.basis)
+        rows = by_key[key]
+        assert {s["basis"] for s in rows} == {a.basis}  # one basis per group
         jpt = [s["j_per_token"] for s in rows]
-        mean, lo, hi = ci_summary(jpt)
-        assert a.runs == len(rows)
-        assert a.j_per_token == pytest.approx(mean, rel=1e-12)
+        iv = accounting.interval95(jpt)
+        assert a.runs == len(rows) and a.run_ids == sorted(s["id"] for s in rows)
+        assert a.interval == iv and a.j_per_token == iv.mean
+        assert a.j_per_token == pytest.approx(sum(jpt) / len(jpt), rel=1e-12)
         if len(rows) > 1:
-            assert a.j_per_token_ci95 == pytest.approx((lo, hi), rel=1e-9)
+            assert a.j_per_token_ci95 == [iv.lo, iv.hi] and 0 < iv.lo < a.j_per_token < iv.hi
+            assert iv.method == "lognormal-cox"
         else:
-            assert all(math.isnan(x) for x in a.j_per_token_ci95)
+            assert a.j_per_token_ci95 is None and a.interval.lo is None and a.interval.hi is None
+        assert a.partial_run_ids == partial.get(key, [])
+        assert a.uncertain_run_ids == sorted(s["id"] for s in rows if s["uncertain"])
+        assert a.method == accounting.collapse_methods(m for s in rows for m in s["methods"].values())
         assert a.tokens_per_s == pytest.approx(sum(s["tokens_per_s"] for s in rows) / len(rows), rel=1e-12)
         assert a.co2e_g_per_1k_own_grid == pytest.approx(
             sum(s["co2e_g_per_1k_tokens"] for s in rows) / len(rows), rel=1e-12)
         assert a.usd_per_m_tokens == pytest.approx(sum(s["usd_per_m_tokens"] for s in rows) / len(rows), rel=1e-12)
-        assert a.prefill_j_per_request == pytest.approx(
-            sum(s["prefill_energy_j"] for s in rows) / len(rows), rel=1e-12)
-        assert a.decode_j_per_request == pytest.approx(
-            sum(s["decode_energy_j"] for s in rows) / len(rows), rel=1e-12)
-        assert a.method == rows[0]["method"]
+        for phase in ("prefill", "decode"):
+            assert a.phase_j_per_request[phase] == pytest.approx(
+                sum(s[f"{phase}_energy_j"] or 0.0 for s in rows) / len(rows), rel=1e-12)
+        assert math.fsum(a.phase_j_per_request.values()) == pytest.approx(
+            sum(s["j_per_request"] for s in rows) / len(rows), rel=1e-12)
         # what-if: the same joules on Poland's grid, at the runs' own PUE
         assert a.co2e_g_per_1k_at(POL.intensity_g_per_kwh) == pytest.approx(
-            sum(carbon.co2e_g_per_1k_tokens(s["j_per_token"], POL.intensity_g_per_kwh, s["pue"])
+            sum(accounting.co2e_g_per_1k_tokens(s["j_per_token"], POL.intensity_g_per_kwh, s["pue"])
                 for s in rows) / len(rows), rel=1e-12)
-    # the tiny runs measured by measure_models: same J/token as it reported
+    # the tiny runs measured by measure_models: same J/token and interval as it reported
     for doc in facts["tiny"]:
         (a,) = [x for x in aggs if x.model_name == "tiny" and x.precision == doc["precision"]]
+        assert a.basis == doc["basis"] == "attributed"
         assert a.j_per_token == pytest.approx(doc["j_per_token"], rel=1e-9)
-        assert a.j_per_token_ci95 == pytest.approx(tuple(doc["j_per_token_ci95"]), rel=1e-9)
+        assert a.j_per_token_ci95 == pytest.approx(doc["j_per_token_ci95"], rel=1e-9)
         assert a.param_count == doc["params"]
+    # the runs stored before attribution are a gross group of their own, never averaged with the
+    # attributed runs of the same model
+    (g,) = [a for a in aggs if a.basis == "gross"]
+    assert g.run_ids == sorted(facts["gross"]) and g.energy_label == "measured energy (gross)"
+    (att,) = [a for a in aggs if a.model_name == "SmolLM-360M" and a.precision == "fp32" and a.basis == "attributed"]
+    assert not set(att.run_ids) & set(g.run_ids) and facts["uncertain"] in att.uncertain_run_ids
+
+
+def test_interval_never_negative_and_none_for_one_run(tmp_path):
+    """Two runs 4x apart: a Student-t interval would go below zero; accounting.interval95's
+    log-normal one does not. One run: no interval, and the table and the chart say so."""
+    from greenprof.dashboards import build_report, figures as F, queries
+
+    db = tmp_path / "iv.db"
+    with open_store(db) as store:
+        for scale in (0.5, 2.0):
+            store_run(store, "spread", 100_000_000, "fp32", replay_measurement(scale))
+        store_run(store, "single", 200_000_000, "fp32", replay_measurement(1.0))
+        aggs = {a.model_name: a for a in queries.model_aggregates(store, fallback_intensity=475.0,
+                                                                  fallback_price=0.1)}
+        html = build_report(store, settings=load_settings({"db": str(db)}))
+    spread, single = aggs["spread"], aggs["single"]
+    values = [v for v, _ in spread.jpt_pue]
+    assert spread.interval == accounting.interval95(values)
+    mean, sd = spread.j_per_token, (sum((v - spread.j_per_token) ** 2 for v in values) / 1) ** 0.5
+    assert mean - accounting.t_quantile(0.975, 1) * sd / math.sqrt(2) < 0  # what Student-t would give
+    assert 0 < spread.interval.lo < spread.j_per_token < spread.interval.hi
+    assert single.runs == 1 and single.interval.lo is None and single.j_per_token_ci95 is None
+    fig = F.energy_vs_params([spread, single], F.model_labels([spread, single]), {})
+    (trace,) = fig["data"]
+    assert trace["error_y"]["arrayminus"][1] == 0.0 and trace["error_y"]["array"][1] == 0.0
+    assert 0 < trace["error_y"]["arrayminus"][0] < spread.j_per_token  # the bar stays above zero
+    assert "(1 run: no interval)" in html
+
+
+def test_estimated_only_report_never_says_measured(tmp_path):
+    """A store of estimated runs: the cost chart says "estimated energy", never "measured energy"."""
+    from greenprof.dashboards import build_report, contrasting_grids, figures as F, queries
+
+    db = tmp_path / "est.db"
+    with open_store(db) as store:
+        for r in range(2):
+            store_run(store, "est", 100_000_000, "fp32", as_method(replay_measurement(1 + 0.1 * r), "estimated"))
+        aggs = queries.model_aggregates(store, fallback_intensity=475.0, fallback_price=0.1)
+        html = build_report(store, settings=load_settings({"db": str(db)}))
+    labels = F.model_labels(aggs)
+    fig = F.cost(aggs, labels)
+    bars = [t for t in fig["data"] if t["type"] == "bar"]
+    assert [t["name"] for t in bars] == ["electricity, estimated energy (attributed)"]
+    grids, _ = contrasting_grids()
+    for f in (fig, F.co2e_by_grid(aggs, labels, grids), F.prefill_decode(aggs, labels),
+              F.energy_vs_params(aggs, labels, {}), F.pareto(aggs, labels, {})):
+        text = json.dumps(f)
+        assert "estimated energy (attributed)" in text and "measured energy" not in text
+    assert "measured energy" not in html.split("<script>")[0].lower()  # nor anywhere on the page
+    assert "estimated energy (attributed)" in html
+
+
+def test_only_partial_runs_still_say_why_nothing_is_averaged(tmp_path):
+    """Every completed run partial: no model aggregate, a page that lists the runs and says why."""
+    from greenprof.dashboards import build_report
+
+    db = tmp_path / "p.db"
+    with open_store(db) as store:
+        rid = store_run(store, "lossy", 100_000_000, "fp32",
+                        dataclasses.replace(replay_measurement(1.0), lost={"gpu-0": "GPU lost"}))
+        html = build_report(store, settings=load_settings({"db": str(db)}))
+    assert 'id="empty-hint"' not in html
+    assert "No complete run to aggregate" in html and f'data-run-id="{rid}"' in html
+    assert "1 partial run(s) left out of every average" in html
 
 
 def test_pareto_front():
@@ -560,6 +757,7 @@ def test_postgresql_aggregates_match(postgres_url):
         a = aggs[name]
         assert a.runs == len(rows)
         assert a.j_per_token == pytest.approx(sum(s["j_per_token"] for s in rows) / len(rows), rel=1e-9)
+        assert a.interval == accounting.interval95([s["j_per_token"] for s in rows])
         assert a.co2e_g_per_1k_own_grid == pytest.approx(
             sum(s["co2e_g_per_1k_tokens"] for s in rows) / len(rows), rel=1e-9)
     assert 'id="fig-timeline"' in html and "pg-big" in html
