@@ -131,10 +131,10 @@ def bench_sampler(root: str, hz: float, seconds: float) -> dict:
         sampler = next(t for t in threading.enumerate() if t.name == SAMPLER_NAME and t.is_alive())
         read_cpu, how = thread_cpu_reader(sampler)
         c0, p0, w0 = read_cpu(), time.process_time(), time.perf_counter()
-        n0 = len(meter._samples)
+        n0 = len(meter._hub.samples)
         time.sleep(seconds)
         c1, p1, w1 = read_cpu(), time.process_time(), time.perf_counter()
-        n1 = len(meter._samples)
+        n1 = len(meter._hub.samples)
     wall = w1 - w0
     return {
         "share": (c1 - c0) / wall,

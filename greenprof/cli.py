@@ -38,7 +38,8 @@ def _root(
     """Energy and carbon accounting for LLM inference.
 
     Energy comes from RAPL (Linux powercap) and NVML where the machine has them, else from a
-    clearly labelled estimate (this process's CPU time x per-thread TDP). Run `greenprof sensors`
+    clearly labelled estimate (this process's CPU time x the power of a busy thread: a share of
+    the TDP on bare metal, a published per-vCPU figure in a VM). Run `greenprof sensors`
     to see which applies here.
     """
 

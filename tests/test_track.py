@@ -442,3 +442,45 @@ def test_collectors_choose_the_domains(tmp_path, monkeypatch):
         burn(0.01)
     assert list(t.measurement.energy_j) == ["cpu-package-0"]
     assert rows(db, "select domain from run_domains where run_id = ?", t.run_id) == [("cpu-package-0",)]
+
+
+# -- one definition of J per token, everywhere -----------------------------------------------------
+def test_tokens_counted_by_track_reach_runs_show_compare_and_export(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "t.db")
+    with greenprof.track(model="m", db=db) as t:
+        burn(0.05)
+        t.add_tokens(10)
+
+    @greenprof.track(model="m", db=db, tokens=lambda out: len(out))
+    def answer():
+        burn(0.05)
+        return [1] * 12
+
+    answer()
+    u = answer.greenprof_track.last
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "greenprof.cli", *args, "--db", db],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    runs = {r["id"]: r for r in json.loads(cli("runs", "--json"))["runs"]}
+    for tracker, n in ((t, 10), (u, 12)):
+        row = runs[tracker.run_id]
+        assert row["decode_tokens"] == n
+        assert row["j_per_token"] == pytest.approx(tracker.j_per_token, rel=1e-9)
+        assert row["energy_j"] == pytest.approx(tracker.energy_j, rel=1e-9)
+        assert row["co2e_g_per_1k_tokens"] is not None and row["usd_per_m_tokens"] is not None
+        assert row["phases_marked"] is False  # a block without marks: its whole energy is decode
+    shown = json.loads(cli("show", str(t.run_id), "--json"))["summary"]
+    assert shown["j_per_token"] == pytest.approx(t.j_per_token, rel=1e-9)
+    cmp = json.loads(cli("compare", str(t.run_id), str(u.run_id), "--json"))
+    assert cmp["ratios_b_over_a"]["j_per_token"] == pytest.approx(u.j_per_token / t.j_per_token, rel=1e-9)
+    assert cmp["ratios_b_over_a"]["energy_j"] == pytest.approx(u.energy_j / t.energy_j, rel=1e-9)
+    csv_text = cli("export", "--format", "csv")
+    assert "j_per_token" in csv_text.splitlines()[0] and csv_text.count("\n") == 3
