@@ -75,8 +75,34 @@ def software() -> dict:
     return out
 
 
+#: Set to name this machine in a shared database (several hosts writing to one PostgreSQL).
+HOST_ID_ENV = "GREENPROF_HOST_ID"
+MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
 def host() -> str:
-    return socket.gethostname() or os.uname().nodename
+    """This machine's stable id, stored with every run: ``GREENPROF_HOST_ID`` when set, else the
+    host name plus a short hash of the OS's machine id (/etc/machine-id), so two containers or
+    VMs that share a host name ("localhost") are still told apart, and a renamed host is not
+    (the hash is of the id, never the id itself)."""
+    env = os.environ.get(HOST_ID_ENV, "").strip()
+    if env:
+        return env[:255]
+    return _default_host_id()
+
+
+@lru_cache(maxsize=1)
+def _default_host_id() -> str:
+    name = socket.gethostname() or os.uname().nodename or "host"
+    for path in MACHINE_ID_PATHS:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                mid = f.read().strip()
+        except OSError:
+            continue
+        if mid:
+            return f"{name}-{hashlib.sha256(mid.encode()).hexdigest()[:8]}"
+    return name
 
 
 def pid_alive(pid: int | None, started_at: datetime | None = None) -> bool:

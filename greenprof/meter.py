@@ -254,6 +254,8 @@ class _Hub:
         self.thread: threading.Thread | None = None
         self.sampler_error: str | None = None
         self.refs = 0
+        self.hold_hz = 0.0  # the highest sample rate a ProcessReader holding this hub asked for
+        self.idle_j: list[float] = [0.0] * len(collectors)  # gross J while no window was open
         self.last_vals = self._read_vals(self.readers)
         self._share_point(self.clock())
 
@@ -351,6 +353,10 @@ class _Hub:
         self.last_vals = vals
         if self.windows:
             self._distribute(delta)
+        else:
+            idle = self.idle_j
+            for i, d in enumerate(delta):
+                idle[i] += d
         return t, vals
 
     def _share_point(self, t: float) -> int:
@@ -419,8 +425,8 @@ class _Hub:
         for o in self.windows:
             o._row(t, "end" if o is w else None, vals, idx)
         self.windows.remove(w)
-        if self.windows:
-            self.sample_hz = max(o.sample_hz for o in self.windows)
+        if self.windows or self.hold_hz:
+            self.sample_hz = max([o.sample_hz for o in self.windows] + [self.hold_hz])
             alive = {o._tid for o in self.windows}
             for tid in list(self.thread_clocks):
                 if tid not in alive:
@@ -532,6 +538,77 @@ def _hub_key(spec: Any, clock: Callable, discover_kwargs: dict) -> Any:
         env = (os.environ.get("GREENPROF_POWERCAP_ROOT"), os.environ.get("GREENPROF_REPLAY"),
                os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("GREENPROF_CPU_TDP_W"))
     return (s, ("id", id(clock)), tuple(sorted((k, norm(v)) for k, v in discover_kwargs.items())), env)
+
+
+class ProcessReader:
+    """Holds the process-wide reader of a collector set open between measurement windows (a
+    server, an exporter) and reads its cumulative counters.
+
+        with ProcessReader(collectors="auto", sample_hz=1) as r:
+            ...  # Meter windows on the same collector set share its counters
+            snap = r.read()  # gross J per domain since open, and the part no window was open for
+
+    ``read()`` returns ``{"t_s", "energy_j": {domain: gross J}, "idle_energy_j": {domain: gross J
+    while no window was open}, "method": {domain: ...}, "scope": {...}}``: ``energy_j`` is a
+    monotonic counter suitable for a Prometheus ``_total``; ``idle_energy_j`` is the energy between
+    requests (not charged to any of them).
+    """
+
+    def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 1.0,
+                 clock: Callable[[], float] = time.perf_counter, **discover_kwargs) -> None:
+        self._probe = Meter(collectors=collectors, sample_hz=sample_hz, clock=clock, **discover_kwargs)
+        self.sample_hz = float(sample_hz)
+        self._hub: _Hub | None = None
+        self._origin: list[float] = []
+        self._idle0: list[float] = []
+        self._t0 = 0.0
+
+    def start(self) -> "ProcessReader":
+        if self._hub is not None:
+            raise UsageError("this ProcessReader is already open")
+        hub = self._probe._open_hub()
+        with hub.lock:
+            hub.hold_hz = max(hub.hold_hz, self.sample_hz)
+            hub.sample_hz = max(hub.sample_hz, self.sample_hz)
+            t, vals = hub.read()
+            self._origin = list(vals)
+            self._idle0 = list(hub.idle_j)
+            self._t0 = t
+            hub.ensure_sampler()
+        self._hub = hub
+        return self
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self._hub.domains) if self._hub is not None else []
+
+    def read(self) -> dict:
+        hub = self._hub
+        if hub is None:
+            raise UsageError("the ProcessReader is not open: use `with ProcessReader() as r:`")
+        with hub.lock:
+            t, vals = hub.read()
+            idle = list(hub.idle_j)
+        return {
+            "t_s": t - self._t0,
+            "energy_j": {d: v - o for d, v, o in zip(hub.domains, vals, self._origin)},
+            "idle_energy_j": {d: v - o for d, v, o in zip(hub.domains, idle, self._idle0)},
+            "method": {d: c.method for d, c in zip(hub.domains, hub.collectors)},
+            "scope": dict(zip(hub.domains, hub.scopes)),
+            "lost": {hub.domains[i]: why for i, (why, _t) in hub.lost.items()},
+        }
+
+    def close(self) -> None:
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            self._probe._release_hub(hub)
+
+    def __enter__(self) -> "ProcessReader":
+        return self.start()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 # --------------------------------------------------------------------------------------------

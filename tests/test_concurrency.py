@@ -210,3 +210,22 @@ def test_importing_the_tracking_module_keeps_greenprof_track_callable():
     import greenprof.tracking  # noqa: F401
 
     assert callable(greenprof.track) and greenprof.track.__name__ == "track"
+
+
+def test_a_process_reader_keeps_the_counters_and_tells_idle_from_window_energy():
+    """A server holds the reader open; energy while no window is open is idle, never charged."""
+    from greenprof.meter import ProcessReader
+
+    col = MachineCounter(power_w=20.0)
+    with ProcessReader(collectors=[col], sample_hz=20) as reader:
+        time.sleep(0.2)  # idle
+        with Meter(collectors=[col], sample_hz=20, split=True) as w:
+            time.sleep(0.2)
+        time.sleep(0.1)  # idle again
+        snap = reader.read()
+    total = snap["energy_j"]["cpu-package-0"]
+    idle = snap["idle_energy_j"]["cpu-package-0"]
+    window = w.measurement.energy_j["cpu-package-0"]
+    assert total == pytest.approx(20.0 * snap["t_s"], rel=0.02)
+    assert idle + window == pytest.approx(total, rel=1e-6)  # every joule is idle or in the window
+    assert idle == pytest.approx(20.0 * 0.3, rel=0.25)
