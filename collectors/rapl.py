@@ -260,12 +260,7 @@ class RaplCollector(CounterCollector):
             return self._read_tracked(self._read_raw(), t, None)
         rec = w.record(self._slot)  # loaded before our pread: the watcher's read came first
         t = _now_ns()
-        try:
-            raw = int(_pread(self._fd, 32, 0))
-        except (OSError, ValueError) as exc:
-            raise self._lost(exc) from None
-        if raw < 0 or raw > self.range_uj:
-            raise self._lost(f"read {raw}, outside 0..{self.range_uj}")
+        raw = self._read_raw()
         if rec is not None and t - rec[2] < self._wrap_ns:
             return self._resolve(rec, raw, t)
         # Too old: we may have lost the GIL between loading it and reading; once more.

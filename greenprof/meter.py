@@ -100,17 +100,6 @@ class PowerSample:
     power_w: float
 
 
-def _clean(x: Any) -> Any:
-    """NaN and infinities become None (JSON has no NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 @dataclass
 class Measurement:
     duration_s: float
@@ -173,7 +162,9 @@ class Measurement:
         return math.fsum(self.attributed_energy_j.values())
 
     def to_dict(self) -> dict:
-        return _clean({
+        from greenprof.accounting import clean_json
+
+        return clean_json({
             "status": self.status,
             "duration_s": self.duration_s,
             "domains": self.domains,
