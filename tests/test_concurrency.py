@@ -229,3 +229,44 @@ def test_a_process_reader_keeps_the_counters_and_tells_idle_from_window_energy()
     assert total == pytest.approx(20.0 * snap["t_s"], rel=0.02)
     assert idle + window == pytest.approx(total, rel=1e-6)  # every joule is idle or in the window
     assert idle == pytest.approx(20.0 * 0.3, rel=0.25)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc")
+def test_measure_beside_a_burner_charges_its_share_of_the_package_and_says_so(tmp_path):
+    """`greenprof measure` on a (fake) RAPL package at 30 W with a CPU burner beside it: the
+    stored run keeps the gross joules and charges this process its CPU-time share."""
+    import json
+    import sqlite3
+
+    from powercap_fake import CounterWriter, build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=False)
+    db = tmp_path / "m.db"
+    env = {k: v for k, v in os.environ.items() if k != "GREENPROF_REPLAY"}
+    env["GREENPROF_POWERCAP_ROOT"] = str(pc.root)
+    with CounterWriter(pc.zone("intel-rapl:0"), 30.0):
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)
+            r = subprocess.run([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "2",
+                                "--warmup", "1", "--new-tokens", "400", "--prompt-tokens", "16", "--json",
+                                "--db", str(db)], env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            burner.kill()
+            burner.wait()
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for run in doc["runs"]:
+        assert run["domains"] == ["cpu-package-0"] and run["basis"] == "attributed"
+        gross = run["gross_energy_j_by_domain"]["cpu-package-0"]
+        assert gross == pytest.approx(30.0 * run["duration_s"], rel=0.1)
+        assert run["energy_j"] < 0.9 * gross  # the burner's share is not charged to the model
+        assert run["share"]["cpu-package-0"] == pytest.approx(run["energy_j"] / gross, rel=1e-6)
+        assert run["other_cpu_share"] > 0.1
+        assert any("other processes used" in w for w in run["warnings"])
+    assert "other processes used" in r.stderr
+    with sqlite3.connect(db) as c:
+        rows = c.execute("select energy_j, attributed_energy_j, share, scope from run_domains").fetchall()
+        load = c.execute("select other_cpu_share from runs").fetchall()
+    assert all(a < g and s < 0.9 and scope == "machine" for g, a, s, scope in rows)
+    assert all(o > 0.1 for (o,) in load)
