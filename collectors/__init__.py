@@ -69,7 +69,9 @@ def select(spec: "str | Sequence[str | Collector]" = "auto", **discover_kwargs) 
 
         def why(name: str) -> str:
             # "gpu-0" falls back to the source-wide line ("gpu": NVML not found, ...)
-            return reasons.get(name) or reasons.get(name.rsplit("-", 1)[0]) or "unknown domain"
+            # "replay:cpu" falls back to the replay source's line ("replay:*": a trace that cannot be read)
+            return (reasons.get(name) or reasons.get(name.rsplit("-", 1)[0])
+                    or (reasons.get(name.split(":", 1)[0] + ":*") if ":" in name else None) or "unknown domain")
 
         detail = "; ".join(f"{n}: {why(n)}" for n in missing)
         known = ", ".join(sorted(by_domain)) or "none"

@@ -106,18 +106,27 @@ def load_trace(path: str | os.PathLike, loop: bool = False) -> dict[str, PowerTr
     with f:
         reader = csv.DictReader(f)
         need = {"t_s", "domain", "power_w"}
-        if not reader.fieldnames or not need <= set(reader.fieldnames):
+        try:
+            fieldnames = reader.fieldnames
+        except UnicodeDecodeError as e:
+            raise TraceError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): a replay trace is a "
+                             "UTF-8 CSV with columns t_s,domain,power_w") from None
+        if not fieldnames or not need <= set(fieldnames):
             raise TraceError(f"{path}: header must be t_s,domain,power_w (got {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                t, p = float(row["t_s"]), float(row["power_w"])
-            except (TypeError, ValueError):
-                raise TraceError(f"{path}:{line}: t_s and power_w must be numbers") from None
-            dom = (row["domain"] or "").strip()
-            if not dom:
-                raise TraceError(f"{path}:{line}: empty domain")
-            cols[dom][0].append(t)
-            cols[dom][1].append(p)
+        try:
+            for line, row in enumerate(reader, start=2):
+                try:
+                    t, p = float(row["t_s"]), float(row["power_w"])
+                except (TypeError, ValueError):
+                    raise TraceError(f"{path}:{line}: t_s and power_w must be numbers") from None
+                dom = (row["domain"] or "").strip()
+                if not dom:
+                    raise TraceError(f"{path}:{line}: empty domain")
+                cols[dom][0].append(t)
+                cols[dom][1].append(p)
+        except UnicodeDecodeError as e:
+            raise TraceError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): a replay trace is a "
+                             "UTF-8 CSV with columns t_s,domain,power_w") from None
     if not cols:
         raise TraceError(f"{path}: no samples")
     try:

@@ -406,7 +406,7 @@ def lookup(region: str) -> GridIntensity:
                     f"{' ...' if len(codes) > 8 else ''}; `greenprof regions` lists them all")
             raise UnknownRegion(
                 f"no sub-national data for {t.countries[iso3].name} in CodeCarbon's data: "
-                f"use the country ({iso3}) or pass --intensity")
+                f"use the country ({iso3})")
     keys = {k: (v, t.countries[v].name)
             for k, v in {**t.name_aliases, **_pycountry_aliases(),
                          **{c.lower(): c for c in t.countries}}.items()}
@@ -416,8 +416,7 @@ def lookup(region: str) -> GridIntensity:
             keys.setdefault(k, (g.region, g.name))
     sug = _suggest(text, list(keys), lambda k: f"{keys[k][0]} ({keys[k][1]})")
     hint = f"did you mean {', '.join(sug)}? " if sug else ""
-    raise UnknownRegion(f"unknown region {region!r}: {hint}run `greenprof regions` to list "
-                        "them, or pass a factor with --intensity")
+    raise UnknownRegion(f"unknown region {region!r}: {hint}run `greenprof regions` to list them")
 
 
 def _suggest(text: str, keys: list[str], show) -> list[str]:

@@ -87,41 +87,63 @@ def sensors(
     out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     out.print(table)
     if not measured:
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             "[yellow]No energy sensor is readable here: figures will be labelled 'estimated'.[/yellow]"
         )
 
 
 @app.command()
 def measure(
-    models: list[str] = typer.Argument(None, metavar="[MODEL]...",
+    models: list[str] = typer.Argument(None, metavar="MODEL",
                                        help="Built-in names (built on first use) or paths to ONNX exports. "
                                             "Default: smollm-135m smollm-360m."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, int8 or int4 (built-in models)."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt text (needs the model's tokenizer.json)."),
-    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt text from a file."),
-    prompt_tokens: int = typer.Option(None, "--prompt-tokens", help="A synthetic prompt of N tokens (default 128)."),
-    new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens generated per run (fixed length; EOS ignored)."),
-    batch: int = typer.Option(1, "--batch", help="Sequences generated together (per-token figures are per sequence token)."),
-    runs: int = typer.Option(3, "--runs", help="Measured runs per model, for the mean and 95% CI."),
-    warmup: int = typer.Option(1, "--warmup", help="Unmeasured warm-up generations per model."),
-    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: config, else all cores)."),
+    precision: str = typer.Option(None, "--precision", metavar="P",
+                                  help="fp32, int8 or int4, for built-in models (default fp32). An export runs "
+                                       "at its own precision."),
+    name: str = typer.Option(None, "--name", metavar="NAME",
+                             help="The model name stored with the runs (one MODEL). Default: the built-in "
+                                  "name, or the folder the export is in."),
+    prompt: str = typer.Option(None, "--prompt", metavar="TEXT", help="Prompt text (needs the model's tokenizer.json)."),
+    prompt_file: Path = typer.Option(None, "--prompt-file", metavar="FILE",
+                                     help="Read the prompt text from a UTF-8 file."),
+    prompt_tokens: int = typer.Option(None, "--prompt-tokens", metavar="N",
+                                      help="A synthetic prompt of N tokens (default 128)."),
+    new_tokens: int = typer.Option(64, "--new-tokens", metavar="N",
+                                   help="Tokens generated per run (fixed length; EOS ignored)."),
+    batch: int = typer.Option(1, "--batch", metavar="N",
+                              help="Sequences generated together (per-token figures are per sequence token)."),
+    runs: int = typer.Option(3, "--runs", metavar="N", help="Measured runs per model, for the mean and 95% CI."),
+    warmup: int = typer.Option(1, "--warmup", metavar="N",
+                               help="Unmeasured warm-up generations per model. With 0, one 1-token call still "
+                                    "initialises the new onnxruntime session, unmeasured."),
+    threads: int = typer.Option(None, "--threads", metavar="N",
+                                help="onnxruntime intra-op threads (default: config, else one per physical core "
+                                     "this process may use; the number used is stored)."),
     spinning: bool = typer.Option(False, "--spinning", help="Let onnxruntime's idle worker threads busy-wait "
                                   "between ops: often faster on few cores, but the busy-waiting is CPU time that "
                                   "the estimate and RAPL count as energy. Off by default."),
-    graph_opt: str = typer.Option("all", "--graph-opt", help="onnxruntime graph optimisation level: disable, "
-                                  "basic, extended, layout or all."),
-    idle_s: float = typer.Option(0.0, "--idle-s", help="Seconds of idle baseline before each run (dynamic = gross - idle)."),
-    provider: str = typer.Option("cpu", "--provider", help="onnxruntime execution provider: cpu, cuda or cuda:N."),
-    collectors: str = typer.Option(None, "--collectors", help="Energy domains to charge, comma-separated (e.g. "
+    graph_opt: str = typer.Option("all", "--graph-opt", metavar="LEVEL",
+                                  help="onnxruntime graph optimisation level: disable, basic, extended, layout "
+                                       "or all."),
+    idle_s: float = typer.Option(0.0, "--idle-s", metavar="S",
+                                 help="Seconds of idle baseline before each run (dynamic = gross - idle)."),
+    provider: str = typer.Option("cpu", "--provider", metavar="NAME",
+                                 help="onnxruntime execution provider: cpu, cuda or cuda:N."),
+    collectors: str = typer.Option(None, "--collectors", metavar="DOMAINS",
+                                   help="Energy domains to charge, comma-separated (e.g. "
                                    "cpu-package-0,dram-0 or gpu-0,cpu-estimate; see `greenprof sensors`). Default: "
                                    "the device the model runs on: CPU domains for a CPU run (never an idle GPU), "
                                    "its own GPU plus the host CPU for a CUDA run."),
-    region: str = typer.Option(None, "--region", help="Grid region for CO2e: ISO3 (FRA), ISO2, name, or USA/CA."),
-    intensity: float = typer.Option(None, "--intensity", help="Grid intensity in g CO2e/kWh (market-based factor); overrides --region."),
-    pue: float = typer.Option(None, "--pue", help="Data-centre PUE (default 1.0)."),
-    price_kwh: float = typer.Option(None, "--price-kwh", help="Electricity price in USD/kWh (default: US commercial average)."),
-    db: str = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default ./greenprof.db or GREENPROF_DB)."),
+    region: str = typer.Option(None, "--region", metavar="R",
+                               help="Grid region for CO2e: ISO3 (FRA), ISO2, name, or USA/CA."),
+    intensity: float = typer.Option(None, "--intensity", metavar="G",
+                                    help="Grid intensity in g CO2e/kWh (market-based factor); overrides the "
+                                         "region's factor (the region is kept with the runs)."),
+    pue: float = typer.Option(None, "--pue", metavar="X", help="Data-centre PUE (default 1.0)."),
+    price_kwh: float = typer.Option(None, "--price-kwh", metavar="USD",
+                                    help="Electricity price in USD/kWh (default: US commercial average)."),
+    db: str = typer.Option(None, "--db", metavar="URL",
+                           help="SQLAlchemy URL or SQLite path (default ./greenprof.db or GREENPROF_DB)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (runs and summary) on stdout."),
 ) -> None:
     """Measure joules, CO2e and cost per token for one or more models.
@@ -130,48 +152,80 @@ def measure(
     database with its segments (prefill and every token) and power timeline. Progress goes to
     stderr; the summary table (or --json) to stdout.
     """
-    from greenprof.config import load_settings
-    from greenprof.measure import DEFAULT_MODELS, MeasureRequest, measure_models
+    from greenprof.config import CLI_FLAGS, load_settings
+    from greenprof.measure import DEFAULT_MODELS, MeasureRequest, Terminated, measure_models
 
     if prompt is not None and prompt_file is not None:
         raise UsageError("give --prompt or --prompt-file, not both")
     if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot read --prompt-file {prompt_file}: {e.strerror or e}") from None
+        prompt = _read_prompt_file(prompt_file)
     settings = load_settings({"db": db, "region": region, "intensity_g_per_kwh": intensity, "pue": pue,
-                              "price_usd_per_kwh": price_kwh, "threads": threads})
+                              "price_usd_per_kwh": price_kwh, "threads": threads}, names=CLI_FLAGS)
     req = MeasureRequest(models=models or list(DEFAULT_MODELS), precision=precision, prompt=prompt,
                          prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, runs=runs, warmup=warmup,
-                         threads=settings.threads, spinning=spinning, graph_opt=graph_opt, idle_s=idle_s, sample_hz=settings.sample_hz,
-                         provider=provider, collectors=collectors)
+                         threads=settings.threads, spinning=spinning, graph_opt=graph_opt, idle_s=idle_s,
+                         sample_hz=settings.sample_hz, provider=provider, collectors=collectors, name=name)
     from rich.console import Console
 
-    err = Console(stderr=True)
-    from greenprof.measure import Terminated
-
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
         with _build_progress(err) as (on_build, status):
             doc = measure_models(req, settings=settings, progress=status, build_progress=on_build)
-    except KeyboardInterrupt:
-        e = _Stopped("interrupted; the run in progress is stored as interrupted")
-        e.exit_code = 130
-        raise e from None
-    except Terminated:
-        e = _Stopped("terminated; the run in progress is stored as interrupted")
-        e.exit_code = 143
-        raise e from None
+    except BaseException as e:
+        partial = getattr(e, "partial_doc", None)
+        if partial is not None and partial["summary"]:
+            _print_result(partial, as_json, error=e)  # what completed first, then the error
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            raise _stopped(e, partial) from None
+        raise
+    _print_result(doc, as_json)
+
+
+def _read_prompt_file(path: Path) -> str:
+    try:
+        data = path.expanduser().read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read --prompt-file {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--prompt-file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                         f"{e.start}): save it as UTF-8") from None
+
+
+def _stopped(e: BaseException, partial: dict | None) -> "_Stopped":
+    """The one line for Ctrl-C / SIGTERM: which run (if any) is stored as interrupted."""
+    from greenprof.measure import Terminated
+
+    what = "terminated" if isinstance(e, Terminated) else "interrupted"
+    run_id = getattr(e, "interrupted_run_id", None)
+    done = [r["run_id"] for r in (partial or {}).get("runs", [])]
+    kept = f"; runs {done[0]}..{done[-1]} completed and are stored" if done else ""
+    if run_id is not None:
+        msg = f"{what}; run {run_id}, in progress, is stored as interrupted{kept}"
+    else:
+        stage = getattr(e, "stage", None)
+        msg = (f"{what}{' during ' + stage if stage else ''}; no run was in progress, so none is stored "
+               f"as interrupted{kept}")
+    out = _Stopped(msg)
+    out.exit_code = 143 if isinstance(e, Terminated) else 130
+    return out
+
+
+def _print_result(doc: dict, as_json: bool, error: BaseException | None = None) -> None:
     if as_json:
         from greenprof.accounting import clean_json
 
+        if error is not None:
+            doc = {**doc, "error": f"{error}" or type(error).__name__, "complete": False}
         typer.echo(json.dumps(clean_json(doc), indent=2, allow_nan=False))
         return
     _print_summary(doc)
 
 
 class _build_progress:
-    """A rich progress bar for model builds plus one-line status messages, all on stderr."""
+    """A rich progress bar for model builds (started only when a model is built) plus one-line
+    status messages, all on stderr."""
 
     def __init__(self, console) -> None:
         self.console = console
@@ -179,24 +233,33 @@ class _build_progress:
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TimeRemainingColumn(), console=self.console, transient=True)
-        self.progress.start()
-
         def on_build(name: str, done: int, total: int) -> None:
+            if not self.console.is_terminal:  # a log, not a screen: one line, no bar to redraw
+                if name not in self.tasks:
+                    self.tasks[name] = 0
+                    status(f"{name}: building (first use; cached afterwards)")
+                return
+            if self.progress is None:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                         TimeRemainingColumn(), console=self.console, transient=True)
+                self.progress.start()
             if name not in self.tasks:
                 self.tasks[name] = self.progress.add_task(f"building {name}", total=total)
             self.progress.update(self.tasks[name], completed=done, total=total)
+            if total and done >= total and self.progress.finished:  # built: the bar goes away now
+                self.progress.stop()
+                self.progress, self.tasks = None, {}
 
         def status(msg: str) -> None:
-            self.progress.console.print(msg, style="dim", markup=False, highlight=False)
+            self.console.print(msg, style="dim", markup=False, highlight=False, soft_wrap=True)
 
         return on_build, status
 
     def __exit__(self, *exc) -> bool:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
         return False
 
 
@@ -207,7 +270,8 @@ def _print_summary(doc: dict) -> None:
     from greenprof.accounting import energy_label
 
     grid = doc["grid"]
-    table = Table(title=f"Energy per token ({grid['name']}, {grid['intensity_g_per_kwh']:.0f} g CO2e/kWh, "
+    factor = " (market-based factor)" if str(grid.get("source") or "").startswith("user") else ""
+    table = Table(title=f"Energy per token ({grid['name']}, {grid['intensity_g_per_kwh']:.4g} g CO2e/kWh{factor}, "
                         f"PUE {doc['pue']:g}, ${doc['price_usd_per_kwh']:g}/kWh)", title_justify="left")
     for col, just in (("model", "left"), ("params", "right"), ("precision", "left"), ("energy", "left"),
                       ("domains", "left"), ("tokens/s", "right"), ("J/prompt token", "right"),
@@ -218,6 +282,9 @@ def _print_summary(doc: dict) -> None:
     def num(x) -> str:
         return "-" if x is None else f"{x:.4g}"
 
+    dynamic = any(s.get("dynamic_j_per_token") is not None for s in doc["summary"])
+    if dynamic:
+        table.add_column("dynamic J/gen token (95% CI)", justify="right")
     for s in doc["summary"]:
         ci = s["j_per_token_ci95"]
         jt = f"{s['j_per_token']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else f"{s['j_per_token']:.4g} [n/a]"
@@ -227,11 +294,15 @@ def _print_summary(doc: dict) -> None:
         if s.get("uncertain_run_ids"):
             flags.append("uncertain")
         label = energy_label(s["method"], s["basis"]) + (f" {', '.join(flags)}" if flags else "")
-        table.add_row(s["model"], _human_params(s["params"]), s["precision"], label,
-                      ", ".join(s.get("domains") or []), f"{s['tokens_per_s']:.1f}",
-                      num(s["j_per_prompt_token"]), jt, num(s["j_per_request"]),
-                      num(s["co2e_g_per_1k_tokens"]), num(s["usd_per_m_tokens"]))
-    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200).print(table)
+        row = [s["model"], _human_params(s["params"]), s["precision"], label,
+               ", ".join(s.get("domains") or []), f"{s['tokens_per_s']:.1f}",
+               num(s["j_per_prompt_token"]), jt, num(s["j_per_request"]),
+               num(s["co2e_g_per_1k_tokens"]), num(s["usd_per_m_tokens"])]
+        if dynamic:
+            d, dci = s.get("dynamic_j_per_token"), s.get("dynamic_j_per_token_ci95")
+            row.append("-" if d is None else f"{d:.4g} [{dci[0]:.4g}, {dci[1]:.4g}]" if dci else f"{d:.4g} [n/a]")
+        table.add_row(*row)
+    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000).print(table)  # piped: never wrapped
     notes = list(doc.get("notes", []))
     for s in doc["summary"]:
         notes.extend(s.get("notes", []))
@@ -242,14 +313,15 @@ def _print_summary(doc: dict) -> None:
             notes.append(f"{s['model']}: attributed {s['j_per_token']:.4g} J/gen token of the "
                          f"{s['gross_j_per_token']:.4g} the counters saw (gross): the rest was other "
                          "processes' share")
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)  # one line per note, never wrapped
     from rich.markup import escape
 
     for n in dict.fromkeys(notes):
         err.print(f"[yellow]note:[/yellow] {escape(n)}")
     ids = [i for r in doc["runs"] for i in [r["run_id"]]]
     if ids:
-        err.print(f"stored runs {ids[0]}..{ids[-1]}; see `greenprof runs` and `greenprof show RUN_ID`")
+        err.print(f"stored runs {ids[0]}..{ids[-1]}; see `greenprof runs` and `greenprof show RUN_ID`",
+                  markup=False)
 
 
 def _human_params(n) -> str:
@@ -262,10 +334,14 @@ def _human_params(n) -> str:
 def _register_subcommands() -> None:
     from greenprof.cli_dashboard import register as register_dashboard
     from greenprof.cli_runs import register
+    from greenprof.ladder import register as register_ladder
     from greenprof.models.cli import app as models_app
+    from greenprof.serve import register_serve
 
     register(app)
     register_dashboard(app)
+    register_ladder(app)
+    register_serve(app)
     app.add_typer(models_app, name="models", help="Built-in model family: list, build, info.")
 
 
@@ -275,15 +351,97 @@ class _Stopped(GreenprofError):
     """Ctrl-C or SIGTERM during a command that stores runs."""
 
 
+def _click_exceptions():
+    """The click exceptions module typer uses (typer >= 0.22 vendors click as typer._click)."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def _usage_line(e) -> str:
+    """A click usage error as one line, naming the flag as typed, with a suggestion only when one
+    is close (click's own would offer --runs for --bogus)."""
+    import difflib
+
+    exc = _click_exceptions()
+    if isinstance(e, exc.NoSuchOption):
+        msg = f"no such option: {e.option_name}"
+        names = [p.lstrip("-") for p in (e.possibilities or [])]
+        close = difflib.get_close_matches(e.option_name.lstrip("-"), names, n=1, cutoff=0.75)
+        if close:
+            msg += f" (did you mean --{close[0]}?)"
+    elif isinstance(e, exc.BadParameter) and not isinstance(e, exc.MissingParameter):
+        what = e.param_hint if isinstance(e.param_hint, str) else None
+        if what is None and e.param is not None:
+            longs = [o for o in getattr(e.param, "opts", ()) if o.startswith("--")]
+            what = longs[0] if longs else (e.param.metavar or (e.param.name or "value").upper())
+        msg = f"{(what or 'a value').strip(chr(39) + chr(34))}: {e.message}"
+    else:
+        msg = e.format_message()
+    msg = " ".join(str(msg).split())  # one line
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        msg += f" (see `{ctx.command_path} --help`)"
+    return msg
+
+
+def _tidy_help(cmd) -> None:
+    """Help without type placeholders (``<bool>``, ``<list[str]>``): a flag shows none, an
+    argument its name, an option its metavar (``N``, ``FILE``, ...), or TEXT/N/X by type."""
+    by_type = {"<int>": "N", "<float>": "X", "<str>": "TEXT", "<path>": "PATH"}
+
+    def tidy(p) -> None:
+        if getattr(p, "_greenprof_tidy", False) or not hasattr(p, "display_type_rich"):
+            return
+        if p.param_type_name == "argument" and p.metavar:
+            # "[MODEL]..." as a metavar reads "[[MODEL]...]..." in the usage line: the bare name
+            # is enough, the brackets and dots are added from the argument's own shape
+            p.metavar = p.metavar.strip("[].") or p.metavar
+        if p.param_type_name == "argument" or getattr(p, "is_flag", False) or getattr(p, "count", False):
+            p.display_type_rich = lambda ctx: None
+        elif p.metavar is None:
+            try:
+                shown = p.display_type(None) if hasattr(p, "display_type") else None
+            except Exception:  # a choice type may need a context: no guess then
+                shown = None
+            p.metavar = by_type.get(shown, "VALUE")
+        p._greenprof_tidy = True
+
+    original = cmd.get_params
+
+    def get_params(ctx):
+        params = original(ctx)
+        for p in params:
+            tidy(p)
+        return params
+
+    cmd.get_params = get_params
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        _tidy_help(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The console script: every error is one line on stderr (exit 2 for a usage error)."""
+    exc = _click_exceptions()
+    no_args = getattr(exc, "NoArgsIsHelpError", ())
+    command = typer.main.get_command(app)
+    _tidy_help(command)
     try:
-        app(args=argv, prog_name="greenprof")
+        rv = command.main(args=argv, prog_name="greenprof", standalone_mode=False)
     except GreenprofError as e:
         sys.stderr.write(f"greenprof: {'error: ' if not isinstance(e, _Stopped) else ''}{e}\n")
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except no_args:
+        sys.exit(2)  # the help is printed already
+    except exc.UsageError as e:
+        sys.stderr.write(f"greenprof: error: {_usage_line(e)}\n")
+        sys.exit(2)
+    except exc.ClickException as e:
+        sys.stderr.write(f"greenprof: error: {' '.join(e.format_message().split())}\n")
+        sys.exit(e.exit_code)
+    except (getattr(exc, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt):
         sys.stderr.write("greenprof: interrupted\n")
         sys.exit(130)
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+        sys.exit(rv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ DEFAULT_OUTPUT = "greenprof-report.html"
 
 
 def dashboard_cmd(
-    db: Optional[str] = typer.Option(None, "--db", help=_DB_HELP),
+    db: Optional[str] = typer.Option(None, "--db", metavar="URL", help=_DB_HELP),
     output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", metavar="FILE",
                                help="Where to write the HTML report (overwritten if it exists)."),
     region: Optional[list[str]] = typer.Option(
@@ -54,7 +54,12 @@ def dashboard_cmd(
     if run is not None and run < 1:
         raise UsageError(f"--run must be a run id from `greenprof runs` (got {run})")
     regions = list(region or [])
-    contrasting_grids(regions)  # an unknown --region fails here, before the database is opened
+    from greenprof import carbon
+
+    try:
+        contrasting_grids(regions)  # an unknown --region fails here, before the database is opened
+    except carbon.UnknownRegion as e:
+        raise carbon.UnknownRegion(f"--region: {e}") from None
     settings = _settings(db)
     missing = _missing_sqlite_file(settings)
     if missing is not None:

@@ -71,16 +71,19 @@ def _settings(db: str | None) -> "Settings":
     return load_settings({"db": db})
 
 
-def _open(settings: "Settings") -> "Store":
-    """The store named by --db, GREENPROF_DB or [tool.greenprof] db, else the store's default."""
+def _open(settings: "Settings", readonly: bool = True) -> "Store":
+    """The store named by --db, GREENPROF_DB or [tool.greenprof] db, else the store's default,
+    opened for reading: nothing is created (a database that does not exist is one line, exit 2)
+    and a read-only database reads."""
     from greenprof.store import open_store
 
     origin = settings.origin.get("db", "default")
     if settings.db is None or origin.startswith("env:"):
-        return open_store(None)  # the store reads GREENPROF_DB itself and names it in messages
+        # the store reads GREENPROF_DB itself and names it in messages
+        return open_store(None, readonly=readonly)
     if origin == "flag":
-        return open_store(settings.db, setting="--db")
-    return open_store(settings.db, setting=f"{settings.pyproject} [tool.greenprof] db")
+        return open_store(settings.db, setting="--db", readonly=readonly)
+    return open_store(settings.db, setting=f"{settings.pyproject} [tool.greenprof] db", readonly=readonly)
 
 
 def _where(store: "Store") -> str:
@@ -93,6 +96,10 @@ def _mark_stale(store: "Store") -> None:
         ids = ", ".join(str(i) for i in stale)
         _note(f"run{'s' if len(stale) > 1 else ''} {ids} left 'running' by a process that is gone: "
               "reported as interrupted")
+    if store.stale_unmarked:
+        ids = ", ".join(str(i) for i in store.stale_unmarked)
+        _note(f"run{'s' if len(store.stale_unmarked) > 1 else ''} {ids} left 'running' by a process that "
+              "is gone (not marked interrupted: the database is read-only here)")
 
 
 @contextmanager
@@ -233,8 +240,10 @@ def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
         "threads": run.threads,
         "spinning": session.get("spinning"),
         "graph_opt": session.get("graph_opt"),
+        "warmup": session.get("warmup"),
         "prompt_tokens": run.prompt_tokens,
-        "new_tokens": run.new_tokens,
+        "new_tokens": run.new_tokens,  # generated (an interrupted run: the tokens it reached)
+        "requested_new_tokens": (run.extra or {}).get("requested_new_tokens", run.new_tokens),
         "batch_size": run.batch_size,
         "collectors": run.collectors,
         "domains": sorted(run.domains),
@@ -293,6 +302,26 @@ def energy_cell(s: dict[str, Any]) -> str:
     return f"{s['method']}, {s['basis']}" + (f" ({', '.join(flags)})" if flags else "")
 
 
+def session_cell(s: dict[str, Any]) -> str:
+    """The onnxruntime settings of a run that differ from the defaults (spinning off, graph
+    optimisation all), e.g. ``spinning on``; empty when it ran with the defaults or none apply."""
+    parts = []
+    if s.get("spinning"):
+        parts.append("spinning on")
+    if s.get("graph_opt") not in (None, "all"):
+        parts.append(f"graph-opt {s['graph_opt']}")
+    return ", ".join(parts)
+
+
+def tokens_cell(s: dict[str, Any]) -> str:
+    """``prompt/new``; an interrupted run shows the tokens it generated, with the request."""
+    cell = f"{_num(s['prompt_tokens'])}/{_num(s['new_tokens'])}"
+    req = s.get("requested_new_tokens")
+    if req is not None and req != s["new_tokens"]:
+        cell += f" of {req}"
+    return cell
+
+
 def _num(x: Any, fmt: str = ".4g") -> str:
     if x is None:
         return "-"
@@ -319,8 +348,9 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     if stderr:
-        return Console(stderr=True)
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160, highlight=False)
+        return Console(stderr=True, soft_wrap=True)
+    # piped or redirected: no wrapped cells (a table is as wide as its content)
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False)
 
 
 def _echo_json(doc: Any) -> None:
@@ -333,14 +363,14 @@ def _echo_json(doc: Any) -> None:
 
 # -- commands -------------------------------------------------------------------------------------
 def runs_cmd(
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", metavar="URL", help=_DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     region: str | None = typer.Option(
-        None, "--region",
+        None, "--region", metavar="R",
         help="Re-cost every run for this grid region (e.g. POL, USA/CA) from its stored joules, "
              "without re-running: a what-if. Default: each run's own stored intensity."),
-    limit: int = typer.Option(50, "--limit", help="Show at most N runs, newest first (0 = all)."),
-    model: str | None = typer.Option(None, "--model", help="Only runs of this model name."),
+    limit: int = typer.Option(50, "--limit", metavar="N", help="Show at most N runs, newest first (0 = all)."),
+    model: str | None = typer.Option(None, "--model", metavar="NAME", help="Only runs of this model name."),
 ) -> None:
     """List stored runs: energy, J per token and g CO2e, newest first.
 
@@ -355,7 +385,10 @@ def runs_cmd(
     if region is not None:
         from greenprof import carbon
 
-        what_if = carbon.lookup(region)
+        try:
+            what_if = carbon.lookup(region)
+        except carbon.UnknownRegion as e:
+            raise carbon.UnknownRegion(f"--region: {e}") from None
     costing = _Costing(settings, what_if)
     with _open_marking_stale(settings) as store:
         records = store.list_runs(limit=limit or None, model_name=model)
@@ -377,19 +410,24 @@ def runs_cmd(
     title = (f"Runs in {where}" + (f", re-costed for {what_if.region} "
                                    f"({what_if.intensity_g_per_kwh:g} g/kWh)" if what_if else ""))
     table = Table(title=title, title_justify="left")
-    for col, right in (("id", True), ("started", False), ("status", False), ("model", False),
-                       ("precision", False), ("params", True), ("prompt/new", True), ("energy", False),
-                       ("J", True), ("J/gen token", True), (co2_head, True), ("region", False)):
+    settings_col = any(session_cell(s) for s in rows)
+    cols = [("id", True), ("started", False), ("status", False), ("model", False),
+            ("precision", False), ("params", True), ("prompt/new", True)]
+    if settings_col:
+        cols.append(("onnxruntime", False))
+    cols += [("energy", False), ("J", True), ("J/gen token", True), (co2_head, True), ("region", False)]
+    for col, right in cols:
         table.add_column(col, justify="right" if right else "left", overflow="fold")
     colour = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
     for s in rows:
         st = s["status"]
-        table.add_row(
-            str(s["id"]), _local(s["started_at"]), f"[{colour.get(st, 'white')}]{st}[/]",
-            s["model"] or "-", s["precision"] or "-", _params(s["params"]),
-            f"{_num(s['prompt_tokens'])}/{_num(s['new_tokens'])}", energy_cell(s),
-            _num(s["energy_j"]), _num(s["j_per_token"]), _num(s["co2e_g"]), s["region"] or "-",
-        )
+        cells = [str(s["id"]), _local(s["started_at"]), f"[{colour.get(st, 'white')}]{st}[/]",
+                 s["model"] or "-", s["precision"] or "-", _params(s["params"]), tokens_cell(s)]
+        if settings_col:
+            cells.append(session_cell(s) or "-")
+        cells += [energy_cell(s), _num(s["energy_j"]), _num(s["j_per_token"]), _num(s["co2e_g"]),
+                  s["region"] or "-"]
+        table.add_row(*cells)
     _console().print(table)
     if rows:
         _note("J is the energy charged to each run (attributed: its share of the counters; "
@@ -403,7 +441,7 @@ def runs_cmd(
 
 def show_cmd(
     run_id: int = typer.Argument(..., metavar="RUN_ID", help="A run id from `greenprof runs`."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", metavar="URL", help=_DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Everything stored about one run: host, hardware, software, model, domains, phases, CO2e, cost."""
@@ -463,9 +501,12 @@ def show_cmd(
     add("provider", run.provider)
     add("threads", run.threads)
     add("onnxruntime", f"spinning {'on' if s['spinning'] else 'off'}, graph optimisation {s['graph_opt']}"
-        if s["spinning"] is not None or s["graph_opt"] is not None else None)
+        + (f", {s['warmup']} warm-up generation{'' if s['warmup'] == 1 else 's'}" if s["warmup"] is not None
+           else "") if s["spinning"] is not None or s["graph_opt"] is not None else None)
     add("collectors", run.collectors)
-    add("tokens", f"{_num(run.prompt_tokens)} prompt, {_num(run.new_tokens)} new")
+    requested = s["requested_new_tokens"]
+    add("tokens", f"{_num(run.prompt_tokens)} prompt, {_num(run.new_tokens)} new"
+        + (f" (of {requested} requested)" if requested is not None and requested != run.new_tokens else ""))
     if s["intensity_g_per_kwh"] is not None:
         add("grid", f"{s['intensity_g_per_kwh']:g} g CO2e/kWh ({s['region'] or 'no region'}"
                     f"{', ' + str(s['intensity_year']) if s['intensity_year'] else ''}; "
@@ -496,6 +537,12 @@ def show_cmd(
     for d, why in s["uncertain"].items():
         add("uncertain", f"{d}: {why}")
     add("J / generated token (decode)", _num(s["j_per_token"]))
+    if s["dynamic_j_per_token"] is not None and run.idle_window_s:
+        from greenprof.measure import dynamic_note
+
+        dyn = _num(s["dynamic_j_per_token"])
+        add("dynamic J / generated token",
+            dyn if s["dynamic_j_per_token"] > 0 else f"{dyn} ({dynamic_note(s['dynamic_j_per_token'], None)})")
     add("J / prompt token", _num(s["j_per_prompt_token"]))
     add("J / request (all phases)", _num(s["j_per_request"]))
     if not s["phases_marked"] and s["energy_j"] is not None:
@@ -609,7 +656,9 @@ def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
         "cloud_region": "",
         "os": sw.get("os", ""),
         "python_version": sw.get("python", ""),
-        "codecarbon_version": f"greenprof-{sw['greenprof']}" if sw.get("greenprof") else "",
+        # the version of CodeCarbon whose format the row follows (readers parse it as a version);
+        # greenprof's own version is in `greenprof export --format json` (software.greenprof)
+        "codecarbon_version": CODECARBON_VERSION_WRITTEN,
         "cpu_count": hw.get("cpu_logical", ""),
         "cpu_model": hw.get("cpu_model", ""),
         "gpu_count": len(gpus),
@@ -648,7 +697,7 @@ def export_cmd(
     output: str | None = typer.Option(None, "--output", "-o", metavar="FILE",
                                       help="Write to FILE instead of stdout."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing -o FILE."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", metavar="URL", help=_DB_HELP),
 ) -> None:
     """Export every run: CSV or JSON, or CodeCarbon's emissions.csv format."""
     import csv
@@ -735,6 +784,8 @@ _COMPARE = (
     ("basis", "basis", False),
     ("domains", "domains", False),
     ("region", "region", False),
+    ("prompt_tokens", "prompt tokens", True),
+    ("new_tokens", "generated tokens", True),
     ("duration_s", "duration s", True),
     ("energy_j", "energy J (charged)", True),
     ("gross_energy_j", "energy J (gross)", True),
@@ -745,6 +796,10 @@ _COMPARE = (
     ("co2e_g_per_1k_tokens", "g CO2e / 1k tokens", True),
     ("usd_per_m_tokens", "USD / M tokens", True),
 )
+
+
+#: rows left out of the table when neither run has a value (track runs have no model session)
+_COMPARE_OPTIONAL = {"params", "precision", "spinning", "graph_opt", "prompt_tokens"}
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -760,7 +815,7 @@ def _x(r: float) -> str:
 def compare_cmd(
     run_a: int = typer.Argument(..., metavar="RUN_ID_A", help="The baseline run (A)."),
     run_b: int = typer.Argument(..., metavar="RUN_ID_B", help="The run compared with it (B)."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", metavar="URL", help=_DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Two runs side by side, with ratios B/A (per-token energy, speed, CO2e, cost)."""
@@ -808,6 +863,8 @@ def compare_cmd(
         table.add_column("B/A", justify="right")
         for key, label, has_ratio in _COMPARE:
             va, vb = sa[key], sb[key]
+            if va is None and vb is None and key in _COMPARE_OPTIONAL:
+                continue  # e.g. the onnxruntime settings of two track runs
             if key == "params":
                 ta, tb = _params(va), _params(vb)
             elif key == "domains":
@@ -829,7 +886,7 @@ def compare_cmd(
 
 def regions_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
-    search: str | None = typer.Option(None, "--search", "-s",
+    search: str | None = typer.Option(None, "--search", "-s", metavar="TEXT",
                                       help="Only regions whose code or name contains TEXT."),
 ) -> None:
     """List the grid carbon intensities greenprof knows (CodeCarbon's data), for --region."""

@@ -13,13 +13,14 @@ region                 GREENPROF_REGION       grid region, e.g. FRA, USA/CA (non
 intensity_g_per_kwh    GREENPROF_INTENSITY    market-based factor; beats region (none)
 pue                    GREENPROF_PUE          power usage effectiveness, >= 1 (1.0)
 price_usd_per_kwh      GREENPROF_PRICE_KWH    electricity price (US commercial 2023 average)
-threads                GREENPROF_THREADS      intra-op threads, >= 1 (onnxruntime's choice)
+threads                GREENPROF_THREADS      intra-op threads, >= 1 (a physical core each)
 sample_hz              GREENPROF_SAMPLE_HZ    power sampler rate, 0 = off (10)
 =====================  =====================  ==========================================
 
 Keys in pyproject.toml may also be spelled with dashes (``sample-hz``). An empty environment
 variable counts as unset. Malformed values raise :class:`~greenprof.errors.ConfigError` with one
-line naming the source and the key.
+line naming the source as the user wrote it: the flag (``--intensity``, via ``names``), the
+variable, or the pyproject key. (``GREENPROF_DB_CONNECT_TIMEOUT`` is read by the store.)
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ ENV_VARS = {
 
 DEFAULT_SAMPLE_HZ = 10.0
 
+#: How the command line spells each setting: what messages name when the value came from a flag.
+CLI_FLAGS = {
+    "db": "--db",
+    "region": "--region",
+    "intensity_g_per_kwh": "--intensity",
+    "pue": "--pue",
+    "price_usd_per_kwh": "--price-kwh",
+    "threads": "--threads",
+    "sample_hz": "--sample-hz",
+}
+
 
 @dataclass
 class Settings:
@@ -60,9 +72,23 @@ class Settings:
     origin: dict[str, str] = field(default_factory=dict)
     #: the pyproject.toml that was read, if any
     pyproject: Path | None = None
+    #: key -> how the caller spells an override (``--intensity`` on the command line)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def describe(self, key: str) -> str:
+        """Where ``key`` was set, as the user would write it: ``--region``, ``GREENPROF_REGION``,
+        ``<path> [tool.greenprof] region``, or the key itself for a default."""
+        origin = self.origin.get(key, "default")
+        if origin == "flag":
+            return self.names.get(key, key)
+        if origin.startswith("env:"):
+            return origin[4:]
+        if origin.startswith("pyproject.toml:"):
+            return f"{origin[len('pyproject.toml:'):]} [tool.greenprof] {key}"
+        return key
 
 
-KEYS = tuple(f.name for f in fields(Settings) if f.name not in ("origin", "pyproject"))
+KEYS = tuple(f.name for f in fields(Settings) if f.name not in ("origin", "pyproject", "names"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +219,13 @@ def read_pyproject(path: Path) -> dict[str, Any]:
 
 def load_settings(overrides: Mapping[str, Any] | None = None,
                   cwd: str | os.PathLike | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
-    """Merge defaults, pyproject.toml, environment and ``overrides`` (flags; None = not given)."""
+                  env: Mapping[str, str] | None = None,
+                  names: Mapping[str, str] | None = None) -> Settings:
+    """Merge defaults, pyproject.toml, environment and ``overrides`` (flags; None = not given).
+
+    ``names``: how messages name each override (the CLI passes :data:`CLI_FLAGS`, so a bad
+    ``--intensity`` is reported as ``--intensity``); default the key itself."""
+    names = dict(names or {})
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     origin = {k: "default" for k in KEYS}
@@ -219,10 +250,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         k = key.replace("-", "_")
         if k not in KEYS:
             raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(KEYS)}")
-        values[k] = _parse(k, raw, f"option {k}")
+        values[k] = _parse(k, raw, names.get(k, k))
         origin[k] = "flag"
 
-    return Settings(**values, origin=origin, pyproject=pyproject)
+    return Settings(**values, origin=origin, pyproject=pyproject, names=names)
 
 
 def _parse(key: str, raw: Any, where: str) -> Any:
@@ -235,17 +266,35 @@ def _parse(key: str, raw: Any, where: str) -> Any:
 def resolve_intensity(settings: Settings):
     """``(GridIntensity, note | None)`` for ``settings``.
 
-    An explicit intensity wins over a region; with neither, the world average and a one-line
-    note telling how to set a region.
+    An explicit intensity wins over a region's factor; a region given with it is kept (stored
+    with the runs, named in the note) and must be a known one. With neither, the world average
+    and a one-line note telling how to set a region. An unknown region is reported under the
+    name it was given by (``--region``, ``GREENPROF_REGION``, ...).
     """
     from greenprof import carbon
 
+    base = None
+    if settings.region:
+        try:
+            base = carbon.lookup(settings.region)
+        except carbon.UnknownRegion as e:
+            hint = ""
+            if "intensity_g_per_kwh" in settings.names:  # the command has an intensity flag
+                hint = f", or give a factor with {settings.names['intensity_g_per_kwh']} G"
+            raise carbon.UnknownRegion(f"{settings.describe('region')}: {e}{hint}") from None
     if settings.intensity_g_per_kwh is not None:
         g = carbon.check_intensity(settings.intensity_g_per_kwh)
-        return carbon.GridIntensity("USER", "user-supplied factor", g,
-                                    "user (market-based factor)", None), None
-    if settings.region:
-        return carbon.lookup(settings.region), None
+        if base is None:
+            return carbon.GridIntensity("USER", "user-supplied factor", g,
+                                        "user (market-based factor)", None), None
+        note = (f"{settings.describe('intensity_g_per_kwh')} {g:g} g CO2e/kWh overrides the grid factor of "
+                f"{base.name} ({base.intensity_g_per_kwh:g} g/kWh); the region {base.region} is kept with "
+                "the runs")
+        return carbon.GridIntensity(base.region, base.name, g,
+                                    f"user (market-based factor; overrides {base.region}'s "
+                                    f"{base.intensity_g_per_kwh:g} g/kWh)", None), note
+    if base is not None:
+        return base, None
     world = carbon.world_average()
     note = (f"no region set: using the world average ({world.intensity_g_per_kwh:g} g/kWh); "
             "set one with --region FRA, GREENPROF_REGION or [tool.greenprof] region")

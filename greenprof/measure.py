@@ -28,7 +28,9 @@ class Terminated(BaseException):
 @dataclass
 class MeasureRequest:
     models: Sequence[str] = DEFAULT_MODELS
-    precision: str = "fp32"
+    #: built-in models only (fp32, int8, int4; any case); None = fp32. An export runs at its own
+    #: precision, so giving one with an export is refused.
+    precision: str | None = None
     prompt: str | None = None
     prompt_tokens: int | None = None
     new_tokens: int = 64
@@ -47,6 +49,9 @@ class MeasureRequest:
     collectors: Any = None
     #: onnxruntime execution provider: "cpu", "cuda" or "cuda:N"
     provider: str = "cpu"
+    #: the model name stored with the runs (one model only); default: the built-in name, or the
+    #: export's folder name
+    name: str | None = None
 
 
 @dataclass
@@ -74,13 +79,16 @@ class ModelSummary:
     domains: list[str]
     run_ids: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: decode J per token above the idle baseline, gross (None without --idle-s)
+    #: decode J per token above the idle baseline, gross (None without --idle-s), and its 95%
+    #: interval over the runs (Student's t: it can be negative, see ``notes``)
     dynamic_j_per_token: float | None = None
+    dynamic_j_per_token_ci95: list[float] | None = None
     #: runs with a domain lost mid-run (their energy is partial) or a possibly missed wrap
     partial_run_ids: list[int] = field(default_factory=list)
     uncertain_run_ids: list[int] = field(default_factory=list)
     gross_j_per_token: float | None = None
     provider: str = "CPUExecutionProvider"
+    threads: int | None = None
 
     def to_dict(self) -> dict:
         from greenprof.accounting import clean_json
@@ -103,6 +111,14 @@ def check_request(req: MeasureRequest) -> None:
         positive_int("--prompt-tokens", req.prompt_tokens)
     if req.threads is not None:
         positive_int("--threads", req.threads)
+    if req.precision is not None and (not isinstance(req.precision, str) or not req.precision.strip()):
+        raise UsageError(f"--precision must be fp32, int8 or int4 (got {req.precision!r})")
+    if req.name is not None:
+        if not isinstance(req.name, str) or not req.name.strip():
+            raise UsageError(f"--name must be a non-empty name (got {req.name!r})")
+        if len(req.models) != 1:
+            raise UsageError(f"--name names one model, and {len(req.models)} were given: measure them "
+                             "one at a time to name each")
     if req.prompt is not None and req.prompt_tokens is not None:
         raise UsageError("give either a text prompt (--prompt/--prompt-file) or --prompt-tokens, not both")
     if req.prompt is not None and not req.prompt.strip():
@@ -130,6 +146,20 @@ class ResolvedModel:
     builtin: bool
 
 
+@dataclass
+class ModelPlan:
+    """One MODEL argument, checked before anything is built, loaded or written."""
+
+    spec: str  # what the user typed
+    name: str  # the model name stored with its runs
+    builtin: bool
+    precision: str | None  # built-in: the canonical precision; an export: None (its own)
+    context_length: int | None
+    shape: Any = None  # built-in: the ModelShape
+    path: Path | None = None  # an export: the path given
+    check: Any = None  # an export: greenprof.models.loader.ModelCheck
+
+
 def check_model_spec(spec: str):
     """What a MODEL argument names, checked without building or loading anything: the built-in
     shape (``ModelShape``) or the existing path (``Path``). UsageError otherwise."""
@@ -147,19 +177,117 @@ def check_model_spec(spec: str):
                          f"({', '.join(shapes.known_names())}) or a path to an ONNX export") from None
 
 
-def resolve_model(spec: str, precision: str, progress: Callable[[str, int, int], None] | None = None) -> ResolvedModel:
-    """A built-in name (built on first use) or a path to a user model."""
-    from greenprof.models import builder
+def export_name(check: Any) -> str:
+    """The default name of a user model: the name of the folder its ONNX file is in (what the
+    user called the export), the same whether the folder or the file was given."""
+    return check.folder.resolve().name or str(check.folder)
+
+
+def plan_model(spec: str, req: MeasureRequest) -> ModelPlan:
+    """Everything about one MODEL that can be checked before the first model is built: the name
+    or path, an export's files and inputs (no onnxruntime), the precision flag, the tokenizer a
+    text prompt needs, and the context length against prompt + new tokens."""
+    from greenprof.models import builder, loader
 
     target = check_model_spec(spec)
     if isinstance(target, Path):
-        return ResolvedModel(spec, target.name, target, None, None, None, False)
-    builder.check_precision(precision)
-    cb = (lambda done, total: progress(spec, done, total)) if progress else None
-    folder = builder.build(target.name, precision, progress=cb)
+        if req.precision is not None:
+            raise UsageError(f"--precision applies to built-in models; {spec} is an export and runs at its "
+                             "own precision: drop --precision")
+        chk = loader.check(target)
+        if req.prompt is not None and not chk.has_tokenizer:
+            from greenprof.models.errors import TokenizerMissing
+
+            raise TokenizerMissing(
+                f"a text prompt was given but {chk.folder} has no tokenizer.json: put the model's "
+                "tokenizer.json beside the .onnx file, or use --prompt-tokens N for a synthetic prompt")
+        plan = ModelPlan(spec, (req.name or export_name(chk)).strip(), False, None, chk.context_length,
+                         path=target, check=chk)
+    else:
+        try:
+            precision = builder.check_precision(req.precision or "fp32")
+        except UsageError as e:
+            raise UsageError(f"--precision: {e}") from None
+        plan = ModelPlan(spec, (req.name or target.name).strip(), True, precision, target.max_position,
+                         shape=target)
+    if plan.context_length:
+        n_prompt = req.prompt_tokens or (128 if req.prompt is None else 1)
+        if n_prompt + req.new_tokens > plan.context_length:
+            prompt = (f"a {n_prompt}-token prompt" if req.prompt is None else "the prompt")
+            raise UsageError(
+                f"--new-tokens {req.new_tokens} after {prompt} exceeds the context length of {spec} "
+                f"({plan.context_length} tokens): generate fewer tokens or use a shorter prompt")
+    return plan
+
+
+def resolve_model(spec: str | ModelPlan, precision: str | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> ResolvedModel:
+    """A built-in name (built on first use) or a path to a user model."""
+    from greenprof.models import builder
+
+    plan = spec if isinstance(spec, ModelPlan) else plan_model(spec, MeasureRequest(models=[spec],
+                                                                                     precision=precision))
+    if not plan.builtin:
+        assert plan.path is not None
+        return ResolvedModel(plan.spec, plan.name, plan.path, None, None, None, False)
+    cb = (lambda done, total: progress(plan.spec, done, total)) if progress else None
+    folder = builder.build(plan.shape.name, plan.precision, progress=cb)
     meta = builder.read_metadata(folder)
-    return ResolvedModel(spec, target.name, folder, target.name, meta.get("param_count"),
+    return ResolvedModel(plan.spec, plan.name, folder, plan.shape.name, meta.get("param_count"),
                          meta.get("model_sha256"), True)
+
+
+def _check_collectors(spec: Any) -> None:
+    """Refuse energy domains that cannot be used here (--collectors), before any model is built."""
+    from greenprof import collectors as col
+
+    names = [n for n in ([x.strip() for x in spec.split(",")] if isinstance(spec, str) else spec)
+             if isinstance(n, str) and n]
+    if not names:
+        return
+    try:
+        chosen = col.select(names)
+    except UsageError as e:
+        raise UsageError(f"--collectors: {e}") from None
+    for c in chosen:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """onnxruntime's own choice of intra-op threads, made explicit so it can be stored: one per
+    physical core, counted among the CPUs this process may use (hyper-thread siblings once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = []
+    cores = set()
+    for c in cpus:
+        try:
+            sib = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            cores = set()
+            break
+        cores.add(sib)
+    if cores:
+        return len(cores)
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except Exception:
+        physical = None
+    return max(1, min(physical or usable_cpus(), usable_cpus()))
 
 
 class _LazyStore:
@@ -198,7 +326,15 @@ def _install_sigterm() -> Callable[[], None]:
 def measure_models(req: MeasureRequest, *, settings=None, store=None,
                    progress: Callable[[str], None] | None = None,
                    build_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Run the measurement and return the JSON-ready document (``runs`` and ``summary``)."""
+    """Run the measurement and return the JSON-ready document (``runs`` and ``summary``).
+
+    Everything that can be checked is checked before the first model is built: the numbers,
+    every MODEL (names, an export's files and inputs), precision, context length, the grid
+    region, and the database (a SQLite location is probed for writing, a server connected to).
+    When a model fails later anyway, or the job is interrupted, the exception carries
+    ``partial_doc`` (this document for the models that completed; their runs are stored) and
+    ``interrupted_run_id`` (the run stored as interrupted, None when none was in progress).
+    """
     from greenprof import carbon
     from greenprof.config import load_settings, resolve_intensity
 
@@ -213,43 +349,63 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     carbon.check_pue(pue)
     carbon.check_price(price)
     threads = req.threads if req.threads is not None else settings.threads
-    if threads is not None and (not isinstance(threads, int) or threads <= 0):
-        raise UsageError(f"threads must be a whole number > 0 (got {threads!r})")
-    # every model spec is checked (names, paths) before the database is touched
-    for spec in req.models:
-        check_model_spec(spec)
-    from greenprof.models import builder
-
-    builder.check_precision(req.precision)
-
+    threads_name = "--threads" if req.threads is not None else settings.describe("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
+        raise UsageError(f"{threads_name} must be a whole number > 0 (got {threads!r})")
+    # every model is checked (names, paths, files, context) before anything is built or written
+    plans = [plan_model(spec, req) for spec in req.models]
+    if req.collectors not in (None, "auto") and isinstance(req.collectors, (str, list, tuple)):
+        _check_collectors(req.collectors)
+    notes = [note] if note else []
     own_store = store is None
     if own_store:
-        # refuse a bad --db now, but create/migrate the database only once a model has loaded,
-        # so a bad model leaves it exactly as it was
+        # refuse a bad --db now (unwritable, unreachable, in memory), but create/migrate the
+        # database only once a model has loaded, so a bad model leaves it exactly as it was
         from greenprof.store import open_store, preflight
 
-        preflight(settings.db)
-        store = _LazyStore(lambda: open_store(settings.db))
+        db_setting = ("--db" if settings.origin.get("db") == "flag" and "db" not in settings.names
+                      else settings.describe("db"))
+        preflight(settings.db, setting=db_setting, keep=True)
+        store = _LazyStore(lambda: open_store(settings.db, setting=db_setting))
+    thread_warning = None
+    if threads is None:
+        threads = default_threads()
+    elif threads > usable_cpus():
+        thread_warning = (f"{threads_name} {threads} is more than the {usable_cpus()} CPUs this process may "
+                          "use (os.sched_getaffinity): the threads take turns on them, so speed and J/token "
+                          "are not what the model does with its own cores")
+        say(f"warning: {thread_warning}")
+        notes.append(thread_warning)
     restore_sigterm = _install_sigterm()
     doc_runs: list[dict] = []
     summaries: list[ModelSummary] = []
+
+    def document() -> dict:
+        return {
+            "runs": doc_runs,
+            "summary": [s.to_dict() for s in summaries],
+            "grid": {"region": grid.region, "name": grid.name, "intensity_g_per_kwh": grid.intensity_g_per_kwh,
+                     "source": grid.source, "year": grid.year},
+            "pue": pue,
+            "price_usd_per_kwh": price,
+            "notes": list(notes),
+        }
+
+    state: dict[str, Any] = {"run_id": None}
     try:
-        for spec in req.models:
-            summaries.append(_measure_one(spec, req, store, grid, pue, price, threads, say,
-                                          build_progress, doc_runs))
+        for plan in plans:
+            summaries.append(_measure_one(plan, req, store, grid, pue, price, threads, say,
+                                          build_progress, doc_runs, thread_warning, state))
+    except BaseException as e:
+        e.partial_doc = document()  # type: ignore[attr-defined]
+        e.interrupted_run_id = state["run_id"]  # type: ignore[attr-defined]
+        e.stage = state.get("stage")  # type: ignore[attr-defined]
+        raise
     finally:
         restore_sigterm()
         if own_store:
             store.close()
-    return {
-        "runs": doc_runs,
-        "summary": [s.to_dict() for s in summaries],
-        "grid": {"region": grid.region, "name": grid.name, "intensity_g_per_kwh": grid.intensity_g_per_kwh,
-                 "source": grid.source, "year": grid.year},
-        "pue": pue,
-        "price_usd_per_kwh": price,
-        "notes": [note] if note else [],
-    }
+    return document()
 
 
 def collectors_for_device(device: str, device_id: int = 0) -> list[str]:
@@ -278,22 +434,30 @@ def run_figures_of(m: Any, gen: Any, batch: int, grid: Any, pue: float, price: f
     return att, fig
 
 
-def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progress, doc_runs) -> ModelSummary:
+def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progress, doc_runs,
+                 thread_warning=None, state=None) -> ModelSummary:
     from greenprof import accounting
     from greenprof.meter import Meter
+    from greenprof.models.inspect import params_of
     from greenprof.models.loader import load
     from greenprof.models.runner import generate
 
     import uuid
 
+    state = state if state is not None else {}
+    spec = plan.spec
     batch_id = str(uuid.uuid4())  # groups this model's repeated runs
-    say(f"{spec}: preparing {req.precision} model")
-    rm = resolve_model(spec, req.precision, build_progress)
+    state["stage"] = f"preparing {spec}"
+    if plan.builtin:
+        say(f"{spec}: preparing {plan.precision} model")
+    else:
+        say(f"{spec}: loading the export (its own precision)")
+    rm = resolve_model(plan, progress=build_progress)
     model = load(rm.path, threads=threads, spinning=req.spinning, graph_opt=req.graph_opt,
                  providers=req.provider)
     meta = getattr(model, "metadata", None) or {}
-    params = rm.params or meta.get("param_count")
-    precision = req.precision if rm.builtin else (meta.get("precision") or "unknown")
+    params = rm.params or meta.get("param_count") or params_of(rm.path)  # an export: its ONNX initializers
+    precision = plan.precision if rm.builtin else (meta.get("precision") or "unknown")
     provider = getattr(model, "provider", "CPUExecutionProvider")
     device = getattr(model, "device", "cpu")
     if req.collectors in (None, "auto"):
@@ -322,15 +486,25 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
     else:
         n_prompt = req.prompt_tokens or 128
         gen_kw = dict(prompt_tokens=n_prompt, new_tokens=req.new_tokens, batch=req.batch)
+    if req.warmup == 0:
+        # The first call of a fresh onnxruntime session allocates and initialises (~0.6 s on a
+        # small model): in a measured run it would be most of the run's energy. One short,
+        # unstored call keeps it out (the warm-up setting, 0, is still stored with the runs).
+        state["stage"] = f"the first call of {spec}"
+        say(f"{spec}: first call of the new session (1 token, not measured)")
+        generate(model, **{**gen_kw, "new_tokens": 1})
     for w in range(req.warmup):
+        state["stage"] = f"the warm-up of {spec}"
         say(f"{spec}: warm-up {w + 1}/{req.warmup}")
         generate(model, **gen_kw)
     per_token, per_token_gross, per_prompt, per_request, tps, methods = [], [], [], [], [], {}
     run_ids, notes, bases, domains = [], [], set(), {}
     partial, uncertain = [], []
     per_token_dynamic: list[float] = []
+    session = {"spinning": req.spinning, "graph_opt": req.graph_opt, "warmup": req.warmup}
     for r in range(req.runs):
-        say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new tokens)")
+        state["stage"] = f"run {r + 1}/{req.runs} of {spec}"
+        say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new token{'' if req.new_tokens == 1 else 's'})")
         run_id = store.start_run(
             kind="measure", model_name=rm.name, model_shape=rm.shape, param_count=params,
             precision=precision, model_file_hash=rm.file_hash, provider=provider, threads=threads,
@@ -338,8 +512,9 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
             intensity_g_per_kwh=grid.intensity_g_per_kwh, intensity_source=grid.source,
             intensity_year=grid.year, pue=pue, price_usd_per_kwh=price, batch_id=batch_id,
             batch_size=req.batch, collectors=collectors_label[:255],
-            extra={"session": {"spinning": req.spinning, "graph_opt": req.graph_opt}},
+            extra={"session": session},
         )
+        state["run_id"] = run_id
         meter = Meter(collectors=collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None
         try:
@@ -351,14 +526,24 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
                 m = meter.measurement  # what was measured until the interruption
             except UsageError:
                 m = None  # the meter never started
+            if m is not None and thread_warning:
+                m.warnings.append(thread_warning)
+            # store the tokens generated (one marked segment each), the request beside them
+            done = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else 0
+            if done != req.new_tokens:
+                store.update_run(run_id, new_tokens=done,
+                                 extra={"session": session, "requested_new_tokens": req.new_tokens})
             store.finish_run(run_id, m, status=status,
                              error=None if status == "interrupted" else f"{type(e).__name__}: {e}")
             raise
         m = meter.measurement
+        if thread_warning:
+            m.warnings.append(thread_warning)
         # tokens per segment across the whole batch: the prompt of every row, one token per row
         tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1) * req.batch
                   for s in m.segments if s.label == "prefill" or s.label.startswith("token-")}
         store.finish_run(run_id, m, tokens=tokens)
+        state["run_id"] = None
         att, fig = run_figures_of(m, gen, req.batch, grid, pue, price)
         gross_att = accounting.attribute(m, gen.prompt_tokens, gen.new_tokens, batch=req.batch, basis="gross")
         per_token.append(fig.j_per_token)
@@ -411,6 +596,9 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
     if uncertain:
         notes.append(f"{rm.name}: run(s) {', '.join(map(str, uncertain))} may have missed a counter wrap "
                      "(uncertain): see `greenprof show RUN_ID`")
+    dyn_mean, dyn_ci, dyn_note = dynamic_summary(per_token_dynamic)
+    if dyn_note:
+        notes.append(f"{rm.name}: {dyn_note}")
     return ModelSummary(
         model=rm.name, precision=precision, params=params, runs=req.runs,
         tokens_per_s=statistics.fmean(tps), j_per_token=iv.mean, j_per_token_ci95=iv.as_list(),
@@ -423,10 +611,39 @@ def _measure_one(spec, req, store, grid, pue, price, threads, say, build_progres
         usd_per_request=accounting.cost_usd(j_req, price, pue),
         method=accounting.collapse_methods(methods), basis=basis, domains=list(domains),
         run_ids=run_ids, notes=notes,
-        dynamic_j_per_token=statistics.fmean(per_token_dynamic) if per_token_dynamic else None,
+        dynamic_j_per_token=dyn_mean, dynamic_j_per_token_ci95=dyn_ci,
         partial_run_ids=partial, uncertain_run_ids=uncertain,
-        gross_j_per_token=statistics.fmean(per_token_gross), provider=provider,
+        gross_j_per_token=statistics.fmean(per_token_gross), provider=provider, threads=threads,
     )
+
+
+def dynamic_summary(values: Sequence[float]) -> tuple[float | None, list[float] | None, str | None]:
+    """(mean, 95% interval, note) of the runs' dynamic J per generated token (gross minus the
+    idle median x duration). The interval is Student's t where a value is <= 0 (it may then be
+    negative); the note says what a figure at or below zero means. (None, None, None) without
+    an idle baseline."""
+    from greenprof import accounting
+
+    if not values:
+        return None, None, None
+    iv = accounting.interval95(values)
+    ci = iv.as_list()
+    if iv.mean < 0 or (ci is not None and ci[0] < 0):
+        return iv.mean, ci, dynamic_note(iv.mean, ci)
+    return iv.mean, ci, None
+
+
+def dynamic_note(mean: float, ci95: list[float] | None) -> str:
+    """What a dynamic J/token at or below zero means, with its interval."""
+    iv = f" [{ci95[0]:.3g}, {ci95[1]:.3g}] (95% CI)" if ci95 else " (one run: no interval)"
+    if mean < 0:
+        return (f"dynamic J/gen token is {mean:.3g}{iv}: the decode drew less power than the idle "
+                "median measured before each run (the idle window is short, or the machine's load changed), "
+                "so the work's own energy is not resolved above idle here; use the attributed figures, or a "
+                "longer --idle-s")
+    return (f"dynamic J/gen token is {mean:.3g}{iv}: the interval reaches below zero, so the "
+            "work's own energy is not resolved above the idle median here; use the attributed figures, or "
+            "a longer --idle-s")
 
 
 __all__ = ["MeasureRequest", "ModelSummary", "measure_models", "DEFAULT_MODELS", "Terminated",

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime
     import tokenizers
 
-__all__ = ["LoadedModel", "Signature", "load", "GRAPH_OPT_LEVELS"]
+__all__ = ["LoadedModel", "ModelCheck", "Signature", "check", "load", "GRAPH_OPT_LEVELS"]
 
 ModelFormat = Literal["optimum", "genai"]
 
@@ -231,6 +231,111 @@ def load(
         eos_token_ids=_eos_ids(genai, folder, hf_config, metadata, tokenizer),
         context_length=_context_length(genai, hf_config, metadata),
         metadata=metadata,
+    )
+
+
+@dataclass
+class ModelCheck:
+    """What :func:`check` learnt about a user model without starting onnxruntime."""
+
+    path: Path  # the .onnx file
+    folder: Path
+    format: ModelFormat
+    signature: Signature
+    context_length: int | None
+    has_tokenizer: bool
+    #: contents of greenprof-model.json when the folder has one (built-in models), else {}.
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: config.json (an optimum export's Hugging Face config), else {}.
+    hf_config: dict[str, Any] = field(default_factory=dict)
+
+
+class _ValueInfo:
+    """An ``onnx`` graph input/output seen the way onnxruntime's ``NodeArg`` shows it."""
+
+    __slots__ = ("name", "type", "shape")
+
+    def __init__(self, name: str, type_: str, shape: list[Any]) -> None:
+        self.name, self.type, self.shape = name, type_, shape
+
+
+class _GraphView:
+    """Enough of an ``InferenceSession`` (``get_inputs``/``get_outputs``) for :func:`_signature`."""
+
+    def __init__(self, inputs: list[_ValueInfo], outputs: list[_ValueInfo]) -> None:
+        self._inputs, self._outputs = inputs, outputs
+
+    def get_inputs(self) -> list[_ValueInfo]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_ValueInfo]:
+        return self._outputs
+
+
+def _value_infos(values: Any, skip: set[str]) -> list[_ValueInfo]:
+    from onnx import TensorProto
+
+    names = {v: k.lower() for k, v in TensorProto.DataType.items()}
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        t = v.type.tensor_type
+        dims: list[Any] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        elem = names.get(t.elem_type, str(t.elem_type))
+        out.append(_ValueInfo(v.name, f"tensor({elem})", dims))
+    return out
+
+
+def check(path: str | os.PathLike[str]) -> ModelCheck:
+    """Check a user model the way :func:`load` would, without starting onnxruntime or reading
+    external weights: the folder layout, that the file is an intact ONNX model, and its inputs
+    and outputs (the same rules as :func:`load`). Cheap enough to run on every model of a
+    command before the first one is measured."""
+    model_file, folder, fmt, genai = _resolve(Path(path).expanduser())
+    size = model_file.stat().st_size
+    if size == 0:
+        raise CorruptModel(f"{model_file} is empty (0 bytes): re-download or re-export the model")
+    with model_file.open("rb") as fh:
+        head = fh.read(64)
+    if head[:1] != b"\x08":  # a serialized ModelProto starts with field 1 (ir_version, varint)
+        what = "text" if _looks_like_text(head) else "unknown binary data"
+        raise NotOnnxModel(f"{model_file} is not an ONNX model (it holds {what}): {_EXPECTED}")
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(model_file), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends
+        raise CorruptModel(
+            f"{model_file} is a truncated or damaged ONNX file ({size} bytes, protobuf parsing "
+            "failed): re-download or re-export the model"
+        ) from None
+    graph = proto.graph
+    if not graph.node:  # bytes that happen to parse as an empty ModelProto
+        raise CorruptModel(
+            f"{model_file} is a truncated or damaged ONNX file ({size} bytes, no graph in it): "
+            "re-download or re-export the model"
+        )
+    initializers = {i.name for i in graph.initializer}
+    view = _GraphView(_value_infos(graph.input, initializers), _value_infos(graph.output, set()))
+    hf_config = _read_optional_json(folder / "config.json")
+    decoder_cfg = genai.get("model", {}).get("decoder", {}) if genai else {}
+    signature = _signature(view, model_file, decoder_cfg, hf_config)
+    metadata = _read_optional_json(folder / "greenprof-model.json")
+    return ModelCheck(
+        path=model_file,
+        folder=folder,
+        format=fmt,
+        signature=signature,
+        context_length=_context_length(genai, hf_config, metadata),
+        has_tokenizer=(folder / "tokenizer.json").is_file(),
+        metadata=metadata,
+        hf_config=hf_config,
     )
 
 

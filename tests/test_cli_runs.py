@@ -375,7 +375,7 @@ def test_export_codecarbon(db, tmp_path, measurements):
     assert float(a["emissions_rate"]) == pytest.approx(float(a["emissions"]) / m.duration_s, rel=1e-9)
     assert (a["country_iso_code"], a["country_name"], a["on_cloud"]) == ("FRA", "France", "N")
     # the energy exported is what the run was charged (its process's share): CodeCarbon's "process"
-    assert a["tracking_mode"] == "process" and a["codecarbon_version"] == "greenprof-0.1.0"
+    assert a["tracking_mode"] == "process" and a["codecarbon_version"] == "3.3.2"
     assert a["longitude"] == a["latitude"] == "" and float(a["pue"]) == 1.0
     assert a["python_version"] == ".".join(map(str, sys.version_info[:3]))
     datetime.strptime(a["timestamp"], "%Y-%m-%dT%H:%M:%S")  # CodeCarbon's timestamp format

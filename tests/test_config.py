@@ -3,7 +3,7 @@ import socket
 import pytest
 
 from greenprof import carbon
-from greenprof.config import ENV_VARS, KEYS, load_settings, resolve_intensity
+from greenprof.config import CLI_FLAGS, ENV_VARS, KEYS, load_settings, resolve_intensity
 from greenprof.errors import ConfigError, UsageError
 
 
@@ -172,12 +172,49 @@ def test_resolve_region(project):
     assert g == carbon.lookup("FRA") and note is None
 
 
-def test_explicit_intensity_wins_over_region(project):
+def test_explicit_intensity_wins_over_region_and_keeps_it(project):
+    """The factor is the intensity; the region (FRA from pyproject.toml) is kept with the runs,
+    and the note says the factor overrides it."""
     root, sub, _ = project
-    s = load_settings({"intensity_g_per_kwh": 20}, cwd=sub, env={})
+    s = load_settings({"intensity_g_per_kwh": 20}, cwd=sub, env={}, names=CLI_FLAGS)
     g, note = resolve_intensity(s)
-    assert g.intensity_g_per_kwh == 20 and g.source == "user (market-based factor)"
-    assert note is None
+    assert g.intensity_g_per_kwh == 20 and g.source.startswith("user (market-based factor")
+    assert g.region == "FRA" and g.name == "France"
+    fra = carbon.lookup("FRA").intensity_g_per_kwh
+    assert note == (f"--intensity 20 g CO2e/kWh overrides the grid factor of France ({fra:g} g/kWh); "
+                    "the region FRA is kept with the runs")
+    # without a region the factor stands alone, as before
+    s = load_settings({"intensity_g_per_kwh": 20}, cwd=sub, env={})
+    s.region = None
+    g, note = resolve_intensity(s)
+    assert g.region == "USER" and note is None
+
+
+def test_an_unknown_region_is_named_as_it_was_given(tmp_path):
+    """The flag, the variable or the pyproject key: the user's own spelling, and --intensity is
+    suggested only where the command has it."""
+    s = load_settings({"region": "Narnia"}, cwd=tmp_path, env={}, names=CLI_FLAGS)
+    with pytest.raises(carbon.UnknownRegion) as ei:
+        resolve_intensity(s)
+    assert str(ei.value).startswith("--region: unknown region 'Narnia'")
+    assert str(ei.value).endswith("or give a factor with --intensity G")
+    s = load_settings(cwd=tmp_path, env={"GREENPROF_REGION": "Narnia"}, names={"region": "--region"})
+    with pytest.raises(carbon.UnknownRegion) as ei:
+        resolve_intensity(s)
+    assert str(ei.value).startswith("GREENPROF_REGION: unknown region 'Narnia'")
+    assert "--intensity" not in str(ei.value)
+
+
+@pytest.mark.parametrize("key, value, flag", [
+    ("intensity_g_per_kwh", -3, "--intensity"), ("price_usd_per_kwh", -1, "--price-kwh"),
+    ("threads", 0, "--threads"), ("pue", 0.5, "--pue"),
+])
+def test_bad_flags_are_named_as_typed(tmp_path, key, value, flag):
+    with pytest.raises(ConfigError) as ei:
+        load_settings({key: value}, cwd=tmp_path, env={}, names=CLI_FLAGS)
+    msg = str(ei.value)
+    assert msg.startswith(f"{flag}: ") and "option" not in msg and "\n" not in msg
+    assert "_" not in msg.split(":")[0]  # never the internal field name (intensity_g_per_kwh)
 
 
 def test_unknown_region_from_config(tmp_path):

@@ -329,9 +329,9 @@ def test_session_options_are_stored_with_each_run(tmp_path):
     assert r.returncode == 0, r.stderr
     run_ids = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
     extras = [json.loads(e) for (e,) in rows(db, f"select extra from runs where id in ({','.join(map(str, run_ids))})")]
-    assert extras and all(e["session"] == {"spinning": True, "graph_opt": "basic"} for e in extras)
+    assert extras and all(e["session"] == {"spinning": True, "graph_opt": "basic", "warmup": 1} for e in extras)
     # the default keeps spinning off while measuring
     r = cli("measure", *FAST, "--runs", "1", "--db", str(db), "--json")
     (rid,) = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
     assert json.loads(rows(db, f"select extra from runs where id = {rid}")[0][0])["session"] == {
-        "spinning": False, "graph_opt": "all"}
+        "spinning": False, "graph_opt": "all", "warmup": 1}

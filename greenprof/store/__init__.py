@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from .errors import (
     BadStoreUrl,
+    NoDatabase,
     NotAGreenprofDatabase,
     RunNotFound,
     SchemaTooNew,
     StoreError,
+    StoreNotReadable,
     StoreNotWritable,
     StoreUnavailable,
 )
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
         RunRecord,
         SegmentRecord,
         Store,
+        connect_timeout_s,
         open_store,
         preflight,
         resolve_url,
@@ -37,13 +40,14 @@ if TYPE_CHECKING:
 __all__ = [
     "open_store", "preflight", "resolve_url", "Store", "RunRecord", "DomainRecord", "SegmentRecord", "PhaseSummary",
     "Timeline", "power_timeline",
-    "StoreError", "BadStoreUrl", "StoreNotWritable", "NotAGreenprofDatabase", "SchemaTooNew",
-    "RunNotFound", "StoreUnavailable",
+    "StoreError", "BadStoreUrl", "StoreNotWritable", "StoreNotReadable", "NotAGreenprofDatabase",
+    "NoDatabase", "SchemaTooNew", "RunNotFound", "StoreUnavailable", "connect_timeout_s",
 ]
 
 _LAZY = {
     "open_store": "greenprof.store.db",
     "preflight": "greenprof.store.db",
+    "connect_timeout_s": "greenprof.store.db",
     "resolve_url": "greenprof.store.db",
     "Store": "greenprof.store.db",
     "RunRecord": "greenprof.store.db",

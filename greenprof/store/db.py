@@ -52,10 +52,12 @@ from greenprof.hostinfo import pid_alive
 from . import schema as S
 from .errors import (
     BadStoreUrl,
+    NoDatabase,
     NotAGreenprofDatabase,
     RunNotFound,
     SchemaTooNew,
     StoreError,
+    StoreNotReadable,
     StoreNotWritable,
     StoreUnavailable,
 )
@@ -257,8 +259,84 @@ def _sqlite_path(u: URL) -> Path | None:
     return Path(db)
 
 
+CONNECT_TIMEOUT_ENV = "GREENPROF_DB_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def connect_timeout_s(env: Mapping[str, str] | None = None) -> int:
+    """Seconds to wait for a database server to answer a connection
+    (``GREENPROF_DB_CONNECT_TIMEOUT``, default 10; at least 2, libpq's minimum)."""
+    from greenprof.errors import ConfigError
+
+    env = os.environ if env is None else env
+    raw = (env.get(CONNECT_TIMEOUT_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise ConfigError(f"{CONNECT_TIMEOUT_ENV}={raw!r} is not a number of seconds > 0: set it like "
+                          f"{CONNECT_TIMEOUT_ENV}=10, or unset it (default {DEFAULT_CONNECT_TIMEOUT_S} s)")
+    return max(2, math.ceil(v))
+
+
+def _server_engine(u: URL, origin: str, **kw: Any) -> Engine:
+    """The engine of a database server, with a bounded connect timeout (PostgreSQL: libpq's
+    ``connect_timeout``, unless the URL sets one)."""
+    connect_args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
+        connect_args["connect_timeout"] = connect_timeout_s()
+    try:
+        return create_engine(u, pool_pre_ping=True, connect_args=connect_args, **kw)
+    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
+        raise BadStoreUrl(f"{origin} must be {URL_HINT} ({_one_line(e)})") from None
+
+
+def _why_not_writable(e: OSError) -> str:
+    """What an OSError from a write attempt means, in words: a read-only file system is not a
+    permission problem, and the fix differs."""
+    import errno
+
+    if e.errno == errno.EROFS:
+        return "it is on a read-only file system"
+    if e.errno == errno.ENOENT:  # the directory exists, yet no file can be made in it (/proc, /sys)
+        return "this file system does not hold ordinary files"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        user = ""
+        if hasattr(os, "geteuid"):
+            try:
+                import pwd
+
+                user = f" ({pwd.getpwuid(os.geteuid()).pw_name})"
+            except (ImportError, KeyError):
+                user = f" (uid {os.geteuid()})"
+        return f"permission denied for this user{user}"
+    return e.strerror or str(e)
+
+
+def _probe_dir(parent: Path, origin: str) -> None:
+    """Create and remove a file in ``parent``: the only sure test that the database and its
+    -wal/-shm files can be written there (``os.access`` says yes to root on a read-only mount
+    or in /proc)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".greenprof-probe-", dir=parent)
+    except OSError as e:
+        raise StoreNotWritable(f"cannot write in {parent} ({_why_not_writable(e)}; the database and its "
+                               f"-wal/-shm files live there): point {origin} elsewhere") from None
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
 def _check_sqlite_file(path: Path, origin: str) -> None:
-    """Refuse, before SQLite touches anything, a path greenprof cannot use. Never writes."""
+    """Refuse, before SQLite touches anything, a path greenprof cannot write. Never changes
+    the database (a probe file is created and removed beside it)."""
     parent = path.parent
     if not parent.is_dir():
         raise StoreNotWritable(f"cannot create the database {path}: directory {parent} does not exist "
@@ -266,21 +344,57 @@ def _check_sqlite_file(path: Path, origin: str) -> None:
     if path.is_dir():
         raise NotAGreenprofDatabase(f"{path} is a directory, not a greenprof database")
     if path.exists():
+        _check_sqlite_magic(path, origin)
         try:
-            with open(path, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
+            fd = os.open(path, os.O_RDWR)  # opening for writing writes nothing
         except OSError as e:
-            raise StoreNotWritable(f"cannot read the database {path}: {e.strerror}") from None
-        if head and head != SQLITE_MAGIC:
-            raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
-                                        f"point {origin} at a new or a greenprof .db file")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise StoreNotWritable(f"the database {path} is read-only for this user: "
-                                   f"fix its permissions or point {origin} elsewhere")
+            raise StoreNotWritable(f"the database {path} cannot be written ({_why_not_writable(e)}): "
+                                   f"greenprof reads it (runs, show, export, compare, dashboard) but "
+                                   f"cannot store runs in it; point {origin} elsewhere") from None
+        os.close(fd)
     # WAL needs the -wal and -shm files next to the database, even when the database exists
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreNotWritable(f"cannot write in {parent} (the database and its -wal/-shm files live "
-                               f"there): fix its permissions or point {origin} elsewhere")
+    _probe_dir(parent, origin)
+
+
+def _check_sqlite_magic(path: Path, origin: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise StoreNotReadable(f"cannot read the database {path}: {e.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
+                                    f"point {origin} at a new or a greenprof .db file")
+
+
+def _no_database(where: str, origin: str) -> NoDatabase:
+    elsewhere = f", or point {origin} at an existing one" if origin != "the default database" else \
+        " (or give --db / GREENPROF_DB)"
+    return NoDatabase(f"no database at {where}; `greenprof measure` creates one{elsewhere}")
+
+
+def _check_sqlite_readable(path: Path, origin: str) -> None:
+    """What a reading command needs: an existing SQLite file it may read. Creates nothing."""
+    if path.is_dir():
+        raise NotAGreenprofDatabase(f"{path} is a directory, not a greenprof database")
+    if not path.exists():
+        raise _no_database(str(path), origin)
+    _check_sqlite_magic(path, origin)
+
+
+def _can_write(path: Path) -> bool:
+    """Whether a reader could also write the database and its -wal/-shm files (no side effect
+    but a probe file created and removed beside it)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        _probe_dir(path.parent, "--db")
+    except StoreNotWritable:
+        return False
+    return True
 
 
 # -- engine -------------------------------------------------------------------------------------
@@ -317,12 +431,26 @@ def _retry_locked(op: Callable[[], Any]) -> Any:
         delay = min(delay * 2, 0.05)
 
 
-def _sqlite_engine(u: URL) -> Engine:
+def _sqlite_engine(u: URL, readonly: bool = False, immutable: bool = False) -> Engine:
+    """The engine of a SQLite database. ``readonly``: opened with ``mode=ro`` (nothing is ever
+    written, no WAL switch); ``immutable`` as well when the directory cannot be written (a
+    read-only mount: SQLite then needs no -shm file and takes no lock)."""
     memory = _sqlite_path(u) is None
     kw: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
     if memory:
         kw["poolclass"] = StaticPool  # one shared connection, or each would see its own database
-    engine = create_engine(u, **kw)
+    if readonly:
+        import sqlite3
+
+        from sqlalchemy.pool import QueuePool
+
+        path = _sqlite_path(u)
+        assert path is not None
+        uri = f"{path.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+        engine = create_engine("sqlite://", poolclass=QueuePool, creator=lambda: sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
+    else:
+        engine = create_engine(u, **kw)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -332,9 +460,9 @@ def _sqlite_engine(u: URL) -> Engine:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if not memory:
+            if not memory and not readonly:
                 _retry_locked(lambda: _use_wal(cur))
-            cur.execute("PRAGMA synchronous = NORMAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
         finally:
             cur.close()
@@ -370,6 +498,11 @@ class _ErrorMap:
         if "readonly database" in low or "unable to open database file" in low:
             return StoreNotWritable(f"cannot write the database {self.where} ({msg}): "
                                     f"fix the permissions or point {self.origin} elsewhere")
+        if "timeout expired" in low or "timed out" in low:
+            return StoreUnavailable(
+                f"no answer from the database server {self.where} within its connect timeout "
+                f"({connect_timeout_s()} s, {CONNECT_TIMEOUT_ENV}): check that the server is up and "
+                f"reachable, or point {self.origin} elsewhere")
         if "database is locked" in low or "database is busy" in low:
             return StoreUnavailable(f"the database {self.where} stayed locked by another process for "
                                     f"more than {BUSY_TIMEOUT_S:g} s; try again")
@@ -438,15 +571,18 @@ def _needs_upgrade(revs: tuple[str, ...], tables: Sequence[str], dialect: str, w
     return True
 
 
-def _peek_sqlite(path: Path, origin: str) -> None:
+def _peek_sqlite(path: Path, origin: str) -> tuple[tuple[str, ...], list[str]]:
     """Check an existing SQLite file through a read-only connection, before the engine sets WAL
     (which rewrites the header): a file greenprof refuses is left byte for byte as it was."""
     import sqlite3
 
     if not path.exists() or path.stat().st_size == 0:
-        return
+        return (), []
+    # a directory nobody may write in (a read-only mount) has no -shm file to share: read the
+    # file as immutable there, as the reading commands do
+    immutable = "" if os.access(path.parent, os.W_OK) else "&immutable=1"
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro{immutable}", uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
         raise StoreNotWritable(f"cannot open the database {path}: {e}") from None
     try:
@@ -462,6 +598,7 @@ def _peek_sqlite(path: Path, origin: str) -> None:
     finally:
         conn.close()
     _needs_upgrade(revs, tables, "sqlite", str(path), origin)
+    return revs, tables
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -498,7 +635,11 @@ class Store:
     """A migrated greenprof database. Create with :func:`open_store`; safe to share across
     threads; after ``fork`` the child drops the parent's connections and opens its own."""
 
-    def __init__(self, engine: Engine, url: URL, origin: str) -> None:
+    def __init__(self, engine: Engine, url: URL, origin: str, readonly: bool = False) -> None:
+        #: opened for reading only (the reading commands): nothing is written through it
+        self.readonly = readonly
+        #: runs left 'running' by a process that is gone, which a read-only store could not mark
+        self.stale_unmarked: list[int] = []
         self._engine = engine
         self._write_engine = engine.execution_options(**{_WRITE: True})
         self._url = url
@@ -538,6 +679,9 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One short write transaction (BEGIN IMMEDIATE on SQLite)."""
+        if self.readonly:
+            raise StoreNotWritable(f"the database {self._errors.where} was opened read-only: open it "
+                                   "with open_store(..., readonly=False) to write")
         self._after_fork()
         try:
             with self._write_engine.begin() as conn:
@@ -816,6 +960,14 @@ class Store:
         dead = [r.id for r in rows if not pid_alive(r.pid, r.started_at)]
         if not dead:
             return []
+        if self.readonly:  # mark them through a writable connection where the database allows one
+            try:
+                writer = open_store(self._url.render_as_string(hide_password=False), setting=self._origin)
+            except (StoreError, StoreUnavailable):
+                self.stale_unmarked = dead
+                return []
+            with writer:
+                return writer.mark_stale_runs()
         updated: list[int] = []
         with self._write() as conn:
             for r in rows:
@@ -957,19 +1109,47 @@ class Store:
                     phase.attributed_energy_j[domain] = float(att) if att is not None else None
 
 
-def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db") -> str:
+def _memory_refused(origin: str, reading: bool) -> StoreError:
+    if reading:
+        return NoDatabase(f"an in-memory database ({origin} :memory:) holds no runs: point {origin} at a "
+                          "database file")
+    return StoreError(f"an in-memory database ({origin} :memory:) keeps nothing once greenprof exits: "
+                      f"point {origin} at a database file")
+
+
+def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db", keep: bool = False) -> str:
     """Every check :func:`open_store` makes before writing, and nothing else: a command can
     refuse a bad ``--db`` before long work, and still create the database only when it has
-    something to store. Returns the resolved URL (password redacted)."""
+    something to store. A SQLite location is probed for writing (a file is created and removed
+    beside it); a server is connected to (bounded by :func:`connect_timeout_s`) and its schema
+    checked, creating nothing. ``keep``: refuse an in-memory database (its runs would vanish).
+    Returns the resolved URL (password redacted)."""
     u, origin = resolve_url(url, setting)
-    path = _sqlite_path(u) if u.get_backend_name() == "sqlite" else None
-    if path is not None:
-        _check_sqlite_file(path, origin)
-        _peek_sqlite(path, origin)
+    if u.get_backend_name() == "sqlite":
+        path = _sqlite_path(u)
+        if path is None:
+            if keep:
+                raise _memory_refused(origin, reading=False)
+        else:
+            _check_sqlite_file(path, origin)
+            _peek_sqlite(path, origin)
+    else:
+        from sqlalchemy.pool import NullPool
+
+        engine = _server_engine(u, origin, poolclass=NullPool)
+        errors = _ErrorMap(u.render_as_string(hide_password=True), origin)
+        try:
+            with engine.connect() as conn:
+                revs, tables = _stamped(conn)
+            _needs_upgrade(revs, tables, engine.dialect.name, errors.where, origin)
+        except sa_exc.DBAPIError as e:
+            raise errors(e) from None
+        finally:
+            engine.dispose()
     return u.render_as_string(hide_password=True)
 
 
-def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -> Store:
+def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db", readonly: bool = False) -> Store:
     """Open (creating or migrating as needed) the greenprof database at ``url``.
 
     ``url``: a SQLAlchemy URL or a file path; else ``$GREENPROF_DB``; else ``./greenprof.db``.
@@ -977,20 +1157,56 @@ def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -
     Raises :class:`~greenprof.store.errors.StoreError` subclasses (usage errors) for a malformed
     URL, an unwritable location, a file that is not a greenprof database or a database written
     by a newer greenprof, each before anything is written; :class:`StoreUnavailable` when the
-    server cannot be reached or the file stays locked.
+    server cannot be reached (within :func:`connect_timeout_s`) or the file stays locked.
+
+    ``readonly=True`` (the reading commands): nothing is created or written. A database that
+    does not exist is :class:`NoDatabase`; a SQLite file is opened with ``mode=ro`` (and
+    ``immutable`` when its directory cannot be written, e.g. a read-only mount), so a read-only
+    database reads. A database at an older schema is upgraded only where it can be written;
+    else one line says to upgrade it with write access.
     """
     u, origin = resolve_url(url, setting)
     path = _sqlite_path(u) if u.get_backend_name() == "sqlite" else None
-    if path is not None:
+    if readonly and u.get_backend_name() == "sqlite":
+        if path is None:
+            raise _memory_refused(origin, reading=True)
+        _check_sqlite_readable(path, origin)
+        revs, tables = _peek_sqlite(path, origin)
+        if not revs and not [t for t in tables if not t.startswith("sqlite_")]:
+            raise NoDatabase(f"{path} holds no greenprof runs yet (an empty database); `greenprof measure` "
+                             "records some")
+        if revs != (S.SCHEMA_REVISION,):
+            if not _can_write(path):
+                raise StoreNotWritable(
+                    f"{path} was written by an older greenprof (schema {', '.join(revs)}; this one reads "
+                    f"{S.SCHEMA_REVISION}) and cannot be upgraded here (read-only): run a greenprof "
+                    "command that stores runs (`greenprof measure`) once where it is writable, or read "
+                    "a writable copy")
+            readonly = False  # upgrade it in place, as a writing command would
+    if not readonly and path is not None:
         _check_sqlite_file(path, origin)
         _peek_sqlite(path, origin)
+    if u.get_backend_name() == "sqlite":
+        # a directory nobody may write in (a read-only mount) cannot hold the -shm file readers
+        # of a WAL database share: read the file as immutable there (no lock, no -shm)
+        immutable = readonly and path is not None and not os.access(path.parent, os.W_OK)
+        engine = _sqlite_engine(u, readonly=readonly, immutable=immutable)
+    else:
+        engine = _server_engine(u, origin)
+    store = Store(engine, u, origin, readonly=readonly)
     try:
-        engine = _sqlite_engine(u) if u.get_backend_name() == "sqlite" else create_engine(u, pool_pre_ping=True)
-    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
-        raise BadStoreUrl(f"{origin} must be {URL_HINT} ({_one_line(e)})") from None
-    store = Store(engine, u, origin)
-    try:
-        store._migrate()
+        if readonly and u.get_backend_name() != "sqlite":
+            with store._read() as conn:
+                revs, tables = _stamped(conn)
+            if not revs and not [t for t in tables if t in {t.name for t in S.TABLES}]:
+                raise _no_database(store._errors.where, origin)
+            if revs != (S.SCHEMA_REVISION,):
+                store._migrate()
+        elif not readonly:
+            store._migrate()
+        else:
+            with store._read() as conn:  # fail here, in one line, if SQLite cannot read it
+                conn.exec_driver_sql("SELECT 1 FROM runs LIMIT 1").all()
     except sa_exc.DBAPIError as e:
         engine.dispose()
         raise store._errors(e) from None
@@ -998,3 +1214,4 @@ def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -
         engine.dispose()
         raise
     return store
+

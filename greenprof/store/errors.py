@@ -22,6 +22,14 @@ class StoreNotWritable(StoreError):
     """The database file, or the directory it would be created in, cannot be written."""
 
 
+class NoDatabase(StoreError):
+    """A reading command names a database that does not exist (nothing is created for it)."""
+
+
+class StoreNotReadable(StoreError):
+    """The database file cannot be read by this user."""
+
+
 class NotAGreenprofDatabase(StoreError):
     """The file is not SQLite, or the database holds tables that are not greenprof's."""
 
