@@ -371,6 +371,10 @@ def runs_cmd(
              "without re-running: a what-if. Default: each run's own stored intensity."),
     limit: int = typer.Option(50, "--limit", metavar="N", help="Show at most N runs, newest first (0 = all)."),
     model: str | None = typer.Option(None, "--model", metavar="NAME", help="Only runs of this model name."),
+    host: str | None = typer.Option(None, "--host", metavar="H",
+                                    help="Only runs of this host id (GREENPROF_HOST_ID, else the host "
+                                         "name plus a hash of its machine id; `greenprof runs --json` "
+                                         "shows each run's host)."),
 ) -> None:
     """List stored runs: energy, J per token and g CO2e, newest first.
 
@@ -391,7 +395,7 @@ def runs_cmd(
             raise carbon.UnknownRegion(f"--region: {e}") from None
     costing = _Costing(settings, what_if)
     with _open_marking_stale(settings) as store:
-        records = store.list_runs(limit=limit or None, model_name=model)
+        records = store.list_runs(limit=limit or None, model_name=model, host=host)
         where = _where(store)
     rows = [summarize(r, costing) for r in records]
     if as_json:
@@ -435,7 +439,7 @@ def runs_cmd(
               "generated token; `greenprof show RUN_ID` has every phase and domain")
     if not rows:
         _note(f"no runs in {where}" + (f" for model {model!r}" if model else "")
-              + "; `greenprof measure` records some")
+              + (f" on host {host!r}" if host else "") + "; `greenprof measure` records some")
     costing.flush()
 
 

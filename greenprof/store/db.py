@@ -989,9 +989,12 @@ class Store:
     # -- reading --------------------------------------------------------------------------------
     def list_runs(self, *, limit: int | None = 50, status: str | None = None, kind: str | None = None,
                   model_name: str | None = None, batch_id: str | None = None,
-                  since: datetime | None = None) -> list[RunRecord]:
-        """Runs, newest first, with their domains and phase summaries (not their segments)."""
+                  since: datetime | None = None, host: str | None = None) -> list[RunRecord]:
+        """Runs, newest first, with their domains and phase summaries (not their segments).
+        ``host``: only runs of that host id (see greenprof.hostinfo.host)."""
         q = select(S.runs).order_by(S.runs.c.id.desc())
+        if host is not None:
+            q = q.where(S.runs.c.host == host)
         if status is not None:
             q = q.where(S.runs.c.status == status)
         if kind is not None:
