@@ -117,8 +117,15 @@ def build_report(store: "Store", *, regions: Sequence[str] = (), run_id: int | N
         raise GreenprofError("the dashboard needs plotly (its JavaScript is embedded in the page): "
                              "pip install plotly") from None
 
+    from greenprof.ladder import api_references
+
+    fits = queries.size_fits(ov.models, intensity_g_per_kwh=fallback.intensity_g_per_kwh,
+                             pue=float(settings.pue), price_usd_per_kwh=price)
+    references, ref_notes = api_references(fallback.intensity_g_per_kwh, fallback.region)
+    notes.extend(ref_notes)
     return page.full_page(where=where, ov=ov, grids=grids, fallback=fallback, timeline=timeline,
-                          timeline_note=timeline_note, notes=notes, plotly_js=get_plotlyjs())
+                          timeline_note=timeline_note, notes=notes, plotly_js=get_plotlyjs(),
+                          fits=fits, references=references)
 
 
 def _ids(ids: Sequence[int], limit: int = 10) -> str:

@@ -20,7 +20,7 @@ from greenprof.fmt import human_params
 if TYPE_CHECKING:
     from greenprof.carbon import GridIntensity
 
-    from .queries import ModelAggregate, RunTimeline
+    from .queries import ModelAggregate, RunTimeline, SizeFit
 
 #: GPT-4o mini API list price, USD per million tokens (OpenAI pricing page, public list price).
 GPT4O_MINI_USD_PER_M = {"input": 0.15, "output": 0.60}
@@ -191,13 +191,135 @@ def series_name(precision: str, method: str, basis: str) -> str:
 
 
 # -- 1. J per token vs parameters -------------------------------------------------------------------
+def size_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Log-axis ticks in human units between ``lo`` and ``hi`` parameters: every power of ten
+    ('100M', '1B', '10B'), with 2x and 5x between them when the span is under three decades."""
+    lo_dec = math.floor(math.log10(lo)) if lo > 0 else 0
+    hi_dec = math.ceil(math.log10(hi)) if hi > 0 else 1
+    steps = (1, 2, 5) if hi_dec - lo_dec < 3 else (1,)
+    vals = [k * 10.0 ** d for d in range(lo_dec, hi_dec + 1) for k in steps]
+    vals = [v for v in vals if lo <= v <= hi] or [10.0 ** lo_dec, 10.0 ** hi_dec]
+    return vals, [human_params(int(round(v))) for v in vals]
+
+
+#: fit line and band colour for a precision's fit (the points keep the precision colour)
+FIT_BAND_OPACITY = 0.12
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _log_grid(lo: float, hi: float, n: int = 40) -> list[float]:
+    a, b = math.log(lo), math.log(hi)
+    return [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
+
+
 def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
-                     colours: dict[str, str]) -> dict | None:
-    """Log-log, one series per precision (colour), method (marker) and basis, 95 % interval bars."""
+                     colours: dict[str, str], fits: Sequence["SizeFit"] = (),
+                     references: Sequence[dict] = ()) -> dict | None:
+    """Log-log, one series per precision (colour), method (marker) and basis, 95 % interval bars,
+    each point labelled with its model's name; per fit (greenprof.accounting.fit_power_law) its
+    line (solid over the measured sizes, dashed beyond) with the 95 % prediction band, the seed
+    shapes it extrapolates as hollow diamonds with dashed intervals; API models as shaded
+    reference bands (EcoLogits' estimate), never as points. Size ticks in human units."""
+    from greenprof.accounting import predict
+
     idx = [i for i, m in enumerate(models) if m.param_count and m.param_count > 0 and m.j_per_token > 0]
     if not idx:
         return None
-    data = []
+    data: list[dict] = []
+    xs_all: list[float] = [float(models[i].param_count) for i in idx]
+    for fit in fits:
+        xs_all.extend(float(r["params"]) for r in fit.extrapolated)
+    bands = [r for r in references if r.get("j_per_token_range")]
+    for r in bands:
+        if r.get("params_range"):
+            xs_all.extend(float(v) for v in r["params_range"])
+    # room for the point labels on both sides
+    x_lo, x_hi = min(xs_all) / 3.0, max(xs_all) * 4.0
+
+    # API reference bands first, so they lie under everything else
+    for r in bands:
+        lo, hi = r["j_per_token_range"]
+        px = r.get("params_range") or [x_lo, x_hi]
+        name = f"{r['model']} API: {fmt(lo, 3)}-{fmt(hi, 3)} J/output token, {r.get('estimator', 'estimate')}"
+        data.append(dict(
+            type="scatter", mode="lines", name=ptext(name), legendgroup="references",
+            x=[px[0], px[1], px[1], px[0], px[0]], y=[lo, lo, hi, hi, lo],
+            fill="toself", fillcolor="rgba(214,39,40,0.10)", line=dict(color="#d62728", width=1, dash="dot"),
+            hoveron="fills+points", text=ptext(r.get("source") or ""),
+            hovertemplate=(f"<b>{ptext(r['model'])} API</b> (reference, not measured)<br>"
+                           f"{fmt(lo, 3)}-{fmt(hi, 3)} J per output token<br>"
+                           + (f"{human_params(int(px[0]))}-{human_params(int(px[1]))} parameters (EcoLogits)"
+                              if r.get("params_range") else "parameters not published")
+                           + "<extra></extra>"),
+        ))
+        data.append(dict(type="scatter", mode="text", name=ptext(f"label: {r['model']}"), showlegend=False,
+                         x=[px[0]], y=[lo / 1.08], text=[ptext(f"{r['model']} API (estimated by EcoLogits)")],
+                         textposition="bottom right", textfont=dict(size=11, color="#d62728"),
+                         hoverinfo="skip"))
+    for fit in fits:
+        colour = precision_colour(fit.precision, colours)
+        f = fit.fit
+        top = max([fit.largest.param_count] + [r["params"] for r in fit.extrapolated])
+        grid = sorted(set(_log_grid(f.params_min, top) + [f.params_max]))
+        preds = [predict(f, x) for x in grid]
+        tag = f"{fit.precision} fit: J/token ∝ params^{f.exponent:.2f}"
+        if f.exponent_ci95 is not None:
+            tag += f" [{f.exponent_ci95[0]:.2f}, {f.exponent_ci95[1]:.2f}]"
+        tag += f" ({fit.energy_label})"
+        if preds[0].j_per_token_ci95 is not None:
+            data.append(dict(type="scatter", mode="lines", x=grid, y=[p.j_per_token_ci95[0] for p in preds],
+                             line=dict(width=0, color=colour), showlegend=False, hoverinfo="skip",
+                             legendgroup=ptext(tag), name=ptext(f"{fit.precision} fit: 95% prediction band, lower")))
+            data.append(dict(type="scatter", mode="lines", x=grid, y=[p.j_per_token_ci95[1] for p in preds],
+                             line=dict(width=0, color=colour), fill="tonexty",
+                             fillcolor=_rgba(colour, FIT_BAND_OPACITY), legendgroup=ptext(tag),
+                             name=ptext(f"{fit.precision} fit: 95% prediction band"), hoverinfo="skip"))
+        inside = [(x, p.j_per_token) for x, p in zip(grid, preds) if x <= f.params_max * (1 + 1e-9)]
+        beyond = [(x, p.j_per_token) for x, p in zip(grid, preds) if x >= f.params_max * (1 - 1e-9)]
+        data.append(dict(type="scatter", mode="lines", name=ptext(tag), legendgroup=ptext(tag),
+                         x=[x for x, _ in inside], y=[y for _, y in inside],
+                         text=[human_params(int(x)) for x, _ in inside], line=dict(color=colour, width=2),
+                         hovertemplate="%{text} parameters: %{y:.4g} J/token (fit)<extra></extra>"))
+        if len(beyond) > 1:
+            data.append(dict(type="scatter", mode="lines", name=ptext(f"{fit.precision} fit, extrapolated"),
+                             legendgroup=ptext(tag), showlegend=False,
+                             x=[x for x, _ in beyond], y=[y for _, y in beyond],
+                             text=[human_params(int(x)) for x, _ in beyond],
+                             line=dict(color=colour, width=2, dash="dash"),
+                             hovertemplate="%{text} parameters: %{y:.4g} J/token (fit, extrapolated)<extra></extra>"))
+        if fit.extrapolated:
+            rows = fit.extrapolated
+            seg_x: list[Any] = []
+            seg_y: list[Any] = []
+            for r in rows:
+                if r["j_per_token_ci95"]:
+                    seg_x += [r["params"], r["params"], None]
+                    seg_y += [r["j_per_token_ci95"][0], r["j_per_token_ci95"][1], None]
+            if seg_x:
+                data.append(dict(type="scatter", mode="lines", x=seg_x, y=seg_y, showlegend=False,
+                                 legendgroup=ptext(tag), name=ptext(f"{fit.precision} extrapolated intervals"),
+                                 line=dict(color=colour, width=1.5, dash="dash"), hoverinfo="skip"))
+            data.append(dict(
+                type="scatter", mode="markers+text", legendgroup=ptext(tag),
+                name=ptext(f"{fit.precision} · extrapolated from the fit (not measured)"),
+                x=[r["params"] for r in rows], y=[r["j_per_token"] for r in rows],
+                marker=dict(size=12, symbol="diamond-open", color=colour, line=dict(width=2, color=colour)),
+                # alternately below-right and above-left of the rising line, so neighbours do not collide
+                text=[ptext(r["model"]) for r in rows],
+                textposition=["bottom right" if k % 2 == 0 else "top left" for k in range(len(rows))],
+                textfont=dict(size=11, color="#555555"),
+                customdata=[[human_params(r["params"]),
+                             (f"[95% prediction interval {fmt(r['j_per_token_ci95'][0])}, "
+                              f"{fmt(r['j_per_token_ci95'][1])}]" if r["j_per_token_ci95"] else "(no interval)")]
+                            for r in rows],
+                hovertemplate=("<b>%{text}</b>, extrapolated (not measured)<br>%{customdata[0]} parameters"
+                               "<br>%{y:.4g} J/token %{customdata[1]}<extra></extra>"),
+            ))
     for (prec, method, basis), members in sorted(_series(models, idx).items()):
         plus, minus = [], []
         for i in members:
@@ -206,7 +328,7 @@ def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
             minus.append(iv.mean - iv.lo if iv.lo is not None else 0.0)
         colour = precision_colour(prec, colours)
         data.append(dict(
-            type="scatter", mode="markers",
+            type="scatter", mode="markers+text",
             name=ptext(series_name(prec, method, basis)), legendgroup=ptext(prec),
             x=[models[i].param_count for i in members],
             y=[models[i].j_per_token for i in members],
@@ -214,14 +336,20 @@ def energy_vs_params(models: Sequence["ModelAggregate"], labels: Sequence[str],
                          color=colour, thickness=1.2, width=4),
             marker=dict(size=11, color=colour, symbol=METHOD_SYMBOLS.get(method, "square-open"),
                         opacity=0.55 if basis == "gross" else 1.0, line=dict(width=2, color=colour)),
-            text=[ptext(labels[i]) for i in members],
+            text=[ptext(models[i].model_name if models[i].model_name is not None else "(unnamed)")
+                  for i in members],
+            textposition="top left", textfont=dict(size=11, color="#222222"),
             customdata=[[human_params(models[i].param_count), ptext(_ci_text(models[i])),
-                         models[i].runs, _hover_extra(models[i])] for i in members],
-            hovertemplate=("<b>%{text}</b><br>%{customdata[0]} parameters<br>%{customdata[1]}"
+                         models[i].runs, _hover_extra(models[i]), ptext(labels[i])] for i in members],
+            hovertemplate=("<b>%{customdata[4]}</b><br>%{customdata[0]} parameters<br>%{customdata[1]}"
                            "<br>%{customdata[2]} run(s)<br>%{customdata[3]}<extra></extra>"),
         ))
-    return dict(data=data, layout=_layout("parameters", "J per generated token (decode)", log_x=True,
-                                          log_y=True))
+    layout = _layout("parameters", "J per generated token (decode)", log_x=True, log_y=True, height=520)
+    tickvals, ticktext = size_ticks(x_lo, x_hi)
+    layout["xaxis"].update(tickmode="array", tickvals=tickvals, ticktext=ticktext,
+                           range=[math.log10(x_lo), math.log10(x_hi)])
+    layout["yaxis"].update(dtick=1)  # one labelled tick per power of ten
+    return dict(data=data, layout=layout)
 
 
 # -- 2. CO2e per 1k tokens, re-costed per grid ---------------------------------------------------------

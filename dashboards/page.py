@@ -21,7 +21,7 @@ from . import figures as F
 if TYPE_CHECKING:
     from greenprof.carbon import GridIntensity
 
-    from .queries import ModelAggregate, Overview, RunRow, RunTimeline
+    from .queries import ModelAggregate, Overview, RunRow, RunTimeline, SizeFit
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; base-uri 'none'; form-action 'none'")
@@ -36,6 +36,7 @@ header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header .meta { color: #cfe3d4; font-size: 13px; }
 header code { color: #fff; }
 main { padding: 18px 28px 40px; max-width: 1600px; margin: 0 auto; }
+.headline { font-size: 17px; font-weight: 600; margin: 2px 0 14px; color: #1e3d2a; }
 .notes { background: #fff8e1; border: 1px solid #f0d98c; border-radius: 6px; padding: 8px 14px; margin-bottom: 16px; }
 .notes li { margin: 2px 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)); gap: 16px; }
@@ -297,9 +298,30 @@ def energy_caption(models: Sequence["ModelAggregate"]) -> str:
     return "Energy: " + "; ".join(parts) + " (each bar or point says which)."
 
 
+def headline(fits: Sequence["SizeFit"]) -> str | None:
+    """One sentence: the measured smallest vs largest model of the widest fit, and the scaling
+    exponent. None without a fit (fewer than two sizes measured on one machine)."""
+    if not fits:
+        return None
+    f = fits[0]
+    s, lg = f.smallest, f.largest
+    where = F.short_hardware(lg)
+    text = (f"Measured on {where} ({f.precision}, {f.energy_label}): {lg.model_name} "
+            f"({F.human_params(lg.param_count)} parameters) takes {f.energy_ratio:.3g}x the energy per "
+            f"generated token of {s.model_name} ({F.human_params(s.param_count)}): "
+            f"{F.fmt(lg.j_per_token, 3)} vs {F.fmt(s.j_per_token, 3)} J")
+    if f.speed_ratio:
+        text += (f", and the smaller is {f.speed_ratio:.3g}x as fast" if f.speed_ratio >= 1
+                 else f", and the larger is {1 / f.speed_ratio:.3g}x as fast")
+    text += f". J/token grows as params^{f.fit.exponent:.2f}"
+    if f.fit.exponent_ci95 is not None:
+        text += f" [{f.fit.exponent_ci95[0]:.2f}, {f.fit.exponent_ci95[1]:.2f}]"
+    return text + f" over {f.fit.points} model sizes."
+
+
 def full_page(*, where: str, ov: "Overview", grids: Sequence["GridIntensity"], fallback: "GridIntensity",
               timeline: "RunTimeline | None", timeline_note: str | None, notes: Iterable[str],
-              plotly_js: str) -> str:
+              plotly_js: str, fits: Sequence["SizeFit"] = (), references: Sequence[dict] = ()) -> str:
     models = ov.models
     labels = F.model_labels(models)
     colours: dict[str, str] = {}
@@ -324,10 +346,17 @@ def full_page(*, where: str, ov: "Overview", grids: Sequence["GridIntensity"], f
               "Mean J per generated token (decode energy / generated tokens, summed over energy domains) per "
               "model, precision and machine; error bars: 95% interval of the mean over runs (log-normal, "
               "never below zero; none for a single run). Filled markers are measured (RAPL, NVML), hollow "
-              "circles estimated (CPU time x TDP share), diamonds replayed traces, hollow squares a mix; "
-              "faded markers are on the gross basis. " + energy,
-              add("fig-params", F.energy_vs_params(models, labels, colours)),
-              "No model has a parameter count (user models without metadata)." if models else none),
+              "circles estimated (CPU time x TDP share), filled diamonds replayed traces, hollow squares a mix; "
+              "faded markers are on the gross basis. Lines: J/token = a x params^b fitted per precision and "
+              "machine on the models measured (log-log least squares, one point per model), solid over "
+              "the measured sizes and dashed beyond, with its 95% prediction band; hollow diamonds with "
+              "dashed intervals are seed shapes extrapolated from the fit, not measured. Red shaded "
+              "boxes are API models' energy per output token as estimated by EcoLogits (a reference on "
+              "other hardware, at the parameter range EcoLogits assumes), never a measurement. "
+              + energy,
+              add("fig-params", F.energy_vs_params(models, labels, colours, fits, references)),
+              "No model has a parameter count (user models without metadata)." if models else none,
+              wide=True),
         _card("fig-pareto", "Speed vs energy: the Pareto front",
               "Generated tokens per second against J per generated token. Points on the dotted red line are "
               "Pareto-optimal: no other model is both faster and cheaper in energy. " + energy,
@@ -393,6 +422,9 @@ def full_page(*, where: str, ov: "Overview", grids: Sequence["GridIntensity"], f
                 + (f"; {n_partial} partial run{'s' if n_partial != 1 else ''} left out" if n_partial else ""))
     note_html = ("<ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>\n"
                  if notes else "")
+    head = headline(fits)
+    if head:
+        note_html = f"<p class=\"headline\" id=\"headline\">{escape(head)}</p>\n" + note_html
     return (
         _head("greenprof report") + "<body>\n" + _header(where, subtitle)
         + "<main>\n" + note_html + "<div class=\"grid\">\n" + "".join(cards) + table + "</div>\n"

@@ -396,3 +396,73 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best_tps = tps
     return front
+
+
+# -- J per token vs size: the fit per precision and machine --------------------------------------------
+#: Models fitted together: one precision on one machine, one energy basis and method, one batch size.
+FIT_KEY = ("precision", "hardware_fingerprint", "basis", "method", "batch_size")
+
+
+@dataclass
+class SizeFit:
+    """accounting.fit_power_law over the groups of one FIT_KEY (one point per model: its mean J per
+    generated token), the seed shapes it extrapolates and the smallest vs largest measured model."""
+
+    precision: str | None
+    hardware_fingerprint: str | None
+    basis: str
+    method: str
+    batch_size: int | None
+    models: list[ModelAggregate]  # the fitted points, smallest first
+    fit: "accounting.PowerLawFit"
+    extrapolated: list[dict] = field(default_factory=list)  # greenprof.ladder.extrapolate rows
+
+    @property
+    def energy_label(self) -> str:
+        return accounting.energy_label(self.method, self.basis)
+
+    @property
+    def smallest(self) -> ModelAggregate:
+        return self.models[0]
+
+    @property
+    def largest(self) -> ModelAggregate:
+        return self.models[-1]
+
+    @property
+    def energy_ratio(self) -> float:
+        """J per generated token of the largest measured model over the smallest's."""
+        return self.largest.j_per_token / self.smallest.j_per_token
+
+    @property
+    def speed_ratio(self) -> float | None:
+        """Tokens/s of the smallest over the largest's (how much faster the smallest is)."""
+        a, b = self.smallest.tokens_per_s, self.largest.tokens_per_s
+        return a / b if a and b else None
+
+
+def size_fits(models: Sequence[ModelAggregate], *, intensity_g_per_kwh: float, pue: float,
+              price_usd_per_kwh: float) -> list[SizeFit]:
+    """One :class:`SizeFit` per FIT_KEY group with at least two model sizes (params known), widest
+    span of sizes first; each extrapolates the seed shapes it did not measure
+    (:func:`greenprof.ladder.extrapolate`)."""
+    from greenprof.ladder import extrapolate
+
+    groups: dict[tuple, list[ModelAggregate]] = {}
+    for m in models:
+        if m.param_count and m.param_count > 0 and m.j_per_token > 0:
+            # runs stored without a batch size generated one sequence: batch 1
+            key = (m.precision, m.hardware_fingerprint, m.basis, m.method, m.batch_size or 1)
+            groups.setdefault(key, []).append(m)
+    out: list[SizeFit] = []
+    for (precision, fp, basis, method, batch), members in groups.items():
+        if len({m.param_count for m in members}) < 2:
+            continue
+        members = sorted(members, key=lambda m: (m.param_count, str(m.model_name)))
+        fit = accounting.fit_power_law([m.param_count for m in members], [m.j_per_token for m in members])
+        rows, _ = extrapolate(fit, str(precision), [str(m.model_name).lower() for m in members],
+                              intensity_g_per_kwh=intensity_g_per_kwh, pue=pue,
+                              price_usd_per_kwh=price_usd_per_kwh)
+        out.append(SizeFit(precision, fp, basis, method, batch, members, fit, rows))
+    out.sort(key=lambda f: (-(f.largest.param_count / f.smallest.param_count), -sum(m.runs for m in f.models)))
+    return out

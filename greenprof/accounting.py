@@ -21,6 +21,9 @@ Definitions (the names say what they cost):
 * **95 % interval** of a mean of positive values (J per token over repeated runs): Cox's method
   on the log scale (the values are taken as log-normal), so it never goes below zero; with one
   run there is no interval (None), not a fake one.
+* **Scaling with size** (``greenprof ladder``): J per generated token = a x params^b, fitted by
+  least squares on (ln params, ln J per token), one point per model; the exponent's 95 % interval
+  and the prediction interval of a size not measured use Student's t with n - 2 degrees of freedom.
 
 Pure functions and plain dataclasses; nothing heavy is imported.
 """
@@ -519,6 +522,126 @@ def _betacf(a: float, b: float, x: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# Scaling with model size: J per generated token = a x params^b
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``j_per_token = a x params^b``, fitted by ordinary least squares on the log-log points
+    (ln J per token against ln params).
+
+    ``exponent_ci95`` is the 95 % confidence interval of ``b`` (Student's t with ``points - 2``
+    degrees of freedom); None with two points, where the line goes through both and nothing is
+    left to estimate its error from. ``residual_sd`` is the standard deviation of the points
+    around the line on the log scale (None with two points).
+    """
+
+    exponent: float  # b
+    log_coefficient: float  # ln a (a in J per token at one parameter)
+    points: int
+    exponent_ci95: tuple[float, float] | None
+    residual_sd: float | None
+    r2: float | None  # share of the log-scale variance the line explains; None with two points
+    log_params_mean: float
+    log_params_sxx: float  # sum of squared deviations of ln params from their mean
+    params_min: float
+    params_max: float
+
+    @property
+    def coefficient(self) -> float:
+        """a, in J per generated token at one parameter."""
+        return math.exp(self.log_coefficient)
+
+    @property
+    def df(self) -> int:
+        return self.points - 2
+
+    def exponent_ci95_list(self) -> list[float] | None:
+        return list(self.exponent_ci95) if self.exponent_ci95 is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_json({
+            "exponent": self.exponent, "exponent_ci95": self.exponent_ci95_list(),
+            "coefficient_j_per_token": self.coefficient, "points": self.points,
+            "residual_sd_log": self.residual_sd, "r2": self.r2,
+            "params_range": [self.params_min, self.params_max],
+        })
+
+
+def fit_power_law(params: Sequence[float], j_per_token: Sequence[float]) -> PowerLawFit:
+    """Fit ``j_per_token = a x params^b`` by least squares on (ln params, ln J per token).
+
+    Each pair is one point (the ladder passes one per model: its mean J per generated token over
+    its runs, so repeated runs do not count as extra models). Needs positive, finite values and at
+    least two distinct sizes; the exponent's interval needs at least three points.
+    """
+    xs_raw = [float(p) for p in params]
+    ys_raw = [float(j) for j in j_per_token]
+    if len(xs_raw) != len(ys_raw):
+        raise UsageError(f"fit_power_law(): {len(xs_raw)} sizes but {len(ys_raw)} J per token values")
+    for name, vals in (("params", xs_raw), ("j_per_token", ys_raw)):
+        bad = [v for v in vals if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise UsageError(f"fit_power_law(): {name} must be positive and finite (got {bad[0]!r})")
+    if len(set(xs_raw)) < 2:
+        raise UsageError("fit_power_law() needs models of at least two different sizes")
+    xs = [math.log(v) for v in xs_raw]
+    ys = [math.log(v) for v in ys_raw]
+    n = len(xs)
+    xbar = math.fsum(xs) / n
+    ybar = math.fsum(ys) / n
+    sxx = math.fsum((x - xbar) ** 2 for x in xs)
+    sxy = math.fsum((x - xbar) * (y - ybar) for x, y in zip(xs, ys))
+    b = sxy / sxx
+    ln_a = ybar - b * xbar
+    ci = sd = r2 = None
+    if n > 2:
+        sse = math.fsum((y - (ln_a + b * x)) ** 2 for x, y in zip(xs, ys))
+        sst = math.fsum((y - ybar) ** 2 for y in ys)
+        sd = math.sqrt(sse / (n - 2))
+        half = t_quantile(0.975, n - 2) * sd / math.sqrt(sxx)
+        ci = (b - half, b + half)
+        r2 = 1.0 - sse / sst if sst > 0 else 1.0
+    return PowerLawFit(exponent=b, log_coefficient=ln_a, points=n, exponent_ci95=ci, residual_sd=sd,
+                       r2=r2, log_params_mean=xbar, log_params_sxx=sxx, params_min=min(xs_raw),
+                       params_max=max(xs_raw))
+
+
+@dataclass(frozen=True)
+class PowerLawPrediction:
+    """J per generated token the fit predicts for a model of ``params`` parameters, with the 95 %
+    prediction interval of one new model of that size (None when the fit has two points).
+    ``extrapolated``: the size lies outside the sizes the fit was made on."""
+
+    params: float
+    j_per_token: float
+    j_per_token_ci95: tuple[float, float] | None
+    extrapolated: bool
+
+    def ci95_list(self) -> list[float] | None:
+        return list(self.j_per_token_ci95) if self.j_per_token_ci95 is not None else None
+
+
+def predict(fit: PowerLawFit, params: float) -> PowerLawPrediction:
+    """The fit at ``params``: exp(ln a + b ln params), and exp of the t prediction interval on the
+    log scale, ``t(0.975, n-2) x s x sqrt(1 + 1/n + (ln params - mean ln params)^2 / Sxx)``: the
+    interval for a new model's J per token, wider the further the size is from the fitted ones."""
+    p = float(params)
+    if not (math.isfinite(p) and p > 0):
+        raise UsageError(f"predict(): params must be positive and finite (got {params!r})")
+    x = math.log(p)
+    y = fit.log_coefficient + fit.exponent * x
+    ci = None
+    if fit.residual_sd is not None and fit.points > 2:
+        se = fit.residual_sd * math.sqrt(1.0 + 1.0 / fit.points
+                                         + (x - fit.log_params_mean) ** 2 / fit.log_params_sxx)
+        half = t_quantile(0.975, fit.points - 2) * se
+        ci = (math.exp(y - half), math.exp(y + half))
+    outside = p < fit.params_min * (1 - 1e-9) or p > fit.params_max * (1 + 1e-9)
+    return PowerLawPrediction(params=p, j_per_token=math.exp(y), j_per_token_ci95=ci, extrapolated=outside)
+
+
+# --------------------------------------------------------------------------------------------
 # JSON
 
 
@@ -538,4 +661,5 @@ __all__ = [
     "clean_json", "co2e_g", "co2e_g_per_1k_tokens", "collapse_methods", "cost_usd", "energy_label",
     "interval95", "measurement_basis", "measurement_phases", "phase_energy", "record_basis",
     "record_figures", "run_figures", "segment_phases", "t_quantile", "usd_per_m_tokens",
+    "PowerLawFit", "PowerLawPrediction", "fit_power_law", "predict",
 ]

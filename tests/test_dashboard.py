@@ -317,7 +317,7 @@ def test_every_chart_has_drawn_data(page):
     assert not any("mixed" in t for t in legend)
     layout = driver.execute_script("var gd = document.getElementById('fig-params');"
                                    "return [gd.layout.xaxis.type, gd.layout.yaxis.type,"
-                                   " gd.data.map(t => t.marker.symbol)]")
+                                   " gd.data.map(t => t.marker ? t.marker.symbol : null)]")
     assert layout[:2] == ["log", "log"]
     assert "circle" in layout[2] and "circle-open" in layout[2]  # filled = measured, hollow = estimate
     # 2: one bar series for the stored grid plus the six contrasting grids and USA/CA (FRA once)
@@ -415,7 +415,7 @@ def test_partial_and_uncertain_runs_are_marked_and_not_averaged_silently(page):
     hover = driver.execute_script("""
         var gd = document.getElementById('fig-params');
         for (var c = 0; c < gd.data.length; c++) {
-          var i = gd.data[c].text.findIndex(t => t === 'SmolLM-360M · fp32');
+          var i = (gd.data[c].customdata || []).findIndex(cd => cd[4] === 'SmolLM-360M · fp32');
           if (i >= 0) { Plotly.Fx.hover(gd, [{curveNumber: c, pointNumber: i}]); break; }
         }
         return Array.from(gd.querySelectorAll('.hoverlayer text')).map(t => t.textContent).join(' | ');""")
@@ -691,7 +691,13 @@ def test_figures_are_valid_plotly(report_db):
     assert len(set(labels)) == len(labels)
     grids, _ = contrasting_grids(["USA/CA"])
     colours: dict[str, str] = {}
-    for fig in (F.energy_vs_params(aggs, labels, colours), F.co2e_by_grid(aggs, labels, grids),
+    from greenprof.ladder import api_references
+
+    fits = queries.size_fits(aggs, intensity_g_per_kwh=475.0, pue=1.0, price_usd_per_kwh=0.1259)
+    assert fits  # the fp32 measured group has two sizes
+    refs, _ = api_references(475.0, "WORLD")
+    for fig in (F.energy_vs_params(aggs, labels, colours), F.energy_vs_params(aggs, labels, colours, fits, refs),
+                F.co2e_by_grid(aggs, labels, grids),
                 F.prefill_decode(aggs, labels), F.power_timeline(tl), F.pareto(aggs, labels, colours),
                 F.cost(aggs, labels)):
         assert fig is not None
@@ -780,3 +786,102 @@ def test_batch_sizes_are_separate_groups(tmp_path):
     from greenprof.dashboards.figures import model_labels
 
     assert sorted(model_labels(groups)) == ["tiny · fp32", "tiny · fp32 · batch 4"]
+
+
+# -- J per token vs size: the ladder's chart ----------------------------------------------------------
+#: a measured SmolLM ladder (names, parameters, watts scale): J/token rises with size
+LADDER = (("smollm-135m", 134_515_008, 0.4), ("smollm-360m", 361_821_120, 0.9), ("smollm-1.7b", 1_711_376_384, 3.5))
+
+
+@pytest.fixture(scope="module")
+def ladder_report(tmp_path_factory):
+    """A store holding a measured three-size ladder (two runs each), and its report."""
+    from greenprof.dashboards import build_report, queries
+
+    db = tmp_path_factory.mktemp("ladder-dash") / "ladder.db"
+    with open_store(db) as store:
+        for name, params, scale in LADDER:
+            for r in range(2):
+                store_run(store, name, params, "fp32", as_measured(replay_measurement(scale * (1 + 0.04 * r))))
+        aggs = queries.model_aggregates(store, fallback_intensity=475.0, fallback_price=0.1259)
+        html = build_report(store, settings=load_settings({"db": str(db)}))
+    out = db.parent / "report.html"
+    out.write_text(html, encoding="utf-8")
+    return out, aggs
+
+
+def test_size_chart_reads_like_the_question(browser, ladder_report):
+    """Human size ticks, each point named, the fit line with its band, the seed shapes hollow and
+    dashed (extrapolated), GPT-4o mini as a band, and the headline ratio at the top."""
+    from greenprof.dashboards import queries
+    from greenprof.ladder import ecologits_version
+
+    out, aggs = ladder_report
+    log = load(browser, out)
+    assert [e for e in log if e["level"] in ("SEVERE", "WARNING")] == [], log
+    el = browser.find_element("id", "fig-params")
+    browser.execute_script("arguments[0].scrollIntoView()", el)
+    OUT_DIR.mkdir(exist_ok=True)
+    assert el.screenshot(str(OUT_DIR / "dashboard-ladder.png"))
+    gd = browser.execute_script("""
+        var gd = document.getElementById('fig-params');
+        return {xticks: Array.from(gd.querySelectorAll('.xtick text')).map(t => t.textContent),
+                labels: Array.from(gd.querySelectorAll('.textpoint text')).map(t => t.textContent),
+                traces: gd.data.map(t => ({name: t.name, mode: t.mode, fill: t.fill || null, x: t.x, y: t.y,
+                                           symbol: t.marker ? t.marker.symbol : null,
+                                           dash: t.line ? t.line.dash || null : null}))};""")
+    assert {"100M", "1B", "10B"} <= set(gd["xticks"])
+    assert not any("10" in t and ("^" in t or "×" in t or "e+" in t) for t in gd["xticks"]), gd["xticks"]
+    assert {"smollm-135m", "smollm-360m", "smollm-1.7b", "phi-3-mini", "llama-2-7b", "mistral-nemo-12b"} \
+        <= set(gd["labels"])
+    # the fit: accounting.fit_power_law over the three measured means
+    fit = queries.size_fits(aggs, intensity_g_per_kwh=475.0, pue=1.0, price_usd_per_kwh=0.1259)[0].fit
+    (line,) = [t for t in gd["traces"] if (t["name"] or "").startswith("fp32 fit: J/token")]
+    assert f"params^{fit.exponent:.2f} [{fit.exponent_ci95[0]:.2f}, {fit.exponent_ci95[1]:.2f}]" in line["name"]
+    assert line["mode"] == "lines" and line["dash"] is None  # solid over the measured sizes
+    assert any(t["fill"] == "tonexty" and "prediction band" in (t["name"] or "") for t in gd["traces"])
+    assert any(t["dash"] == "dash" and t["mode"] == "lines" for t in gd["traces"])  # the line beyond them
+    # the seed shapes: hollow diamonds with dashed intervals, apart from the measured points
+    (seeds,) = [t for t in gd["traces"] if "extrapolated from the fit" in (t["name"] or "")]
+    assert seeds["symbol"] == "diamond-open"
+    measured_x = {x for t in gd["traces"] if (t["name"] or "").endswith("measured energy (attributed)")
+                  for x in t["x"]}
+    assert measured_x == {p for _, p, _ in LADDER} and not measured_x & set(seeds["x"])
+    from greenprof.accounting import predict
+
+    assert seeds["y"] == pytest.approx([predict(fit, x).j_per_token for x in seeds["x"]])
+    # GPT-4o mini: a filled band, never a marker
+    refs = [t for t in gd["traces"] if (t["name"] or "").startswith("gpt-4o-mini API")]
+    if ecologits_version() is not None:
+        (band,) = refs
+        assert band["fill"] == "toself" and band["mode"] == "lines" and band["symbol"] is None
+        assert f"EcoLogits {ecologits_version()}" in band["name"]
+    else:
+        assert refs == []
+    # the headline: the measured smallest-vs-largest ratio, first thing on the page
+    head = browser.find_element("css selector", "main > :first-child")
+    assert head.get_attribute("id") == "headline"
+    by = {a.model_name: a for a in aggs}
+    ratio = by["smollm-1.7b"].j_per_token / by["smollm-135m"].j_per_token
+    assert head.text.startswith("Measured on ")
+    assert f"(fp32, measured energy (attributed)): smollm-1.7b (1.71B parameters) takes {ratio:.3g}x the " \
+           "energy per generated token of smollm-135m (135M)" in head.text
+    assert f"params^{fit.exponent:.2f}" in head.text
+
+
+def test_without_ecologits_the_chart_has_no_band_and_the_page_says_how(tmp_path, monkeypatch):
+    from greenprof.dashboards import build_report
+
+    for mod in [k for k in sys.modules if k == "ecologits" or k.startswith("ecologits.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "ecologits", None)  # import ecologits -> ImportError
+    db = tmp_path / "noeco.db"
+    with open_store(db) as store:
+        for name, params, scale in LADDER[:2]:
+            store_run(store, name, params, "fp32", as_measured(replay_measurement(scale)))
+        html = build_report(store, settings=load_settings({"db": str(db)}))
+    assert "gpt-4o-mini: price only; for its energy and CO2e estimated by EcoLogits: " \
+           "pip install &#x27;greenprof[ecologits]&#x27;" in html
+    figs = json.loads(html.split('id="greenprof-figures">', 1)[1].split("</script>", 1)[0])
+    assert not any(t.get("fill") == "toself" for t in figs["fig-params"]["data"])
+    assert any("$0.60/M" in t.get("name", "") for t in figs["fig-cost"]["data"])  # the price stays
