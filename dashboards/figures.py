@@ -57,8 +57,8 @@ def precision_colour(precision: str | None, known: dict[str, str]) -> str:
 
 
 def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
-    """Unique display labels (plain text): ``model · precision``, plus a short machine name when
-    the same model and precision ran on several machines (the fingerprint if that is not enough)."""
+    """Unique display labels (plain text): ``model · precision``, plus the host id when the same
+    model and precision ran on several hosts (else a short machine name, else the fingerprint)."""
     base = [f"{m.model_name if m.model_name is not None else '(unnamed)'} · {m.precision or '?'}"
             + (f" · batch {m.batch_size}" if m.batch_size and m.batch_size > 1 else "")
             + (" · gross" if m.basis == "gross" else "")
@@ -66,7 +66,9 @@ def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
     counts: dict[str, int] = {}
     for b in base:
         counts[b] = counts.get(b, 0) + 1
-    out = [f"{b} · {short_hardware(m)}" if counts[b] > 1 else b for b, m in zip(base, models)]
+    hosts = {m.host for m in models}
+    out = [f"{b} · {m.host if len(hosts) > 1 and m.host else short_hardware(m)}" if counts[b] > 1 else b
+           for b, m in zip(base, models)]
     seen: dict[str, int] = {}
     for lab in out:
         seen[lab] = seen.get(lab, 0) + 1

@@ -183,9 +183,10 @@ def _ids(ids: Sequence[int], limit: int = 8) -> str:
 
 
 def _table(models: Sequence["ModelAggregate"], labels: Sequence[str], fallback: "GridIntensity") -> str:
-    head = ("model", "params", "precision", "hardware", "method", "basis", "runs", "grid intensity",
+    head = ("model", "params", "precision", "host: hardware", "method", "basis", "runs", "grid intensity",
             "intensity source", "year", "PUE", "J / generated token (95% CI)", "tokens/s",
             "g CO2e / 1k tokens", "$ / M tokens")
+    many_hosts = len({m.host for m in models}) > 1  # several hosts in one database: name each
     rows = []
     for m in models:
         iv = m.interval
@@ -226,7 +227,8 @@ def _table(models: Sequence["ModelAggregate"], labels: Sequence[str], fallback: 
             f"<td>{escape(m.precision or '-')}"
             + (f" <span class=\"small\">batch {int(m.batch_size)}</span>" if m.batch_size and m.batch_size > 1 else "")
             + "</td>"
-            f"<td class=\"hw\">{escape(_hardware(m))}" + (f" <span class=\"small\">#{fp}</span>" if fp else "") + "</td>"
+            f"<td class=\"hw\">" + (f"<b class=\"host\">{escape(m.host)}</b>: " if m.host and many_hosts else "")
+            + escape(_hardware(m)) + (f" <span class=\"small\">#{fp}</span>" if fp else "") + "</td>"
             f"<td class=\"method\">{_badge(m.method, m.method)}</td>"
             f"<td class=\"basis\">{_badge(m.basis, m.basis, basis_title)}</td>"
             f"<td class=\"num runs\">{runs}</td>"

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 #: Runs of one model on one machine at one precision and batch size, on one energy basis, as the
 #: dashboard aggregates them.
-GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint", "basis")
+GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint", "host", "basis")
 
 #: The phases of a request, in the order they are drawn.
 PHASE_ORDER = ("setup", "prefill", "decode", "teardown")
@@ -92,6 +92,7 @@ class ModelAggregate:
     model_name: str | None
     precision: str | None
     hardware_fingerprint: str | None
+    host: str | None  # the host id (GREENPROF_HOST_ID): hosts sharing a database are compared
     batch_size: int | None  # sequences per generation; different batches are never averaged
     basis: str  # attributed | gross: never mixed in one group
     runs: int
@@ -268,7 +269,7 @@ def _per_request(x: float | int | None, fig: "RunFigures") -> float | None:
 
 def _key(row: RunRow) -> tuple:
     r = row.run
-    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, row.basis)
+    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, r.host, row.basis)
 
 
 def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
@@ -283,12 +284,12 @@ def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
             partial.setdefault(_key(row), []).append(row.id)
     out: list[ModelAggregate] = []
     for key, members in groups.items():
-        model_name, precision, batch, fingerprint, basis = key
+        model_name, precision, batch, fingerprint, host, basis = key
         latest = max(members, key=lambda r: r.id)
         lr = latest.run
         pues = [r.pue for r in members]
         out.append(ModelAggregate(
-            model_name=model_name, precision=precision, hardware_fingerprint=fingerprint,
+            model_name=model_name, precision=precision, hardware_fingerprint=fingerprint, host=host,
             batch_size=int(batch) if batch is not None else None, basis=basis, runs=len(members),
             param_count=max((r.run.param_count for r in members if r.run.param_count is not None),
                             default=None),
@@ -314,7 +315,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
             pue_min=min(pues), pue_max=max(pues), price_usd_per_kwh=lr.price_usd_per_kwh,
         ))
     out.sort(key=lambda m: (m.param_count is None, m.param_count or 0, str(m.model_name),
-                            str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint),
+                            str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint), str(m.host),
                             m.basis != "attributed"))
     return out
 
