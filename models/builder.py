@@ -19,6 +19,14 @@ first RMSNorm and ``x * Sigmoid(x)`` at load. ``attention="plain"`` builds the s
 the attention in standard ONNX ops (MatMul, Softmax, ...), as a cross-check and to measure what
 the fused kernel buys.
 
+A shape with ``architecture="falcon"`` (Falcon-40B) gets Falcon's block instead, named as in HF's
+FalconForCausalLM (``transformer.h.{i}.self_attention.query_key_value``, ...): the same rotary
+grouped-query attention, but two LayerNorms (weight and bias, opset-17 ``LayerNormalization``) of
+the residual stream feed attention and a GELU MLP (``dense_h_to_4h`` -> exact ``Gelu`` ->
+``dense_4h_to_h``) *in parallel*, and both outputs join the residual in one add, fused with the
+next layer's ``ln_attn`` (SkipLayerNormalization). Its packed ``query_key_value`` is q|k|v as
+below, not HF Falcon's per-kv-group interleaving (same parameters and bytes, another order).
+
 The projections that read the same input are packed, as Phi-3 stores them: q|k|v is one
 ``[hidden, (heads + 2 kv_heads) * head_dim]`` matmul (GroupQueryAttention takes the packed
 output as is) and gate|up one ``[hidden, 2 * intermediate]`` matmul followed by a Split. Same
@@ -34,9 +42,9 @@ Weights are random: energy depends on shape and precision, not on values. fp32 w
 uniform with standard deviation 0.02; int8/int4 weights are drawn directly as uniform random
 codes with random per-block scales (about the same standard deviation after dequantization),
 which is much faster than drawing floats and quantizing them, and no different for the
-hardware. RMSNorm weights are 1. Each tensor has its own numpy Generator seeded from
-``name|precision|tensor``, so the same build gives the same bytes. Tensors are generated and
-written one chunk at a time: a 12B model never sits in memory.
+hardware. RMSNorm and LayerNorm weights are 1, LayerNorm biases 0. Each tensor has its own numpy
+Generator seeded from ``name|precision|tensor``, so the same build gives the same bytes. Tensors
+are generated and written one chunk at a time: a 12B model never sits in memory.
 """
 
 from __future__ import annotations
@@ -78,6 +86,9 @@ __all__ = [
     "model_dir",
     "planned_bytes",
     "read_metadata",
+    "machine_memory_bytes",
+    "memory_needed_bytes",
+    "check_memory",
 ]
 
 # Bump when the graph, the weight generation or the file layout changes: it is part of the cache
@@ -230,7 +241,7 @@ class _Init:
     name: str
     dtype: str  # numpy dtype name: "float32", "uint8", "int64"
     shape: tuple[int, ...]
-    fill: str  # "uniform" | "ones" | "codes" (uniform random bytes) | "scales" | "const"
+    fill: str  # "uniform" | "ones" | "zeros" | "codes" (uniform random bytes) | "scales" | "const"
     scale: float = 0.0  # std for "uniform", mean scale for "scales"
     value: Any = None  # numpy array for "const"
     alias: str | None = None  # reuse the bytes of this initializer (tied weights, another layout)
@@ -277,6 +288,8 @@ def _generate(init: _Init, seed: int) -> Iterator[bytes]:
             yield a.tobytes()
         elif init.fill == "ones":
             yield np.ones(n, dtype=init.dtype).tobytes()
+        elif init.fill == "zeros":
+            yield np.zeros(n, dtype=init.dtype).tobytes()
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown fill {init.fill!r}")
 
@@ -374,6 +387,22 @@ class _Graph:
         var = self.op("Add", [mean, self.const(f"{prefix}.eps", self.shape.rms_eps, "float32")], f"{prefix}/AddEps")
         normed = self.op("Div", [x, self.op("Sqrt", [var], f"{prefix}/Sqrt")], f"{prefix}/Div")
         return self.op("Mul", [normed, gamma], f"{prefix}/MulGamma")
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        """LayerNorm with weight and bias over the last axis (ONNX LayerNormalization, opset 17+)."""
+        gamma = self.weight(f"{prefix}.weight", "float32", (self.shape.hidden,), "ones")
+        beta = self.weight(f"{prefix}.bias", "float32", (self.shape.hidden,), "zeros")
+        return self.op("LayerNormalization", [x, gamma, beta], f"{prefix}/LayerNorm", axis=-1,
+                       epsilon=self.shape.rms_eps)
+
+    def skip_layer_norm(self, x: str, residual: str, prefix: str) -> tuple[str, str]:
+        """LayerNorm(x + residual) and x + residual, in one kernel (weight and bias)."""
+        gamma = self.weight(f"{prefix}.weight", "float32", (self.shape.hidden,), "ones")
+        beta = self.weight(f"{prefix}.bias", "float32", (self.shape.hidden,), "zeros")
+        name = f"{prefix}/SkipLayerNorm"
+        out = self.node("SkipLayerNormalization", [x, residual, gamma, beta], name, domain="com.microsoft",
+                        outputs=[f"{name}/out0", "", "", f"{name}/out3"], epsilon=self.shape.rms_eps)
+        return out[0], out[3]
 
     def skip_rms_norm(self, x: str, residual: str, prefix: str) -> tuple[str, str]:
         """RMSNorm(x + residual) and x + residual, in one kernel."""
@@ -519,7 +548,8 @@ def _decoder_graph(shape: ModelShape, precision: str, attention: str) -> _Graph:
     g.inputs, g.outputs = inputs, outputs
 
     # Token embedding.
-    embed = "model.embed_tokens"
+    falcon = s.architecture == "falcon"
+    embed = "transformer.word_embeddings" if falcon else "model.embed_tokens"
     if precision == "fp32":
         table = g.weight(f"{embed}.weight", "float32", (s.vocab, s.hidden), "uniform", WEIGHT_STD)
         x = g.op("Gather", [table, "input_ids"], f"{embed}/Gather", axis=0)
@@ -552,6 +582,10 @@ def _decoder_graph(shape: ModelShape, precision: str, attention: str) -> _Graph:
         attend = _plain_attention
 
     qkv_out = (s.heads + 2 * s.kv_heads) * s.head_dim
+    if falcon:
+        h = _falcon_layers(g, x, ctx, attend, qkv_out)
+        _lm_head(g, h, embed)
+        return g
     mlp_halves = g.const("mlp.gate_up_sizes", [s.intermediate, s.intermediate], "int64")
     residual = x
     h = g.rms_norm(x, "model.layers.0.input_layernorm")
@@ -572,7 +606,38 @@ def _decoder_graph(shape: ModelShape, precision: str, attention: str) -> _Graph:
         nxt = f"model.layers.{i + 1}.input_layernorm" if i + 1 < s.layers else "model.norm"
         h, residual = g.skip_rms_norm(mlp, residual, nxt)
 
-    # LM head.
+    _lm_head(g, h, embed)
+    return g
+
+
+def _falcon_layers(g: _Graph, x: str, ctx: dict[str, str], attend: Callable, qkv_out: int) -> str:
+    """Falcon's parallel blocks ("new decoder architecture"); returns ``ln_f`` of the last residual.
+
+    Per layer: ``ln_attn(x)`` -> attention, ``ln_mlp(x)`` -> GELU MLP, ``x + attn + mlp``. The add
+    of layer i's branches to the residual is fused with layer i+1's ``ln_attn`` (or ``ln_f``) in
+    one SkipLayerNormalization, whose sum output is the residual ``ln_mlp`` also reads.
+    """
+    s = g.shape
+    residual = x
+    h_attn = g.layer_norm(x, "transformer.h.0.ln_attn")
+    for i in range(s.layers):
+        p = f"transformer.h.{i}"
+        h_mlp = g.layer_norm(residual, f"{p}.ln_mlp")
+        qkv = g.linear(h_attn, f"{p}.self_attention.query_key_value", s.hidden, qkv_out)
+        attn, _, _ = attend(g, i, qkv, ctx)  # also writes present.{i}.key / .value
+        attn = g.linear(attn, f"{p}.self_attention.dense", s.heads * s.head_dim, s.hidden)
+        up = g.linear(h_mlp, f"{p}.mlp.dense_h_to_4h", s.hidden, s.intermediate)
+        act = g.op("Gelu", [up], f"{p}.mlp/Gelu", approximate="none")  # HF "gelu": exact (erf)
+        mlp = g.linear(act, f"{p}.mlp.dense_4h_to_h", s.intermediate, s.hidden)
+        branches = g.op("Add", [attn, mlp], f"{p}/attn_plus_mlp")
+        nxt = f"transformer.h.{i + 1}.ln_attn" if i + 1 < s.layers else "transformer.ln_f"
+        h_attn, residual = g.skip_layer_norm(branches, residual, nxt)
+    return h_attn
+
+
+def _lm_head(g: _Graph, h: str, embed: str) -> None:
+    """``logits`` from the final normed hidden state: a separate head, or the embedding (tied)."""
+    s, precision = g.shape, g.precision
     if not s.tied_embeddings:
         g.linear(h, "lm_head", s.hidden, s.vocab, output="logits")
     elif precision == "fp32":
@@ -583,7 +648,6 @@ def _decoder_graph(shape: ModelShape, precision: str, attention: str) -> _Graph:
         # Tied and quantized: the embedding's GatherBlockQuantized bytes are exactly the
         # MatMulNBits layout of the head, reshaped; both tensors point at the same bytes.
         g.linear(h, "lm_head", s.hidden, s.vocab, alias=embed, output="logits")
-    return g
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,6 +666,61 @@ def _planned_bytes(shape: ModelShape, precision: str, attention: str) -> int:
 def planned_bytes(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa") -> int:
     """Bytes of tensors ``build`` writes for this model (its size on disk, give or take alignment)."""
     return _planned_bytes(_resolve(name), check_precision(precision), check_attention(attention))
+
+
+# Resident memory of a loaded model per byte of weights on disk, measured with psutil (RSS after
+# ``load`` minus RSS before, 2 threads, onnxruntime 1.32) on SmolLM-135M and -360M: fp32 1.00
+# (+46 MiB), int8 1.20 (+39 MiB), int4 1.47 (+20 MiB). onnxruntime keeps a prepacked copy of
+# MatMulNBits weights beside the mapped originals; fp32 weights are used in place.
+_RESIDENT_PER_WEIGHT_BYTE = {"fp32": 1.0, "int8": 1.25, "int4": 1.5}
+_RUNTIME_BYTES = 256 << 20  # onnxruntime itself, activations and logits of a prompt: headroom
+_MEMORY_CONTEXT = 2048  # tokens of KV cache (batch 1) counted in the need
+
+
+def memory_needed_bytes(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa") -> int:
+    """Memory this model needs to run here: its weights as onnxruntime holds them once loaded
+    (``_RESIDENT_PER_WEIGHT_BYTE`` x the bytes on disk), a float32 KV cache of up to 2048 tokens
+    (batch 1) and 256 MiB for the runtime and activations."""
+    shape = _resolve(name)
+    precision = check_precision(precision)
+    weights = planned_bytes(shape, precision, attention=attention)
+    context = min(shape.max_position, MAX_CONTEXT, _MEMORY_CONTEXT)
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * context
+    return int(weights * _RESIDENT_PER_WEIGHT_BYTE[precision]) + kv + _RUNTIME_BYTES
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine, or the cgroup's limit when a container sets a lower one."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def check_memory(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa") -> None:
+    """GreenprofError (one line) when this machine has less memory than the model needs to run."""
+    shape = _resolve(name)
+    precision = check_precision(precision)
+    need = memory_needed_bytes(shape, precision, attention=attention)
+    have = machine_memory_bytes()
+    if need <= have:
+        return
+    fits = [p for p in PRECISIONS if memory_needed_bytes(shape, p, attention=attention) <= have]
+    ladder = "`greenprof ladder` extrapolates its figures from the model sizes measured here"
+    if fits:
+        smaller = memory_needed_bytes(shape, fits[0], attention=attention)
+        hint = f"use --precision {fits[0]} (needs {smaller / 2**30:.1f} GiB), or {ladder}"
+    else:
+        hint = f"no precision of it fits; {ladder}"
+    raise GreenprofError(f"{shape.name} {precision} needs {need / 2**30:.1f} GiB of memory to run and this "
+                         f"machine has {have / 2**30:.1f} GiB: {hint}")
 
 
 def _write(g: _Graph, folder: Path, progress: ProgressCallback | None) -> tuple[str, int, str, int]:
@@ -721,6 +840,7 @@ def build(
     progress: ProgressCallback | None = None,
     *,
     attention: str = "gqa",
+    memory_check: bool = True,
 ) -> Path:
     """Build (or find in the cache) the random-weight model ``name`` in ``precision``; return its folder.
 
@@ -728,10 +848,16 @@ def build(
     ``progress(done_bytes, total_bytes)`` is called while weights are written. A build that is
     already complete returns at once; an interrupted build never leaves a folder that looks
     complete (everything is written in a temp folder that is renamed at the end).
+
+    A model that needs more memory to run than this machine has (:func:`memory_needed_bytes`,
+    e.g. Falcon-40B on a laptop) is refused with a GreenprofError before anything is written,
+    also when it is already built; ``memory_check=False`` builds it anyway (to copy elsewhere).
     """
     shape = _resolve(name)
     precision = check_precision(precision)
     attention = check_attention(attention)
+    if memory_check:
+        check_memory(shape, precision, attention=attention)
     final = model_dir(shape, precision, cache_dir, attention=attention)
     if _is_complete(final, shape, precision, attention):
         return final
@@ -824,7 +950,8 @@ def _metadata(shape: ModelShape, precision: str, attention: str, g: _Graph, star
         "files": {fname: {"sha256": sha, "bytes": size} for fname, (sha, size) in files.items()},
         "weights": {
             "init": "random uniform with std 0.02 in fp32; uniform random codes with random per-block scales "
-                    "(same std after dequantization) in int8/int4; RMSNorm weights 1",
+                    "(same std after dequantization) in int8/int4; RMSNorm and LayerNorm weights 1, "
+                    "LayerNorm biases 0",
             "seed": "numpy default_rng(sha256('name|precision|tensor')[:8])",
         },
         "quantization": None if precision == "fp32" else {

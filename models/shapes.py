@@ -5,9 +5,16 @@ cache move per token) and on the precision, not on the weight values. So the bui
 copies the shapes of published models and fills them with seeded random weights
 (:mod:`greenprof.models.builder`).
 
-Every shape is Llama-architecture: RMSNorm, rotary position embedding (non-interleaved,
-``rotate_half``), grouped-query attention without biases, SiLU-gated MLP (gate/up/down), and an
-LM head that is either tied to the token embedding or separate.
+Two block architectures (``ModelShape.architecture``):
+
+* ``"llama"`` (every shape but Falcon): RMSNorm, rotary position embedding (non-interleaved,
+  ``rotate_half``), grouped-query attention without biases, SiLU-gated MLP (gate/up/down), one
+  sub-layer after the other, and an LM head that is either tied to the token embedding or separate.
+* ``"falcon"`` (Falcon's "new decoder architecture", as in Falcon-40B): the same rotary
+  grouped-query attention (no biases), but LayerNorm with a bias, attention and a plain GELU MLP
+  (``dense_h_to_4h`` -> GELU -> ``dense_4h_to_h``, no gate) computed *in parallel* from two
+  LayerNorms of the same input (``ln_attn``, ``ln_mlp``) and added to the residual together,
+  a final LayerNorm ``ln_f``, and the LM head tied to the embedding.
 
 This module is import-cheap: no numpy, no onnx.
 """
@@ -18,12 +25,15 @@ from dataclasses import asdict, dataclass
 
 from greenprof.errors import UsageError
 
-__all__ = ["ModelShape", "SHAPES", "get_shape", "known_names", "param_count"]
+__all__ = ["ARCHITECTURES", "ModelShape", "SHAPES", "get_shape", "known_names", "param_count"]
+
+ARCHITECTURES = ("llama", "falcon")
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The hyper-parameters of one Llama-architecture decoder (names follow HF ``config.json``)."""
+    """The hyper-parameters of one decoder (names follow HF ``config.json``; see the module docs for
+    the two ``architecture`` values)."""
 
     name: str  # canonical greenprof name, e.g. "smollm-135m"
     hidden: int  # hidden_size
@@ -31,15 +41,19 @@ class ModelShape:
     heads: int  # num_attention_heads
     kv_heads: int  # num_key_value_heads
     head_dim: int  # head_dim (hidden // heads unless the config says otherwise)
-    intermediate: int  # intermediate_size of the gated MLP
+    intermediate: int  # intermediate_size of the gated MLP (Falcon: ffn_hidden_size)
     vocab: int  # vocab_size
     tied_embeddings: bool  # tie_word_embeddings
-    rms_eps: float = 1e-5  # rms_norm_eps
+    rms_eps: float = 1e-5  # rms_norm_eps (Falcon: layer_norm_epsilon)
     rope_theta: float = 10000.0  # rope_theta
     max_position: int = 2048  # max_position_embeddings
     hf_id: str = ""  # where the shape comes from (provenance only; nothing is downloaded)
+    architecture: str = "llama"  # "llama" | "falcon" (see the module docs)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"shape {self.name!r}: architecture must be one of {', '.join(ARCHITECTURES)} "
+                             f"(got {self.architecture!r})")
         if self.heads % self.kv_heads:
             raise UsageError(
                 f"shape {self.name!r}: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
@@ -49,9 +63,18 @@ class ModelShape:
         for field in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "max_position"):
             if getattr(self, field) <= 0:
                 raise UsageError(f"shape {self.name!r}: {field} must be positive")
+        if self.architecture == "falcon" and self.heads * self.head_dim != self.hidden:
+            raise UsageError(f"shape {self.name!r}: a Falcon block has head_dim = hidden / heads "
+                             f"({self.hidden} / {self.heads}), not {self.head_dim}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict. ``architecture`` is left out when it is ``"llama"``, so the
+        dict of a Llama shape is the one builds stored before the field existed (a build is
+        matched against it: adding the field must not make every cached model look stale)."""
+        d = asdict(self)
+        if d["architecture"] == "llama":
+            del d["architecture"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelShape:
@@ -60,18 +83,26 @@ class ModelShape:
 
 
 def param_count(shape: ModelShape) -> int:
-    """Number of parameters, counted the way ``sum(p.numel() for p in model.parameters())`` does.
+    """Number of parameters, counted the way ``sum(p.numel() for p in model.parameters())`` does
+    (a tied LM head is the embedding: counted once).
 
-    Embedding ``vocab x hidden``; per layer q/k/v/o projections, gate/up/down projections and two
-    RMSNorm weights; a final RMSNorm; and a separate LM head unless the embeddings are tied.
+    Llama: embedding ``vocab x hidden``; per layer q/k/v/o projections, gate/up/down projections
+    and two RMSNorm weights; a final RMSNorm; a separate LM head unless the embeddings are tied.
+    Falcon: the same attention projections (fused ``query_key_value`` + ``dense``), an ungated
+    MLP (``dense_h_to_4h``, ``dense_4h_to_h``), two LayerNorms (weight and bias) per layer, a
+    final LayerNorm, no biases elsewhere.
     """
     h, d = shape.hidden, shape.head_dim
     attn = h * (shape.heads * d) + 2 * h * (shape.kv_heads * d) + (shape.heads * d) * h
-    mlp = 3 * h * shape.intermediate
-    per_layer = attn + mlp + 2 * h
+    if shape.architecture == "falcon":
+        norm = 2 * h  # LayerNorm: weight and bias
+        per_layer = attn + 2 * h * shape.intermediate + 2 * norm
+    else:
+        norm = h  # RMSNorm: weight only
+        per_layer = attn + 3 * h * shape.intermediate + 2 * norm
     embed = shape.vocab * h
     lm_head = 0 if shape.tied_embeddings else shape.vocab * h
-    return embed + shape.layers * per_layer + h + lm_head
+    return embed + shape.layers * per_layer + norm + lm_head
 
 
 # Values copied from each model's public config.json on the Hugging Face Hub (the hf_id field).
@@ -82,6 +113,12 @@ def param_count(shape: ModelShape) -> int:
 # Llama-2-7B: meta-llama/Llama-2-7b-hf/config.json (rms_norm_eps 1e-5, untied, vocab 32000).
 # Mistral-NeMo-12B: mistralai/Mistral-Nemo-Base-2407/config.json (head_dim 128 although
 #   hidden/heads = 160; 8 kv heads; rope_theta 1e6; max_position_embeddings 1024000; untied).
+# Falcon-40B: tiiuae/falcon-40b/config.json (FalconForCausalLM, new_decoder_architecture true,
+#   parallel_attn true, bias false, alibi false, hidden 8192, 60 layers, 128 heads, num_kv_heads 8,
+#   so head_dim 64; ffn_hidden_size unset = 4 x hidden = 32768, activation "gelu" (exact, erf),
+#   layer_norm_epsilon 1e-5, vocab 65024, tie_word_embeddings unset = true, rope_theta 1e4,
+#   max_position_embeddings 2048). 41,303,293,952 parameters: this module's count, and what
+#   transformers' FalconForCausalLM(config).num_parameters() gives for that config.
 SHAPES: dict[str, ModelShape] = {
     s.name: s
     for s in (
@@ -107,6 +144,9 @@ SHAPES: dict[str, ModelShape] = {
         ModelShape("mistral-nemo-12b", hidden=5120, layers=40, heads=32, kv_heads=8, head_dim=128,
                    intermediate=14336, vocab=131072, tied_embeddings=False, rope_theta=1_000_000.0,
                    max_position=1_024_000, hf_id="mistralai/Mistral-Nemo-Base-2407"),
+        ModelShape("falcon-40b", hidden=8192, layers=60, heads=128, kv_heads=8, head_dim=64,
+                   intermediate=32768, vocab=65024, tied_embeddings=True, max_position=2048,
+                   hf_id="tiiuae/falcon-40b", architecture="falcon"),
     )
 }
 

@@ -32,6 +32,7 @@ PUBLISHED_PARAMS = {
     "phi-3-mini": 3.82e9,
     "llama-2-7b": 6.74e9,
     "mistral-nemo-12b": 12.25e9,
+    "falcon-40b": 41.3e9,  # about 41.3 B with the tied head counted once (see test_falcon.py)
 }
 
 # A tiny untied shape: separate LM head (the path the 3.8B-12B shapes take), head_dim 32,
@@ -147,14 +148,14 @@ def test_param_count_matches_published(name: str) -> None:
 
 def test_registry_has_the_canonical_names() -> None:
     assert list(SHAPES) == ["tiny", "smollm-135m", "smollm-360m", "smollm-1.7b", "phi-3-mini", "llama-2-7b",
-                            "mistral-nemo-12b"]
+                            "mistral-nemo-12b", "falcon-40b"]
     assert get_shape("SmolLM-135M") is SHAPES["smollm-135m"]
     nemo = get_shape("mistral-nemo-12b")
     assert (nemo.head_dim, nemo.kv_heads, nemo.vocab, nemo.tied_embeddings) == (128, 8, 131072, False)
 
 
 def test_unknown_shape_lists_known_names() -> None:
-    with pytest.raises(UsageError, match=r"smollm-135m.*mistral-nemo-12b"):
+    with pytest.raises(UsageError, match=r"smollm-135m.*mistral-nemo-12b, falcon-40b"):
         get_shape("gpt-5")
 
 
@@ -454,7 +455,12 @@ def test_cli_list_info_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     res = runner.invoke(app, ["info", str(folder), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout) == read_metadata(folder)
+    doc = json.loads(res.stdout)
+    assert doc["metadata"] == read_metadata(folder)
+    assert doc["format"] == "greenprof" and doc["params"] == param_count(get_shape("tiny"))
+    assert (doc["layers"], doc["hidden"], doc["heads"], doc["kv_heads"], doc["vocab"]) == (2, 64, 4, 2, 512)
+    assert doc["precision"] == "int4" and doc["kv_dtype"] == "float32" and doc["tokenizer"] is True
+    assert doc["file_bytes"] == sum(f["bytes"] for n, f in doc["metadata"]["files"].items() if n != "tokenizer.json")
     res = runner.invoke(app, ["info", "tiny", "-p", "int4"])
     assert res.exit_code == 0 and "int4" in res.stdout and "MatMulNBits" in res.stdout
 
@@ -463,4 +469,14 @@ def test_cli_list_info_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     res = runner.invoke(app, ["info", "tiny", "-p", "int8"])
     assert isinstance(res.exception, UsageError) and "not built" in str(res.exception)
     res = runner.invoke(app, ["info", str(tmp_path / "nothing-here")])
-    assert isinstance(res.exception, UsageError)
+    assert isinstance(res.exception, UsageError) and "does not exist" in str(res.exception)
+
+
+def test_info_of_an_unknown_name_lists_the_built_in_names(tmp_path: Path) -> None:
+    """`greenprof models info nosuch`: one line naming the built-in models, exit 2 (issue 10)."""
+    r = subprocess.run([sys.executable, "-m", "greenprof.cli", "models", "info", "nosuch"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"unknown model 'nosuch' (built-in names: {', '.join(SHAPES)})" in lines[0]

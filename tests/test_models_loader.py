@@ -444,3 +444,305 @@ def test_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- parameter count, models info
+#
+# count_params reads the graph and the initializers' dims only (onnx.load(load_external_data=False)).
+# The reference counts come from outside it: ModelShape's formula for greenprof's builds,
+# transformers' num_parameters() for torch exports (tied weights once), hand sums for the toys.
+
+
+def _tiny_falcon():
+    from greenprof.models.shapes import ModelShape
+
+    return ModelShape("tiny-falcon", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=256,
+                      vocab=320, tied_embeddings=True, max_position=256, architecture="falcon")
+
+
+def _tiny_untied():
+    from greenprof.models.shapes import ModelShape
+
+    return ModelShape("tiny-untied", hidden=64, layers=2, heads=4, kv_heads=1, head_dim=32, intermediate=96,
+                      vocab=300, tied_embeddings=False, max_position=256)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_count_params_of_greenprof_builds(tmp_path: Path, precision: str) -> None:
+    from greenprof.models.builder import build
+    from greenprof.models.inspect import count_params
+    from greenprof.models.shapes import get_shape, param_count
+
+    for shape in (get_shape("tiny"), _tiny_untied(), _tiny_falcon()):
+        for attention in ("gqa", "plain"):
+            count = count_params(build(shape, precision, tmp_path, attention=attention))
+            assert count.total == param_count(shape), (shape.name, attention)
+            assert count.tied_embeddings is shape.tied_embeddings
+            assert count.embedding_shape == (shape.vocab, shape.hidden)
+            assert count.precision == precision and count.notes == []
+            if precision != "fp32" and shape.tied_embeddings:
+                assert count.shared == shape.vocab * shape.hidden  # the head aliases the embedding's bytes
+
+
+def test_count_params_reads_no_external_weights(tmp_path: Path) -> None:
+    """With model.onnx.data gone, the count is the same: the weights are never read."""
+    from greenprof.models.builder import build
+    from greenprof.models.inspect import count_params
+    from greenprof.models.shapes import get_shape, param_count
+
+    for precision in ("fp32", "int4"):
+        folder = build("tiny", precision, tmp_path / precision)
+        (folder / "model.onnx.data").unlink()
+        count = count_params(folder)
+        assert count.total == param_count(get_shape("tiny")) and count.tied_embeddings is True
+
+
+def test_count_params_of_a_toy_and_its_buffers(tmp_path: Path) -> None:
+    """Weights count; scalars, int64 constants, rotary caches, masks and quantization metadata do not."""
+    from greenprof.models.inspect import count_params
+
+    path = toy_decoder(tmp_path / "toy" / "model.onnx", vocab=32, kv_heads=2, head_dim=4)
+    count = count_params(path)
+    assert count.total == 32 * 8 + 4096 * 8 + 8 * 32  # E, P (learned positions), W
+    assert count.tied_embeddings is False and count.by_dtype == {"float32": count.total}
+
+
+def test_count_params_of_every_quantized_form(tmp_path: Path) -> None:
+    """One graph with each packed/quantized weight form onnxruntime runs; each counts as the logical
+    weights it holds, its scales and zero points not at all."""
+    from greenprof.models.inspect import count_params
+
+    k, n, v = 64, 48, 100
+    u8 = lambda *shape: np.zeros(shape, np.uint8)  # noqa: E731
+    i8 = lambda *shape: np.zeros(shape, np.int8)  # noqa: E731
+    f32 = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+    inits = [
+        _init("nbits4.q", u8(n, k // 32, 16)), _init("nbits4.s", f32(n * k // 32)), _init("nbits4.zp", u8(n * 2 // 2)),
+        _init("nbits8.q", u8(n, k // 32, 32)), _init("nbits8.s", f32(n * k // 32)),
+        _init("gbq.q", u8(v, k // 2)), _init("gbq.s", f32(v, k // 32)),
+        _init("dq8.w", i8(k, n)), _init("dq8.s", np.array(0.1, np.float32)), _init("dq8.zp", np.array(0, np.int8)),
+        helper.make_tensor("dq4.w", TensorProto.INT4, [k, n], np.zeros(k * n, np.int8).tolist()),
+        _init("dq4.s", f32(n)), helper.make_tensor("dq4.zp", TensorProto.INT4, [n], [0] * n),
+        _init("mmi.w", i8(k, n)), _init("mmi.zp", np.array(0, np.int8)),
+        _init("dqmm.w", i8(k, n)), _init("dqmm.s", np.array(0.1, np.float32)), _init("dqmm.b", f32(n) * 0.5),
+        _init("qlmm.w", u8(k, n)), _init("qlmm.ws", np.array(0.1, np.float32)), _init("qlmm.wz", np.array(0, np.uint8)),
+        _init("qlmm.as", np.array(0.1, np.float32)), _init("qlmm.az", np.array(0, np.uint8)),
+        _init("qlmm.ys", np.array(0.1, np.float32)), _init("qlmm.yz", np.array(0, np.uint8)),
+        _init("rotary.cos_cache", f32(128, 16)), _init("rotary.sin_cache", f32(128, 16)),
+        _init("shape", np.array([0, 0, 4, 16], np.int64)),
+    ]
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node("MatMulNBits", ["x", "nbits4.q", "nbits4.s", "nbits4.zp"], ["y1"], domain=ms, K=k, N=n,
+                         bits=4, block_size=32),
+        helper.make_node("MatMulNBits", ["x", "nbits8.q", "nbits8.s"], ["y2"], domain=ms, K=k, N=n, bits=8,
+                         block_size=32),
+        helper.make_node("GatherBlockQuantized", ["gbq.q", "input_ids", "gbq.s"], ["e"], domain=ms, bits=4,
+                         block_size=32, gather_axis=0, quantize_axis=1),
+        helper.make_node("DequantizeLinear", ["dq8.w", "dq8.s", "dq8.zp"], ["w8"]),
+        helper.make_node("DequantizeLinear", ["dq4.w", "dq4.s", "dq4.zp"], ["w4"], axis=1),
+        helper.make_node("MatMulInteger", ["xq", "mmi.w", "", "mmi.zp"], ["y3"]),
+        helper.make_node("DynamicQuantizeMatMul", ["x", "dqmm.w", "dqmm.s", "", "dqmm.b"], ["y4"], domain=ms),
+        helper.make_node("QLinearMatMul", ["xq", "qlmm.as", "qlmm.az", "qlmm.w", "qlmm.ws", "qlmm.wz", "qlmm.ys",
+                                           "qlmm.yz"], ["y5"]),
+        helper.make_node("GroupQueryAttention", ["x", "", "", "pk", "pv", "sl", "tl", "rotary.cos_cache",
+                                                 "rotary.sin_cache"], ["a", "ok", "ov"], domain=ms, num_heads=4,
+                         kv_num_heads=4),
+        helper.make_node("Reshape", ["x", "shape"], ["x4"]),
+    ]
+    graph = helper.make_graph(nodes, "quantized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ms, 1)])
+    (tmp_path / "q").mkdir()
+    onnx.save(model, str(tmp_path / "q" / "model.onnx"))
+    count = count_params(tmp_path / "q")
+    logical = {"nbits4": n * k, "nbits8": n * k, "gbq": v * k, "dq8": k * n, "dq4": k * n, "mmi": k * n,
+               "dqmm": k * n + n, "qlmm": k * n}  # dqmm + its float bias
+    assert count.total == sum(logical.values())
+    assert count.by_dtype == {"int8": 5 * k * n, "int4": 2 * n * k + v * k, "float32": n}
+
+
+def _hf_llama(tied: bool, vocab: int = 256) -> Any:
+    """A tiny random transformers Llama whose norm weights differ (so no two tensors are equal by chance:
+    the TorchScript exporter stores identical initializers once)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("the export wrapper uses the transformers 5 cache API")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=512,
+                                      tie_word_embeddings=tied, attn_implementation="eager")
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def llama_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Tied and untied tiny Llamas exported to the optimum signature (torch.onnx), each also quantized
+    by onnxruntime's own tools: int4 MatMulNBits (MatMulNBitsQuantizer) and int8 MatMulInteger
+    (quantize_dynamic, which also quantizes the embedding table)."""
+    pytest.importorskip("torch")
+    from test_models_runner import _export_llama
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root = tmp_path_factory.mktemp("llama-exports")
+    out: dict[str, Any] = {}
+    import logging
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.WARNING)  # the quantizers log every node at INFO
+    try:
+        _quantized_exports(root, out, _export_llama, MatMulNBitsQuantizer, quantize_dynamic, QuantType)
+    finally:
+        logging.getLogger().setLevel(level)
+    return out
+
+
+def _quantized_exports(root: Path, out: dict[str, Any], _export_llama: Any, MatMulNBitsQuantizer: Any,
+                       quantize_dynamic: Any, QuantType: Any) -> None:
+    for tied in (True, False):
+        hf = _hf_llama(tied)
+        name = "tied" if tied else "untied"
+        fp32 = root / name / "fp32"
+        _export_llama(hf, fp32 / "model.onnx", position_ids=True)
+        hf.config.to_json_file(str(fp32 / "config.json"))
+        q4 = MatMulNBitsQuantizer(onnx.load(str(fp32 / "model.onnx")), block_size=32, is_symmetric=True)
+        q4.process()
+        (root / name / "int4").mkdir()
+        q4.model.save_model_to_file(str(root / name / "int4" / "model.onnx"), use_external_data_format=True)
+        (root / name / "int8").mkdir()
+        quantize_dynamic(str(fp32 / "model.onnx"), str(root / name / "int8" / "model.onnx"),
+                         weight_type=QuantType.QInt8)
+        out[name] = {"hf": hf, "fp32": fp32, "int4": root / name / "int4", "int8": root / name / "int8"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_count_params_of_torch_exports_equals_transformers(llama_exports: dict[str, Any], tied: bool,
+                                                           precision: str, tmp_path: Path) -> None:
+    import shutil
+
+    from greenprof.models.inspect import count_params
+
+    exp = llama_exports["tied" if tied else "untied"]
+    expected = exp["hf"].num_parameters()  # the tied head once
+    folder = exp[precision]
+    count = count_params(folder)
+    if precision == "fp32":
+        # the exporter writes the tied head as a transposed copy of the embedding: found and counted once
+        assert count.total == expected and count.tied_embeddings is tied and count.notes == []
+        assert count.shared == (256 * 64 if tied else 0)
+        return
+    # quantized apart from the embedding, the head's values cannot be compared: without config.json
+    # both are counted and the count says so; config.json's tie_word_embeddings settles it
+    assert count.total == expected + (256 * 64 if tied else 0) and count.tied_embeddings is None
+    assert "no config.json says whether they are tied: both are counted" in count.notes[0]
+    shutil.copy(exp["fp32"] / "config.json", folder / "config.json")
+    try:
+        count = count_params(folder)
+    finally:
+        (folder / "config.json").unlink()
+    assert count.total == expected and count.tied_embeddings is tied
+    assert count.precision == precision
+    big = max(count.by_dtype, key=count.by_dtype.get)
+    assert big == ("int4" if precision == "int4" else "int8")
+
+
+def test_count_params_of_an_onnxruntime_genai_export(tmp_path: Path) -> None:
+    """onnxruntime-genai's model builder (int4, CPU) from a saved tiny Llama: same count as transformers,
+    and `models info` reads the folder."""
+    import json as _json
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnx_ir")
+    from transformers import PreTrainedTokenizerFast
+    from typer.testing import CliRunner
+
+    from greenprof.models.cli import app
+    from greenprof.models.inspect import count_params
+    from greenprof.models.tokenizer import EOS_TOKEN, build_tokenizer
+
+    hf = _hf_llama(tied=True, vocab=320)
+    hf.save_pretrained(tmp_path / "hf")
+    PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(320), eos_token=EOS_TOKEN).save_pretrained(
+        str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tmp_path / "hf"), "-o",
+                        str(tmp_path / "genai"), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    count = count_params(tmp_path / "genai")
+    assert count.total == hf.num_parameters()
+    assert count.tied_embeddings is True and count.precision == "int4"
+    res = CliRunner().invoke(app, ["info", str(tmp_path / "genai"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = _json.loads(res.stdout)
+    assert doc["format"] == "genai" and doc["params"] == hf.num_parameters()
+    assert (doc["layers"], doc["hidden"], doc["heads"], doc["kv_heads"], doc["head_dim"], doc["vocab"]) == \
+        (2, 64, 4, 2, 16, 320)
+    assert doc["kv_dtype"] == "float32" and doc["precision"] == "int4" and doc["tokenizer"] is True
+    files = {p.name: p.stat().st_size for p in (tmp_path / "genai").iterdir() if p.name.startswith("model.onnx")}
+    assert doc["files"] == files and doc["file_bytes"] == sum(files.values())
+
+
+def test_models_info_of_an_optimum_export(llama_exports: dict[str, Any], tmp_path: Path) -> None:
+    import json as _json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from greenprof.models.cli import app
+
+    exp = llama_exports["untied"]
+    folder = tmp_path / "export"
+    shutil.copytree(exp["int4"], folder)
+    shutil.copy(exp["fp32"] / "config.json", folder / "config.json")
+    byte_tokenizer(folder / "tokenizer.json")
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = _json.loads(res.stdout)
+    assert doc["format"] == "optimum" and doc["architecture"] == "llama" and "metadata" not in doc
+    assert doc["params"] == exp["hf"].num_parameters() and doc["precision"] == "int4"
+    assert (doc["layers"], doc["hidden"], doc["heads"], doc["kv_heads"], doc["head_dim"], doc["vocab"]) == \
+        (2, 64, 4, 2, 16, 256)
+    assert doc["kv_dtype"] == "float32" and doc["tokenizer"] is True and doc["tied_embeddings"] is False
+    assert doc["context_length"] == 512
+    assert doc["file_bytes"] == sum(p.stat().st_size for p in folder.iterdir() if ".onnx" in p.name)
+    table = runner.invoke(app, ["info", str(folder / "model.onnx")]).stdout
+    assert "optimum export" in table and f"{exp['hf'].num_parameters():,}" in table and "int4" in table
+    # a genai folder made by hand (the toy), without config.json
+    toy = tmp_path / "genai"
+    toy_decoder(toy / "decoder.onnx", layers=3, kv_heads=2, head_dim=4, vocab=32, position_ids=False)
+    genai_config(toy, "decoder.onnx", layers=3, kv_heads=2, head_dim=4, vocab=32)
+    doc = _json.loads(runner.invoke(app, ["info", str(toy), "--json"]).stdout)
+    assert doc["format"] == "genai" and doc["layers"] == 3 and (doc["kv_heads"], doc["head_dim"]) == (2, 4)
+    assert doc["hidden"] == 8 and doc["vocab"] == 32 and doc["tokenizer"] is False and doc["context_length"] == 2048
+
+
+def test_measure_stores_the_parameter_count_of_an_export(llama_exports: dict[str, Any], tmp_path: Path) -> None:
+    """`greenprof measure ./export` stores params from the ONNX initializers with every run."""
+    import json as _json
+    import sqlite3
+    import subprocess
+    import sys
+
+    folder = llama_exports["untied"]["int4"]
+    db = tmp_path / "m.db"
+    r = subprocess.run([sys.executable, "-m", "greenprof.cli", "measure", str(folder), "--runs", "2", "--warmup",
+                        "0", "--new-tokens", "3", "--prompt-tokens", "4", "--db", str(db), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    expected = llama_exports["untied"]["hf"].num_parameters()
+    doc = _json.loads(r.stdout)
+    assert [s["params"] for s in doc["summary"]] == [expected]
+    with sqlite3.connect(db) as c:
+        assert c.execute("select param_count from runs").fetchall() == [(expected,), (expected,)]
