@@ -438,7 +438,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
                  thread_warning=None, state=None) -> ModelSummary:
     from greenprof import accounting
     from greenprof.meter import Meter
-    from greenprof.models.inspect import params_of
+    from greenprof.models.inspect import count_params
     from greenprof.models.loader import load
     from greenprof.models.runner import generate
 
@@ -456,8 +456,15 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
     model = load(rm.path, threads=threads, spinning=req.spinning, graph_opt=req.graph_opt,
                  providers=req.provider)
     meta = getattr(model, "metadata", None) or {}
-    params = rm.params or meta.get("param_count") or params_of(rm.path)  # an export: its ONNX initializers
-    precision = plan.precision if rm.builtin else (meta.get("precision") or "unknown")
+    counted = None
+    if not (rm.params or meta.get("param_count")) or not rm.builtin:
+        try:  # an export: its parameters and precision from its ONNX initializers
+            counted = count_params(rm.path)
+        except Exception:
+            counted = None
+    params = rm.params or meta.get("param_count") or (counted.total if counted and counted.total else None)
+    precision = plan.precision if rm.builtin else (meta.get("precision") or (counted.precision if counted else None)
+                                                   or "unknown")
     provider = getattr(model, "provider", "CPUExecutionProvider")
     device = getattr(model, "device", "cpu")
     if req.collectors in (None, "auto"):
