@@ -89,7 +89,7 @@ def dashboard_cmd(
 def _missing_sqlite_file(settings) -> Optional[str]:
     """The path of the SQLite file the settings point at when it does not exist yet, else None."""
     from greenprof.store import resolve_url
-    from greenprof.store.db import _sqlite_path
+    from greenprof.store.urls import sqlite_path
 
     origin = settings.origin.get("db", "default")
     if settings.db is None or origin.startswith("env:"):
@@ -100,7 +100,7 @@ def _missing_sqlite_file(settings) -> Optional[str]:
         u, _ = resolve_url(settings.db, setting=f"{settings.pyproject} [tool.greenprof] db")
     if u.get_backend_name() != "sqlite":
         return None
-    path = _sqlite_path(u)
+    path = sqlite_path(u)
     if path is None or path.exists():
         return None
     return str(path)

@@ -301,7 +301,7 @@ def test_a_database_this_user_may_not_write_reads_and_says_why_not(tmp_path):
         # an older schema beside it: reading it would need an upgrade it cannot write
         from alembic import command
 
-        from greenprof.store.db import alembic_config
+        from greenprof.store.migrate import alembic_config
 
         command.upgrade(alembic_config(f"sqlite:///{locked / 'old.db'}"), "0002")
         for f in locked.iterdir():

@@ -41,7 +41,8 @@ from greenprof.store import (  # noqa: E402
     open_store,
 )
 from greenprof.store import schema as S  # noqa: E402
-from greenprof.store.db import STALE_NOTE, alembic_config, known_revisions  # noqa: E402
+from greenprof.store.db import STALE_NOTE  # noqa: E402
+from greenprof.store.migrate import alembic_config, known_revisions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

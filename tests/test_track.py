@@ -353,12 +353,12 @@ def test_unusable_store_warns_once_and_keeps_the_figures(tmp_path):
 
 
 def test_store_locked_past_the_timeout(tmp_path, monkeypatch):
-    import greenprof.store.db as store_db
+    import greenprof.store.engine as store_engine
     from greenprof.store import open_store
 
     db = tmp_path / "t.db"
     open_store(db).close()  # a good greenprof database...
-    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(store_engine, "BUSY_TIMEOUT_S", 0.3)
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # ...that another process keeps locked
     try:

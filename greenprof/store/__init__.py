@@ -24,17 +24,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .db import (
-        DomainRecord,
-        PhaseSummary,
-        RunRecord,
-        SegmentRecord,
-        Store,
-        connect_timeout_s,
-        open_store,
-        preflight,
-        resolve_url,
-    )
+    from .db import Store, open_store, preflight
+    from .records import DomainRecord, PhaseSummary, RunRecord, SegmentRecord
+    from .urls import connect_timeout_s, resolve_url
     from .schema import Timeline, power_timeline
 
 __all__ = [
@@ -47,13 +39,13 @@ __all__ = [
 _LAZY = {
     "open_store": "greenprof.store.db",
     "preflight": "greenprof.store.db",
-    "connect_timeout_s": "greenprof.store.db",
-    "resolve_url": "greenprof.store.db",
+    "connect_timeout_s": "greenprof.store.urls",
+    "resolve_url": "greenprof.store.urls",
     "Store": "greenprof.store.db",
-    "RunRecord": "greenprof.store.db",
-    "DomainRecord": "greenprof.store.db",
-    "SegmentRecord": "greenprof.store.db",
-    "PhaseSummary": "greenprof.store.db",
+    "RunRecord": "greenprof.store.records",
+    "DomainRecord": "greenprof.store.records",
+    "SegmentRecord": "greenprof.store.records",
+    "PhaseSummary": "greenprof.store.records",
     "Timeline": "greenprof.store.schema",
     "power_timeline": "greenprof.store.schema",
 }

@@ -20,585 +20,56 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import re
 import threading
-import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import (
     Engine,
-    create_engine,
     delete,
-    event,
     func,
     insert,
-    inspect,
     select,
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import URL, Connection
 
 from greenprof.errors import UsageError
 from greenprof.hostinfo import pid_alive
 
 from . import schema as S
 from .errors import (
-    BadStoreUrl,
     NoDatabase,
-    NotAGreenprofDatabase,
     RunNotFound,
-    SchemaTooNew,
     StoreError,
-    StoreNotReadable,
     StoreNotWritable,
     StoreUnavailable,
 )
 
 if TYPE_CHECKING:
-    from alembic.config import Config
-
     from greenprof.meter import Measurement, PowerSample
 
-ENV_VAR = "GREENPROF_DB"
-DEFAULT_URL = "sqlite:///greenprof.db"
-BUSY_TIMEOUT_S = 30.0
+# The store's parts, one concern a module: where it lives (urls), how it connects (engine), its
+# schema's history (migrate), what its read API returns (records). Store and open_store are here.
+from .engine import _WRITE, _ErrorMap, _server_engine, _sqlite_engine
+from .migrate import _needs_upgrade, _peek_sqlite, _stamped, alembic_config
+from .records import DomainRecord, PhaseSummary, RunRecord, SegmentRecord
+from .urls import _can_write, _check_sqlite_file, _check_sqlite_readable, _no_database, resolve_url, sqlite_path
+
 SAMPLE_CHUNK = 5000  # sample rows per write transaction
 STALE_NOTE = "process ended without closing the run (killed?)"
 
-URL_HINT = "a SQLAlchemy URL like sqlite:///path.db or postgresql://user@host/db"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 # Postgres advisory lock key held while migrating, so concurrent first opens migrate once.
 _PG_MIGRATION_LOCK = 0x67726E70  # "grnp"
-_WRITE = "greenprof_write"  # execution option: this transaction starts with BEGIN IMMEDIATE
 
 # Columns a caller may set in start_run; the store owns id, status, ended_at and the results.
 _STORE_OWNED = {"id", "status", "ended_at", "duration_s", "sample_hz", "idle_window_s", "warnings",
                 "process_cpu_s", "machine_busy_cpu_s", "other_cpu_share", "concurrent_windows"}
 RUN_FIELDS = tuple(c.name for c in S.runs.c if c.name not in _STORE_OWNED)
 
-
-# -- records returned by the read API ---------------------------------------------------------
-@dataclass
-class DomainRecord:
-    domain: str
-    method: str | None  # measured | estimated | replayed
-    source: str | None
-    energy_j: float | None  # gross; until the loss when lost_reason is set (partial)
-    idle_power_w: float | None
-    dynamic_energy_j: float | None
-    resolution_s: float | None
-    lost_reason: str | None
-    attributed_energy_j: float | None = None  # None for runs stored before schema 0003
-    share: float | None = None
-    scope: str | None = None
-    uncertain_reason: str | None = None
-    share_note: str | None = None
-
-
-@dataclass
-class SegmentRecord:
-    idx: int
-    label: str
-    kind: str  # setup | prefill | decode | teardown | other
-    start_s: float
-    duration_s: float
-    tokens: int | None
-    energy_j: dict[str, float | None] = field(default_factory=dict)
-    dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
-    attributed_energy_j: dict[str, float | None] = field(default_factory=dict)
-
-
-@dataclass
-class PhaseSummary:
-    """The segments of one kind added up: setup, prefill, decode, teardown or other."""
-
-    kind: str
-    segments: int
-    duration_s: float
-    tokens: int | None
-    energy_j: dict[str, float | None] = field(default_factory=dict)
-    dynamic_energy_j: dict[str, float | None] = field(default_factory=dict)
-    attributed_energy_j: dict[str, float | None] = field(default_factory=dict)
-
-
-@dataclass
-class RunRecord:
-    id: int
-    batch_id: str | None
-    kind: str
-    status: str
-    started_at: datetime  # aware, UTC
-    ended_at: datetime | None
-    pid: int | None
-    host: str | None
-    hardware: dict | None
-    hardware_fingerprint: str | None
-    software: dict | None
-    model_name: str | None
-    model_shape: str | None
-    param_count: int | None
-    precision: str | None
-    model_file_hash: str | None
-    provider: str | None
-    threads: int | None
-    prompt_tokens: int | None
-    new_tokens: int | None
-    batch_size: int | None
-    region: str | None
-    intensity_g_per_kwh: float | None
-    intensity_source: str | None
-    intensity_year: int | None
-    pue: float | None
-    price_usd_per_kwh: float | None
-    duration_s: float | None
-    sample_hz: float | None
-    idle_window_s: float | None
-    error: str | None
-    warnings: list | None
-    extra: dict | None
-    collectors: str | None = None
-    process_cpu_s: float | None = None
-    machine_busy_cpu_s: float | None = None
-    other_cpu_share: float | None = None
-    concurrent_windows: int | None = None
-    domains: dict[str, DomainRecord] = field(default_factory=dict)
-    phases: dict[str, PhaseSummary] = field(default_factory=dict)  # by segment kind
-    segments: list[SegmentRecord] = field(default_factory=list)  # filled by get_run only
-
-    @property
-    def energy_j(self) -> dict[str, float | None]:
-        """Gross energy per domain."""
-        return {d: r.energy_j for d, r in self.domains.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("started_at", "ended_at"):
-            d[k] = d[k].isoformat() if d[k] is not None else None
-        return d
-
-
-# -- URL handling -------------------------------------------------------------------------------
-def _redact(raw: str) -> str:
-    """Hide a password in a URL-ish string, even one SQLAlchemy cannot parse."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw)
-
-
-def resolve_url(url: str | os.PathLike | None = None, setting: str = "--db") -> tuple[URL, str]:
-    """The SQLAlchemy URL to open and where it came from (``setting``, ``GREENPROF_DB``, default).
-
-    ``setting`` names an explicit ``url`` in messages: ``--db`` for the CLI, ``track(db=...)``
-    for the decorator.
-
-    A value without ``://`` is a file path and becomes a SQLite URL; a relative SQLite path is
-    made absolute against the current directory. ``postgres://`` is read as ``postgresql://``.
-    """
-    if url is not None:
-        raw, origin = os.fspath(url), setting
-    elif os.environ.get(ENV_VAR, "").strip():
-        raw, origin = os.environ[ENV_VAR], ENV_VAR
-    else:
-        raw, origin = DEFAULT_URL, "the default database"
-    raw = raw.strip()
-    what = f"{origin} must be {URL_HINT}" if origin != "the default database" else f"the database must be {URL_HINT}"
-    if not raw:
-        raise BadStoreUrl(f"{what} (got an empty value)")
-    if "://" not in raw:
-        if raw == ":memory:":
-            return make_url("sqlite://"), origin
-        path = Path(raw).expanduser().absolute()
-        return URL.create("sqlite", database=str(path)), origin
-    try:
-        u = make_url(raw)
-    except (sa_exc.ArgumentError, ValueError) as e:
-        raise BadStoreUrl(f"{what} (got {_redact(raw)!r}: {str(e).splitlines()[0]})") from None
-    backend, _, driver = u.drivername.partition("+")
-    if backend == "postgres":  # the Heroku spelling
-        u = u.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
-            and not u.database.startswith("file:"):
-        u = u.set(database=str(Path(u.database).expanduser().absolute()))
-    try:
-        dialect_cls = u.get_dialect()
-    except sa_exc.NoSuchModuleError:
-        raise BadStoreUrl(f"{what}: no database kind {u.drivername!r} (got {_redact(raw)!r})") from None
-    if u.get_backend_name() == "postgresql" and "+" not in u.drivername:
-        u = _pick_postgres_driver(u)
-    else:
-        try:
-            dialect_cls.import_dbapi()
-        except ImportError as e:
-            raise BadStoreUrl(f"{origin}: the driver for {u.drivername!r} is not installed ({e}); "
-                              f"install it with pip") from None
-    return u, origin
-
-
-def _pick_postgres_driver(u: URL) -> URL:
-    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg (3) when only that is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg2") is not None:
-        return u
-    if importlib.util.find_spec("psycopg") is not None:
-        return u.set(drivername="postgresql+psycopg")
-    raise BadStoreUrl("PostgreSQL needs a driver: pip install 'psycopg[binary]' (or psycopg2-binary)")
-
-
-def _sqlite_path(u: URL) -> Path | None:
-    """The database file of a SQLite URL, None for an in-memory database."""
-    db = u.database
-    if not db or db == ":memory:" or db.startswith("file:") or u.query.get("mode") == "memory":
-        return None
-    return Path(db)
-
-
-CONNECT_TIMEOUT_ENV = "GREENPROF_DB_CONNECT_TIMEOUT"
-DEFAULT_CONNECT_TIMEOUT_S = 10
-
-
-def connect_timeout_s(env: Mapping[str, str] | None = None) -> int:
-    """Seconds to wait for a database server to answer a connection
-    (``GREENPROF_DB_CONNECT_TIMEOUT``, default 10; at least 2, libpq's minimum)."""
-    from greenprof.errors import ConfigError
-
-    env = os.environ if env is None else env
-    raw = (env.get(CONNECT_TIMEOUT_ENV) or "").strip()
-    if not raw:
-        return DEFAULT_CONNECT_TIMEOUT_S
-    try:
-        v = float(raw)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v > 0):
-        raise ConfigError(f"{CONNECT_TIMEOUT_ENV}={raw!r} is not a number of seconds > 0: set it like "
-                          f"{CONNECT_TIMEOUT_ENV}=10, or unset it (default {DEFAULT_CONNECT_TIMEOUT_S} s)")
-    return max(2, math.ceil(v))
-
-
-def _server_engine(u: URL, origin: str, **kw: Any) -> Engine:
-    """The engine of a database server, with a bounded connect timeout (PostgreSQL: libpq's
-    ``connect_timeout``, unless the URL sets one)."""
-    connect_args: dict[str, Any] = {}
-    if u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
-        connect_args["connect_timeout"] = connect_timeout_s()
-    try:
-        return create_engine(u, pool_pre_ping=True, connect_args=connect_args, **kw)
-    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
-        raise BadStoreUrl(f"{origin} must be {URL_HINT} ({_one_line(e)})") from None
-
-
-def _why_not_writable(e: OSError) -> str:
-    """What an OSError from a write attempt means, in words: a read-only file system is not a
-    permission problem, and the fix differs."""
-    import errno
-
-    if e.errno == errno.EROFS:
-        return "it is on a read-only file system"
-    if e.errno == errno.ENOENT:  # the directory exists, yet no file can be made in it (/proc, /sys)
-        return "this file system does not hold ordinary files"
-    if e.errno in (errno.EACCES, errno.EPERM):
-        user = ""
-        if hasattr(os, "geteuid"):
-            try:
-                import pwd
-
-                user = f" ({pwd.getpwuid(os.geteuid()).pw_name})"
-            except (ImportError, KeyError):
-                user = f" (uid {os.geteuid()})"
-        return f"permission denied for this user{user}"
-    return e.strerror or str(e)
-
-
-def _probe_dir(parent: Path, origin: str) -> None:
-    """Create and remove a file in ``parent``: the only sure test that the database and its
-    -wal/-shm files can be written there (``os.access`` says yes to root on a read-only mount
-    or in /proc)."""
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".greenprof-probe-", dir=parent)
-    except OSError as e:
-        raise StoreNotWritable(f"cannot write in {parent} ({_why_not_writable(e)}; the database and its "
-                               f"-wal/-shm files live there): point {origin} elsewhere") from None
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-
-
-def _check_sqlite_file(path: Path, origin: str) -> None:
-    """Refuse, before SQLite touches anything, a path greenprof cannot write. Never changes
-    the database (a probe file is created and removed beside it)."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise StoreNotWritable(f"cannot create the database {path}: directory {parent} does not exist "
-                               f"(create it, or point {origin} elsewhere)")
-    if path.is_dir():
-        raise NotAGreenprofDatabase(f"{path} is a directory, not a greenprof database")
-    if path.exists():
-        _check_sqlite_magic(path, origin)
-        try:
-            fd = os.open(path, os.O_RDWR)  # opening for writing writes nothing
-        except OSError as e:
-            raise StoreNotWritable(f"the database {path} cannot be written ({_why_not_writable(e)}): "
-                                   f"greenprof reads it (runs, show, export, compare, dashboard) but "
-                                   f"cannot store runs in it; point {origin} elsewhere") from None
-        os.close(fd)
-    # WAL needs the -wal and -shm files next to the database, even when the database exists
-    _probe_dir(parent, origin)
-
-
-def _check_sqlite_magic(path: Path, origin: str) -> None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise StoreNotReadable(f"cannot read the database {path}: {e.strerror}") from None
-    if head and head != SQLITE_MAGIC:
-        raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
-                                    f"point {origin} at a new or a greenprof .db file")
-
-
-def _no_database(where: str, origin: str) -> NoDatabase:
-    elsewhere = f", or point {origin} at an existing one" if origin != "the default database" else \
-        " (or give --db / GREENPROF_DB)"
-    return NoDatabase(f"no database at {where}; `greenprof measure` creates one{elsewhere}")
-
-
-def _check_sqlite_readable(path: Path, origin: str) -> None:
-    """What a reading command needs: an existing SQLite file it may read. Creates nothing."""
-    if path.is_dir():
-        raise NotAGreenprofDatabase(f"{path} is a directory, not a greenprof database")
-    if not path.exists():
-        raise _no_database(str(path), origin)
-    _check_sqlite_magic(path, origin)
-
-
-def _can_write(path: Path) -> bool:
-    """Whether a reader could also write the database and its -wal/-shm files (no side effect
-    but a probe file created and removed beside it)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    try:
-        _probe_dir(path.parent, "--db")
-    except StoreNotWritable:
-        return False
-    return True
-
-
-# -- engine -------------------------------------------------------------------------------------
-_LOCKED = ("database is locked", "database is busy", "database table is locked")
-
-
-def _use_wal(cur: Any) -> None:
-    """Put the database in WAL mode unless it already is (the mode is stored in the file).
-
-    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without
-    waiting for ``busy_timeout``, when waiting could deadlock: two connections opening a fresh
-    file together both hold a read lock and both want to switch. Reading the mode takes no
-    such lock, so every connection after the first one skips the switch; the first ones retry
-    (:func:`_retry_locked`). A file system that cannot do WAL keeps its mode, as before."""
-    mode = cur.execute("PRAGMA journal_mode").fetchone()
-    if mode is None or str(mode[0]).lower() != "wal":
-        cur.execute("PRAGMA journal_mode = WAL").fetchall()
-
-
-def _retry_locked(op: Callable[[], Any]) -> Any:
-    """Run connection set-up ``op``, retrying "database is locked" with a short backoff (1 ms
-    doubling to 50 ms, jittered) for up to :data:`BUSY_TIMEOUT_S`, as ``busy_timeout`` would
-    wait. Past that the driver's error is raised (the error map says it stayed locked)."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    delay = 0.001
-    while True:
-        try:
-            return op()
-        except Exception as e:
-            left = deadline - time.monotonic()
-            if left <= 0 or not any(s in str(e).lower() for s in _LOCKED):
-                raise
-        time.sleep(min(delay * random.uniform(0.5, 1.5), left))
-        delay = min(delay * 2, 0.05)
-
-
-def _sqlite_engine(u: URL, readonly: bool = False, immutable: bool = False) -> Engine:
-    """The engine of a SQLite database. ``readonly``: opened with ``mode=ro`` (nothing is ever
-    written, no WAL switch); ``immutable`` as well when the directory cannot be written (a
-    read-only mount: SQLite then needs no -shm file and takes no lock)."""
-    memory = _sqlite_path(u) is None
-    kw: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
-    if memory:
-        kw["poolclass"] = StaticPool  # one shared connection, or each would see its own database
-    if readonly:
-        import sqlite3
-
-        from sqlalchemy.pool import QueuePool
-
-        path = _sqlite_path(u)
-        assert path is not None
-        uri = f"{path.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
-        engine = create_engine("sqlite://", poolclass=QueuePool, creator=lambda: sqlite3.connect(
-            uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
-    else:
-        engine = create_engine(u, **kw)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # SQLAlchemy's pysqlite recipe: the driver stops issuing BEGIN itself (isolation_level
-        # None); the "begin" hook below issues it, so we choose DEFERRED or IMMEDIATE.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if not memory and not readonly:
-                _retry_locked(lambda: _use_wal(cur))
-                cur.execute("PRAGMA synchronous = NORMAL")
-            cur.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the write lock at BEGIN (waiting up to busy_timeout for it). A deferred
-        # transaction that later writes can fail at once with SQLITE_BUSY instead of waiting.
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
-def _one_line(e: BaseException) -> str:
-    orig = getattr(e, "orig", None) or e
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
-
-
-class _ErrorMap:
-    """Turns driver errors into typed greenprof errors with one line."""
-
-    def __init__(self, where: str, origin: str) -> None:
-        self.where, self.origin = where, origin
-
-    def __call__(self, e: BaseException) -> BaseException:
-        msg = _one_line(e)
-        low = msg.lower()
-        if "file is not a database" in low or "file is encrypted" in low:
-            return NotAGreenprofDatabase(f"{self.where} is not a greenprof database (not SQLite); "
-                                         f"point {self.origin} at a new or a greenprof .db file")
-        if "readonly database" in low or "unable to open database file" in low:
-            return StoreNotWritable(f"cannot write the database {self.where} ({msg}): "
-                                    f"fix the permissions or point {self.origin} elsewhere")
-        if "timeout expired" in low or "timed out" in low:
-            return StoreUnavailable(
-                f"no answer from the database server {self.where} within its connect timeout "
-                f"({connect_timeout_s()} s, {CONNECT_TIMEOUT_ENV}): check that the server is up and "
-                f"reachable, or point {self.origin} elsewhere")
-        if "database is locked" in low or "database is busy" in low:
-            return StoreUnavailable(f"the database {self.where} stayed locked by another process for "
-                                    f"more than {BUSY_TIMEOUT_S:g} s; try again")
-        return StoreUnavailable(f"cannot use the database {self.where}: {msg}")
-
-
-# -- migrations ---------------------------------------------------------------------------------
-def alembic_config(url: str | URL | None = None, connection: Connection | None = None) -> "Config":
-    """An Alembic ``Config`` for the packaged migrations; no alembic.ini is needed.
-
-    Pass ``connection`` to migrate inside a transaction you hold (what :func:`open_store` does),
-    or ``url`` for development commands (``command.revision(..., autogenerate=True)``).
-    """
-    from importlib.resources import files
-
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(files("greenprof.store.migrations")))
-    if url is not None:
-        # ConfigParser interpolation: a literal % must be doubled
-        text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
-        cfg.set_main_option("sqlalchemy.url", text.replace("%", "%%"))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def known_revisions() -> set[str]:
-    """Every schema revision this greenprof knows (from the packaged migration scripts)."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
-
-
-def _stamped(conn: Connection) -> tuple[tuple[str, ...], list[str]]:
-    """(revisions in greenprof's version table, every table name) of the database."""
-    names = inspect(conn).get_table_names()
-    if S.VERSION_TABLE not in names:
-        return (), names
-    rows = conn.exec_driver_sql(f"SELECT version_num FROM {S.VERSION_TABLE}").all()
-    return tuple(sorted(r[0] for r in rows)), names
-
-
-def _needs_upgrade(revs: tuple[str, ...], tables: Sequence[str], dialect: str, where: str,
-                   origin: str) -> bool:
-    """False when the database is at head; True when it is new or older; else a typed refusal."""
-    if revs == (S.SCHEMA_REVISION,):
-        return False  # the common case: no Alembic import at all
-    if not revs:
-        ours = {t.name for t in S.TABLES}
-        foreign = [t for t in tables if not t.startswith("sqlite_")]
-        if dialect != "sqlite":  # a shared server database may hold other applications' tables
-            foreign = [t for t in foreign if t in ours]
-        if foreign:
-            raise NotAGreenprofDatabase(
-                f"{where} is not a greenprof database (it has tables {', '.join(sorted(foreign)[:5])}); "
-                f"point {origin} at a new or a greenprof database")
-        return True
-    known = known_revisions()
-    unknown = [r for r in revs if r not in known]
-    if unknown:
-        raise SchemaTooNew(f"{where} was written by a newer greenprof (schema {', '.join(unknown)}); "
-                           f"upgrade greenprof (this one knows schemas up to {S.SCHEMA_REVISION})")
-    return True
-
-
-def _peek_sqlite(path: Path, origin: str) -> tuple[tuple[str, ...], list[str]]:
-    """Check an existing SQLite file through a read-only connection, before the engine sets WAL
-    (which rewrites the header): a file greenprof refuses is left byte for byte as it was."""
-    import sqlite3
-
-    if not path.exists() or path.stat().st_size == 0:
-        return (), []
-    # a directory nobody may write in (a read-only mount) has no -shm file to share: read the
-    # file as immutable there, as the reading commands do
-    immutable = "" if os.access(path.parent, os.W_OK) else "&immutable=1"
-    try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro{immutable}", uri=True, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.Error as e:
-        raise StoreNotWritable(f"cannot open the database {path}: {e}") from None
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        revs: tuple[str, ...] = ()
-        if S.VERSION_TABLE in tables:
-            revs = tuple(sorted(r[0] for r in conn.execute(f"SELECT version_num FROM {S.VERSION_TABLE}")))
-    except sqlite3.DatabaseError as e:
-        if "not a database" in str(e) or "encrypted" in str(e):
-            raise NotAGreenprofDatabase(f"{path} is not a greenprof database (not SQLite); "
-                                        f"point {origin} at a new or a greenprof .db file") from None
-        raise StoreUnavailable(f"cannot read the database {path}: {e}") from None
-    finally:
-        conn.close()
-    _needs_upgrade(revs, tables, "sqlite", str(path), origin)
-    return revs, tables
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -648,7 +119,7 @@ class Store:
         self._lock = threading.Lock()
         self._samples_sql: tuple[str, tuple[str, ...] | None] | None = None
         self._software: dict[str, Any] | None = None
-        self.path = _sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+        self.path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
         where = str(self.path) if self.path else url.render_as_string(hide_password=True)
         self._errors = _ErrorMap(where, origin)
 
@@ -1129,7 +600,7 @@ def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db", ke
     Returns the resolved URL (password redacted)."""
     u, origin = resolve_url(url, setting)
     if u.get_backend_name() == "sqlite":
-        path = _sqlite_path(u)
+        path = sqlite_path(u)
         if path is None:
             if keep:
                 raise _memory_refused(origin, reading=False)
@@ -1169,7 +640,7 @@ def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db", r
     else one line says to upgrade it with write access.
     """
     u, origin = resolve_url(url, setting)
-    path = _sqlite_path(u) if u.get_backend_name() == "sqlite" else None
+    path = sqlite_path(u) if u.get_backend_name() == "sqlite" else None
     if readonly and u.get_backend_name() == "sqlite":
         if path is None:
             raise _memory_refused(origin, reading=True)

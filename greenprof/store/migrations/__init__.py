@@ -4,7 +4,7 @@ Revision ``0001`` is the first released schema. To add one, edit ``greenprof/sto
 then generate and review a revision against a database at the current head::
 
     from alembic import command
-    from greenprof.store.db import alembic_config
+    from greenprof.store.migrate import alembic_config
     command.revision(alembic_config("sqlite:///dev.db"), message="...", rev_id="0002",
                      autogenerate=True)
 

@@ -43,7 +43,7 @@ def run_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if url is None:
-        raise SystemExit("greenprof migrations: set sqlalchemy.url (see greenprof.store.db.alembic_config)")
+        raise SystemExit("greenprof migrations: set sqlalchemy.url (see greenprof.store.migrate.alembic_config)")
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
