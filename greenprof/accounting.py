@@ -250,6 +250,186 @@ def record_figures(run: Any, *, intensity_g_per_kwh: float | None, pue: float,
 
 
 # --------------------------------------------------------------------------------------------
+# A stored run's summary: what `runs`, `show`, `export`, `compare` print
+
+
+def _fsum_opt(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return math.fsum(vals) if vals else None
+
+
+class Grid:
+    """The intensity used to cost one run, and where it came from."""
+
+    __slots__ = ("region", "g_per_kwh", "source", "year", "what_if")
+
+    def __init__(self, region: str | None, g_per_kwh: float | None, source: str | None, year: int | None,
+                 what_if: bool) -> None:
+        self.region, self.g_per_kwh, self.source, self.year, self.what_if = \
+            region, g_per_kwh, source, year, what_if
+
+
+class Costing:
+    """Resolves, per run, the grid intensity and price to cost it with."""
+
+    def __init__(self, settings: Any, what_if: Any = None) -> None:
+        self.settings = settings
+        self.what_if = what_if
+        self._fallback: Grid | None = None
+        self._unpriced: list[int] = []
+        self.notes: list[str] = []
+
+    def _say(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+
+    def fallback(self) -> Grid:
+        if self._fallback is None:
+            from greenprof.config import resolve_intensity
+
+            g, _ = resolve_intensity(self.settings)
+            self._fallback = Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
+        return self._fallback
+
+    def grid(self, run: Any, needed: bool = True) -> Grid:
+        """``needed=False`` (a run with no energy): no fallback, no note; the stored values as is."""
+        if self.what_if is not None:
+            w = self.what_if
+            return Grid(w.region, w.intensity_g_per_kwh, w.source, w.year, True)
+        if run.intensity_g_per_kwh is not None:
+            return Grid(run.region, run.intensity_g_per_kwh, run.intensity_source, run.intensity_year, False)
+        if run.region:
+            from greenprof import carbon
+
+            try:
+                g = carbon.lookup(run.region)
+                return Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
+            except carbon.UnknownRegion:
+                pass
+        if not needed:
+            return Grid(run.region, None, run.intensity_source, run.intensity_year, False)
+        self._unpriced.append(run.id)
+        return self.fallback()
+
+    def price(self, run: Any) -> float:
+        if run.price_usd_per_kwh is not None:
+            return float(run.price_usd_per_kwh)
+        return float(self.settings.price_usd_per_kwh)
+
+    def take_notes(self) -> list[str]:
+        """What costing had to say since the last call (printed by the commands)."""
+        if self._unpriced:
+            ids, fb = sorted(set(self._unpriced)), self.fallback()
+            self._say(f"run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+                      f"{'have' if len(ids) > 1 else 'has'} no stored grid intensity: costed at "
+                      f"{fb.region} ({fb.g_per_kwh:g} g/kWh) from the current settings "
+                      "(--region R re-costs every run; GREENPROF_REGION / [tool.greenprof] region "
+                      "set the default)")
+            self._unpriced.clear()
+        notes, self.notes = self.notes, []
+        return notes
+
+
+def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
+    """Everything `runs`, `show`, `export` and `compare` print about a run, from stored joules.
+
+    Every derived figure comes from greenprof.record_figures. Vocabulary (the same in
+    measure --json and track): ``energy_j`` is the energy charged to the run (a number, on
+    ``basis``), ``gross_energy_j`` what the counters saw; ``*_by_domain`` the same per domain.
+    """
+    gross = {d: r.energy_j for d, r in run.domains.items() if r.energy_j is not None}
+    basis = record_basis(run)
+    charged = ({d: r.attributed_energy_j for d, r in run.domains.items() if r.attributed_energy_j is not None}
+               if basis == "attributed" else dict(gross))
+    lost = {d: r.lost_reason for d, r in run.domains.items() if r.lost_reason}
+    uncertain = {d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason}
+    dynamic = _fsum_opt(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
+    dec = run.phases.get("decode")
+    grid = costing.grid(run, needed=bool(gross))
+    pue = float(run.pue) if run.pue is not None else 1.0
+    price = costing.price(run)
+    fig = record_figures(run, intensity_g_per_kwh=grid.g_per_kwh, pue=pue,
+                                    price_usd_per_kwh=price, basis=basis)
+    has_energy = bool(gross)
+    ph = fig.phase_energy_j if has_energy else {}
+    decode_dyn = _fsum_opt(dec.dynamic_energy_j.values()) if dec else None
+    methods = {d: r.method for d, r in run.domains.items()}
+    session = (run.extra or {}).get("session") or {}
+    decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)
+    return {
+        "id": run.id,
+        "batch_id": run.batch_id,
+        "kind": run.kind,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "host": run.host,
+        "model": run.model_name,
+        "model_shape": run.model_shape,
+        "params": run.param_count,
+        "precision": run.precision,
+        "model_file_hash": run.model_file_hash,
+        "provider": run.provider,
+        "threads": run.threads,
+        "spinning": session.get("spinning"),
+        "graph_opt": session.get("graph_opt"),
+        "warmup": session.get("warmup"),
+        "prompt_tokens": run.prompt_tokens,
+        "new_tokens": run.new_tokens,  # generated (an interrupted run: the tokens it reached)
+        "requested_new_tokens": (run.extra or {}).get("requested_new_tokens", run.new_tokens),
+        "batch_size": run.batch_size,
+        "collectors": run.collectors,
+        "domains": sorted(run.domains),
+        "method": collapse_methods(methods.values()),
+        "methods": methods,
+        "basis": basis,
+        "duration_s": run.duration_s,
+        "energy_j": fig.energy_j if has_energy else None,
+        "gross_energy_j": _fsum_opt(gross.values()),
+        "energy_j_by_domain": charged,
+        "gross_energy_j_by_domain": gross,
+        "share": {d: r.share for d, r in run.domains.items() if r.share is not None},
+        "share_notes": {d: r.share_note for d, r in run.domains.items() if r.share_note},
+        "dynamic_energy_j": dynamic,
+        "phase_energy_j": ph,
+        "phases_marked": fig.phases_marked,
+        "setup_energy_j": ph.get("setup"),
+        "prefill_energy_j": ph.get("prefill") if fig.phases_marked else None,
+        "decode_energy_j": ph.get("decode"),
+        "teardown_energy_j": ph.get("teardown"),
+        "prefill_tokens": fig.prompt_tokens,
+        "decode_tokens": fig.generated_tokens,
+        "j_per_prompt_token": fig.j_per_prompt_token,
+        "j_per_token": fig.j_per_token,
+        "j_per_request": fig.j_per_request if has_energy else None,
+        "dynamic_j_per_token": _div(decode_dyn, fig.generated_tokens) if fig.phases_marked else None,
+        "tokens_per_s": _div(fig.generated_tokens, decode_s),
+        "partial": bool(lost),
+        "lost": lost,
+        "lost_domains": sorted(lost),
+        "uncertain": uncertain,
+        "uncertain_domains": sorted(uncertain),
+        "other_cpu_share": run.other_cpu_share,
+        "region": grid.region,
+        "intensity_g_per_kwh": grid.g_per_kwh,
+        "intensity_source": grid.source,
+        "intensity_year": grid.year,
+        "what_if": grid.what_if,
+        "run_region": run.region,
+        "run_intensity_g_per_kwh": run.intensity_g_per_kwh,
+        "pue": pue,
+        "co2e_g": fig.co2e_g if has_energy else None,
+        "co2e_g_per_1k_tokens": fig.co2e_g_per_1k_tokens,
+        "co2e_g_per_request": fig.co2e_g_per_request if has_energy else None,
+        "price_usd_per_kwh": price,
+        "cost_usd": fig.cost_usd if has_energy else None,
+        "usd_per_m_tokens": fig.usd_per_m_tokens,
+        "usd_per_request": fig.usd_per_request if has_energy else None,
+        "error": run.error,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Per-token attribution of one generation
 
 

@@ -21,42 +21,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import typer
 
 if TYPE_CHECKING:
-    from greenprof.carbon import GridIntensity
     from greenprof.config import Settings
     from greenprof.store import RunRecord, Store
 
-#: CodeCarbon's emissions.csv columns, in the order CodeCarbon writes them: the fields of the
-#: ``EmissionsData`` dataclass in codecarbon/output_methods/emissions_data.py, CodeCarbon 3.3.2
-#: (FileOutput writes ``pandas.DataFrame.from_records([dict(EmissionsData.values)])``, so the
-#: header is exactly the dataclass fields in declaration order). Written out here rather than
-#: read from codecarbon, which is never imported at run time; tests/test_cli_runs.py checks this
-#: list against the installed CodeCarbon source so a drift fails the tests.
-CODECARBON_COLUMNS = (
-    "timestamp", "project_name", "run_id", "experiment_id", "duration", "emissions",
-    "emissions_rate", "cpu_power", "gpu_power", "ram_power", "cpu_energy", "gpu_energy",
-    "ram_energy", "energy_consumed", "water_consumed", "country_name", "country_iso_code",
-    "region", "cloud_provider", "cloud_region", "os", "python_version", "codecarbon_version",
-    "cpu_count", "cpu_model", "gpu_count", "gpu_model", "longitude", "latitude",
-    "ram_total_size", "tracking_mode", "cpu_utilization_percent", "gpu_utilization_percent",
-    "ram_utilization_percent", "ram_used_gb", "on_cloud", "pue", "wue",
-)
-CODECARBON_VERSION_WRITTEN = "3.3.2"
-
-#: Columns of `greenprof export --format csv` (one row per run).
-EXPORT_COLUMNS = (
-    "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
-    "params", "precision", "model_file_hash", "provider", "threads", "spinning", "graph_opt",
-    "prompt_tokens", "new_tokens", "batch_size", "collectors", "domains", "method", "methods", "basis",
-    "duration_s", "energy_j", "gross_energy_j", "energy_j_by_domain", "gross_energy_j_by_domain", "share",
-    "dynamic_energy_j", "setup_energy_j", "prefill_energy_j", "decode_energy_j", "teardown_energy_j",
-    "phases_marked", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",
-    "j_per_request", "dynamic_j_per_token", "tokens_per_s", "partial", "lost_domains", "uncertain_domains",
-    "other_cpu_share", "region", "intensity_g_per_kwh", "intensity_source", "intensity_year", "pue", "co2e_g",
-    "co2e_g_per_1k_tokens", "co2e_g_per_request", "price_usd_per_kwh", "cost_usd", "usd_per_m_tokens",
-    "usd_per_request", "error",
+from greenprof.export import (  # noqa: E402,F401  (the column lists, as before)
+    CODECARBON_COLUMNS, CODECARBON_VERSION_WRITTEN, EXPORT_COLUMNS, codecarbon_row, flat_row,
 )
 
-from greenprof.accounting import J_PER_KWH  # noqa: E402  (light: no heavy imports)
 _DB_HELP = "Database: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, ./greenprof.db)."
 
 
@@ -110,6 +81,9 @@ def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
         yield store
 
 
+from greenprof.accounting import Costing as _Costing, run_summary as summarize  # noqa: E402
+
+
 def _fsum(values: Iterable[float | None]) -> float | None:
     import math
 
@@ -123,177 +97,10 @@ def _div(a: float | None, b: float | int | None) -> float | None:
     return a / b
 
 
-class _Grid:
-    """The intensity used to cost one run, and where it came from."""
-
-    __slots__ = ("region", "g_per_kwh", "source", "year", "what_if")
-
-    def __init__(self, region: str | None, g_per_kwh: float | None, source: str | None, year: int | None,
-                 what_if: bool) -> None:
-        self.region, self.g_per_kwh, self.source, self.year, self.what_if = \
-            region, g_per_kwh, source, year, what_if
-
-
-class _Costing:
-    """Resolves, per run, the grid intensity and price to cost it with."""
-
-    def __init__(self, settings: "Settings", what_if: "GridIntensity | None" = None) -> None:
-        self.settings = settings
-        self.what_if = what_if
-        self._fallback: _Grid | None = None
-        self._unpriced: list[int] = []
-        self.notes: list[str] = []
-
-    def _say(self, msg: str) -> None:
-        if msg not in self.notes:
-            self.notes.append(msg)
-
-    def fallback(self) -> _Grid:
-        if self._fallback is None:
-            from greenprof.config import resolve_intensity
-
-            g, _ = resolve_intensity(self.settings)
-            self._fallback = _Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
-        return self._fallback
-
-    def grid(self, run: "RunRecord", needed: bool = True) -> _Grid:
-        """``needed=False`` (a run with no energy): no fallback, no note; the stored values as is."""
-        if self.what_if is not None:
-            w = self.what_if
-            return _Grid(w.region, w.intensity_g_per_kwh, w.source, w.year, True)
-        if run.intensity_g_per_kwh is not None:
-            return _Grid(run.region, run.intensity_g_per_kwh, run.intensity_source, run.intensity_year, False)
-        if run.region:
-            from greenprof import carbon
-
-            try:
-                g = carbon.lookup(run.region)
-                return _Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
-            except carbon.UnknownRegion:
-                pass
-        if not needed:
-            return _Grid(run.region, None, run.intensity_source, run.intensity_year, False)
-        self._unpriced.append(run.id)
-        return self.fallback()
-
-    def price(self, run: "RunRecord") -> float:
-        if run.price_usd_per_kwh is not None:
-            return float(run.price_usd_per_kwh)
-        return float(self.settings.price_usd_per_kwh)
-
-    def flush(self) -> None:
-        if self._unpriced:
-            ids, fb = sorted(set(self._unpriced)), self.fallback()
-            self._say(f"run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
-                      f"{'have' if len(ids) > 1 else 'has'} no stored grid intensity: costed at "
-                      f"{fb.region} ({fb.g_per_kwh:g} g/kWh) from the current settings "
-                      "(--region R re-costs every run; GREENPROF_REGION / [tool.greenprof] region "
-                      "set the default)")
-            self._unpriced.clear()
-        for n in self.notes:
-            _note(n)
-        self.notes.clear()
-
-
-def summarize(run: "RunRecord", costing: _Costing) -> dict[str, Any]:
-    """Everything `runs`, `show`, `export` and `compare` print about a run, from stored joules.
-
-    Every derived figure comes from greenprof.accounting.record_figures. Vocabulary (the same in
-    measure --json and track): ``energy_j`` is the energy charged to the run (a number, on
-    ``basis``), ``gross_energy_j`` what the counters saw; ``*_by_domain`` the same per domain.
-    """
-    from greenprof import accounting
-
-    gross = {d: r.energy_j for d, r in run.domains.items() if r.energy_j is not None}
-    basis = accounting.record_basis(run)
-    charged = ({d: r.attributed_energy_j for d, r in run.domains.items() if r.attributed_energy_j is not None}
-               if basis == "attributed" else dict(gross))
-    lost = {d: r.lost_reason for d, r in run.domains.items() if r.lost_reason}
-    uncertain = {d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason}
-    dynamic = _fsum(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
-    dec = run.phases.get("decode")
-    grid = costing.grid(run, needed=bool(gross))
-    pue = float(run.pue) if run.pue is not None else 1.0
-    price = costing.price(run)
-    fig = accounting.record_figures(run, intensity_g_per_kwh=grid.g_per_kwh, pue=pue,
-                                    price_usd_per_kwh=price, basis=basis)
-    has_energy = bool(gross)
-    ph = fig.phase_energy_j if has_energy else {}
-    decode_dyn = _fsum(dec.dynamic_energy_j.values()) if dec else None
-    methods = {d: r.method for d, r in run.domains.items()}
-    session = (run.extra or {}).get("session") or {}
-    decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)
-    return {
-        "id": run.id,
-        "batch_id": run.batch_id,
-        "kind": run.kind,
-        "status": run.status,
-        "started_at": run.started_at.isoformat(),
-        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
-        "host": run.host,
-        "model": run.model_name,
-        "model_shape": run.model_shape,
-        "params": run.param_count,
-        "precision": run.precision,
-        "model_file_hash": run.model_file_hash,
-        "provider": run.provider,
-        "threads": run.threads,
-        "spinning": session.get("spinning"),
-        "graph_opt": session.get("graph_opt"),
-        "warmup": session.get("warmup"),
-        "prompt_tokens": run.prompt_tokens,
-        "new_tokens": run.new_tokens,  # generated (an interrupted run: the tokens it reached)
-        "requested_new_tokens": (run.extra or {}).get("requested_new_tokens", run.new_tokens),
-        "batch_size": run.batch_size,
-        "collectors": run.collectors,
-        "domains": sorted(run.domains),
-        "method": accounting.collapse_methods(methods.values()),
-        "methods": methods,
-        "basis": basis,
-        "duration_s": run.duration_s,
-        "energy_j": fig.energy_j if has_energy else None,
-        "gross_energy_j": _fsum(gross.values()),
-        "energy_j_by_domain": charged,
-        "gross_energy_j_by_domain": gross,
-        "share": {d: r.share for d, r in run.domains.items() if r.share is not None},
-        "share_notes": {d: r.share_note for d, r in run.domains.items() if r.share_note},
-        "dynamic_energy_j": dynamic,
-        "phase_energy_j": ph,
-        "phases_marked": fig.phases_marked,
-        "setup_energy_j": ph.get("setup"),
-        "prefill_energy_j": ph.get("prefill") if fig.phases_marked else None,
-        "decode_energy_j": ph.get("decode"),
-        "teardown_energy_j": ph.get("teardown"),
-        "prefill_tokens": fig.prompt_tokens,
-        "decode_tokens": fig.generated_tokens,
-        "j_per_prompt_token": fig.j_per_prompt_token,
-        "j_per_token": fig.j_per_token,
-        "j_per_request": fig.j_per_request if has_energy else None,
-        "dynamic_j_per_token": _div(decode_dyn, fig.generated_tokens) if fig.phases_marked else None,
-        "tokens_per_s": _div(fig.generated_tokens, decode_s),
-        "partial": bool(lost),
-        "lost": lost,
-        "lost_domains": sorted(lost),
-        "uncertain": uncertain,
-        "uncertain_domains": sorted(uncertain),
-        "other_cpu_share": run.other_cpu_share,
-        "region": grid.region,
-        "intensity_g_per_kwh": grid.g_per_kwh,
-        "intensity_source": grid.source,
-        "intensity_year": grid.year,
-        "what_if": grid.what_if,
-        "run_region": run.region,
-        "run_intensity_g_per_kwh": run.intensity_g_per_kwh,
-        "pue": pue,
-        "co2e_g": fig.co2e_g if has_energy else None,
-        "co2e_g_per_1k_tokens": fig.co2e_g_per_1k_tokens,
-        "co2e_g_per_request": fig.co2e_g_per_request if has_energy else None,
-        "price_usd_per_kwh": price,
-        "cost_usd": fig.cost_usd if has_energy else None,
-        "usd_per_m_tokens": fig.usd_per_m_tokens,
-        "usd_per_request": fig.usd_per_request if has_energy else None,
-        "error": run.error,
-    }
+def _flush(costing: _Costing) -> None:
+    """Print what costing the runs had to say (e.g. runs without a stored grid intensity)."""
+    for n in costing.take_notes():
+        _note(n)
 
 
 def energy_cell(s: dict[str, Any]) -> str:
@@ -406,7 +213,7 @@ def runs_cmd(
             "intensity_g_per_kwh": what_if.intensity_g_per_kwh if what_if else None,
             "intensity_source": what_if.source if what_if else "each run's own stored intensity",
         })
-        costing.flush()
+        _flush(costing)
         return
     from rich.table import Table
 
@@ -440,7 +247,7 @@ def runs_cmd(
     if not rows:
         _note(f"no runs in {where}" + (f" for model {model!r}" if model else "")
               + (f" on host {host!r}" if host else "") + "; `greenprof measure` records some")
-    costing.flush()
+    _flush(costing)
 
 
 def show_cmd(
@@ -454,6 +261,16 @@ def show_cmd(
     with _open_marking_stale(settings) as store:
         run = _get(store, run_id)
         n_samples = store.count_samples(run_id)
+    doc = show_data(run, costing, n_samples)
+    if as_json:
+        _echo_json(doc)
+    else:
+        render_show(run, doc["summary"], doc["phases"], n_samples)
+    _flush(costing)
+
+
+def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, Any]:
+    """Everything `show` says about a run, as one JSON-ready document (no printing)."""
     s = summarize(run, costing)
     phases = {}
     attributed = s["basis"] == "attributed"
@@ -465,16 +282,17 @@ def show_cmd(
                         "j_per_token": _div(e, p.tokens),
                         "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
                         "gross_energy_j_by_domain": p.energy_j}
-    if as_json:
-        doc = run.to_dict()
-        doc.pop("segments", None)
-        doc["phases"] = phases
-        doc["segment_count"] = len(run.segments)
-        doc["sample_count"] = n_samples
-        doc["summary"] = s
-        _echo_json(doc)
-        costing.flush()
-        return
+    doc = run.to_dict()
+    doc.pop("segments", None)
+    doc["phases"] = phases
+    doc["segment_count"] = len(run.segments)
+    doc["sample_count"] = n_samples
+    doc["summary"] = s
+    return doc
+
+
+def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_samples: int) -> None:
+    """`show`'s tables, from :func:`show_data`'s document."""
     from rich.table import Table
 
     out = _console()
@@ -577,7 +395,6 @@ def show_cmd(
             ph.add_row(kind, str(p["segments"]), _num(p["duration_s"]), _num(p["tokens"]),
                        _num(p["energy_j"]), _num(p["gross_energy_j"]), _num(p["j_per_token"]))
         out.print(ph)
-    costing.flush()
 
 
 def _get(store: "Store", run_id: int) -> "RunRecord":
@@ -587,108 +404,6 @@ def _get(store: "Store", run_id: int) -> "RunRecord":
         return store.get_run(run_id)
     except RunNotFound:
         raise RunNotFound(f"no run {run_id} in {_where(store)}; see `greenprof runs`") from None
-
-
-def _codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
-    """One emissions.csv row, in CodeCarbon's units: energy in kWh, power in W, emissions in kg.
-
-    As in CodeCarbon (EmissionsTracker._do_measurements multiplies power and energy by the PUE),
-    the power and energy columns include the PUE, so emissions = energy_consumed x intensity.
-    """
-    from greenprof import carbon
-
-    pue = s["pue"]
-    groups = {"cpu": 0.0, "gpu": 0.0, "ram": 0.0}
-    for d, j in s["energy_j_by_domain"].items():  # the energy charged to the run
-        if j is None:
-            continue
-        if d.startswith("cpu-package-") or d in ("cpu-estimate", "psys"):
-            groups["cpu"] += j
-        elif d.startswith("gpu-"):
-            groups["gpu"] += j
-        elif d.startswith("dram-"):
-            groups["ram"] += j
-    dur = run.duration_s
-    total = s["energy_j"] or 0.0
-
-    def power(j: float) -> float | str:
-        return j * pue / dur if dur else ""
-
-    kg = (s["co2e_g"] or 0.0) / 1000.0
-    iso, country, sub = "", "", ""
-    reg = s["region"] or ""
-    if reg and reg not in ("WORLD", "USER"):
-        iso = reg.split("/", 1)[0]
-        try:
-            country = carbon.lookup(iso).name
-        except Exception:
-            country = ""
-        if "/" in reg:
-            try:
-                sub = carbon.lookup(reg).name.split(",")[0].strip().lower()
-            except Exception:
-                sub = reg.split("/", 1)[1]
-    hw = run.hardware or {}
-    sw = run.software or {}
-    gpus = [str(g) for g in hw.get("gpus") or []]
-    counts: dict[str, int] = {}
-    for g in gpus:
-        counts[g] = counts.get(g, 0) + 1
-    methods = {r.method for r in run.domains.values() if r.method}
-    when = run.ended_at or run.started_at
-    return {
-        # CodeCarbon writes datetime.now().strftime("%Y-%m-%dT%H:%M:%S") (local time) at the end
-        "timestamp": when.astimezone().strftime("%Y-%m-%dT%H:%M:%S"),
-        "project_name": "greenprof",
-        "run_id": str(run.id),
-        "experiment_id": run.batch_id or "",
-        "duration": dur if dur is not None else "",
-        "emissions": kg,
-        "emissions_rate": kg / dur if dur else "",
-        "cpu_power": power(groups["cpu"]),
-        "gpu_power": power(groups["gpu"]),
-        "ram_power": power(groups["ram"]),
-        "cpu_energy": groups["cpu"] * pue / J_PER_KWH,
-        "gpu_energy": groups["gpu"] * pue / J_PER_KWH,
-        "ram_energy": groups["ram"] * pue / J_PER_KWH,
-        "energy_consumed": total * pue / J_PER_KWH,
-        "water_consumed": 0.0,  # water is not tracked; CodeCarbon's default wue=0 gives 0 too
-        "country_name": country,
-        "country_iso_code": iso,
-        "region": sub,
-        "cloud_provider": "",
-        "cloud_region": "",
-        "os": sw.get("os", ""),
-        "python_version": sw.get("python", ""),
-        # the version of CodeCarbon whose format the row follows (readers parse it as a version);
-        # greenprof's own version is in `greenprof export --format json` (software.greenprof)
-        "codecarbon_version": CODECARBON_VERSION_WRITTEN,
-        "cpu_count": hw.get("cpu_logical", ""),
-        "cpu_model": hw.get("cpu_model", ""),
-        "gpu_count": len(gpus),
-        "gpu_model": ", ".join(f"{n} x {name}" for name, n in counts.items()),
-        "longitude": "",
-        "latitude": "",
-        "ram_total_size": hw.get("memory_gib", ""),
-        # the CPU estimate charges this process's CPU time; counters see the whole machine
-        "tracking_mode": "process" if "estimated" in methods or s["basis"] == "attributed" else "machine",
-        "cpu_utilization_percent": "",
-        "gpu_utilization_percent": "",
-        "ram_utilization_percent": "",
-        "ram_used_gb": "",
-        "on_cloud": "N",
-        "pue": pue,
-        "wue": 0,
-    }
-
-
-def _flat(s: dict[str, Any]) -> dict[str, Any]:
-    row = {k: s.get(k) for k in EXPORT_COLUMNS}
-    for key in ("methods", "energy_j_by_domain", "gross_energy_j_by_domain", "share"):
-        row[key] = ";".join(f"{d}={v}" for d, v in sorted(s[key].items()))
-    for key in ("domains", "lost_domains", "uncertain_domains"):
-        row[key] = ";".join(s[key])
-    return {k: "" if v is None else v for k, v in row.items()}
 
 
 def export_cmd(
@@ -746,12 +461,12 @@ def export_cmd(
         w = csv.DictWriter(buf, fieldnames=list(CODECARBON_COLUMNS), lineterminator="\n")
         w.writeheader()
         for r in kept:
-            w.writerow(_codecarbon_row(r, summarize(r, costing)))
+            w.writerow(codecarbon_row(r, summarize(r, costing)))
     elif fmt == "csv":
         w = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
         w.writeheader()
         for r in records:
-            w.writerow(_flat(summarize(r, costing)))
+            w.writerow(flat_row(summarize(r, costing)))
     else:
         runs = []
         for r in records:
@@ -773,7 +488,7 @@ def export_cmd(
         except OSError as e:
             raise GreenprofError(f"cannot write {output}: {e.strerror or e}") from None
         _note(f"wrote {written} run{'' if written == 1 else 's'} to {os.fspath(target)}")
-    costing.flush()
+    _flush(costing)
 
 
 _COMPARE = (
@@ -885,7 +600,7 @@ def compare_cmd(
             out.print(line)
     for n in notes:
         _note(n)
-    costing.flush()
+    _flush(costing)
 
 
 def regions_cmd(

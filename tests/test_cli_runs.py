@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 pytest.importorskip("sqlalchemy")
 
 from greenprof import carbon  # noqa: E402
-from greenprof.cli_runs import CODECARBON_COLUMNS, EXPORT_COLUMNS, register  # noqa: E402
+from greenprof.cli_runs import register  # noqa: E402
+from greenprof.export import CODECARBON_COLUMNS, EXPORT_COLUMNS  # noqa: E402
 from greenprof.collectors.replay import PowerTrace, ReplayCounterCollector  # noqa: E402
 from greenprof.errors import GreenprofError  # noqa: E402
 from greenprof.meter import Meter  # noqa: E402

@@ -35,7 +35,7 @@ pytest.importorskip("plotly")
 
 from greenprof import accounting, carbon  # noqa: E402
 from greenprof.cli_dashboard import register  # noqa: E402
-from greenprof.cli_runs import _Costing, summarize  # noqa: E402
+from greenprof.accounting import Costing as _Costing, run_summary as summarize  # noqa: E402
 from greenprof.collectors.replay import PowerTrace, ReplayCounterCollector  # noqa: E402
 from greenprof.config import load_settings  # noqa: E402
 from greenprof.errors import GreenprofError  # noqa: E402

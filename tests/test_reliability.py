@@ -638,7 +638,7 @@ def test_a_model_given_by_path_is_named_after_its_folder(gp, tmp_path, export):
 def test_codecarbon_version_is_a_codecarbon_version(gp, tmp_path):
     from packaging.version import Version
 
-    from greenprof.cli_runs import CODECARBON_COLUMNS, CODECARBON_VERSION_WRITTEN
+    from greenprof.export import CODECARBON_COLUMNS, CODECARBON_VERSION_WRITTEN
 
     db = tmp_path / "g.db"
     store_runs(db, 1)
