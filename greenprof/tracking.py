@@ -71,7 +71,38 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-class track:
+class RunFigures:
+    """The figures every tracker of a run shows (track blocks, EnergyStreamer), all from its
+    ``figures`` (greenprof.accounting.RunFigures) and its measurement (``_m()``)."""
+
+    @property
+    def energy_j(self) -> float:
+        """Joules charged to this run (its share of the process's energy), summed over domains."""
+        return float(self.figures.energy_j)
+
+    @property
+    def gross_energy_j(self) -> float:
+        """Joules the counters saw over the run (whole devices), summed over domains."""
+        return float(self._m().total_energy_j)
+
+    @property
+    def j_per_token(self) -> float | None:
+        """Decode J per generated token (greenprof.accounting): without phase marks the whole run
+        is its decode phase; None without tokens (or with an unknown count)."""
+        return self.figures.j_per_token
+
+    @property
+    def co2e_g(self) -> float | None:
+        """Grams CO2e of ``energy_j`` at the run's grid intensity and PUE."""
+        return self.figures.co2e_g
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Cost of ``energy_j`` at the run's price per kWh and PUE."""
+        return self.figures.cost_usd
+
+
+class track(RunFigures):
     """Decorator and context manager measuring one run per call or block.
 
     Parameters (each falls back to config: ``[tool.greenprof]``, ``GREENPROF_*``):
@@ -447,32 +478,6 @@ class track:
             phases, basis=basis, phases_marked=marked, generated_tokens=self.tokens or None,
             intensity_g_per_kwh=self.grid.intensity_g_per_kwh if self.grid is not None else None,
             pue=self.pue, price_usd_per_kwh=self.price_usd_per_kwh)
-
-    @property
-    def energy_j(self) -> float:
-        """Joules charged to this run (its share of the process's energy), summed over domains."""
-        return float(self.figures.energy_j)
-
-    @property
-    def gross_energy_j(self) -> float:
-        """Joules the counters saw over the run (whole devices), summed over domains."""
-        return float(self._m().total_energy_j)
-
-    @property
-    def j_per_token(self) -> float | None:
-        """Decode J per counted token (greenprof.accounting): without phase marks the whole block
-        is its decode phase; None without tokens (or with an unknown count)."""
-        return self.figures.j_per_token
-
-    @property
-    def co2e_g(self) -> float:
-        """Grams CO2e of ``energy_j`` at the run's grid intensity and PUE."""
-        return self.figures.co2e_g
-
-    @property
-    def cost_usd(self) -> float:
-        """Cost of ``energy_j`` at the run's price per kWh and PUE."""
-        return self.figures.cost_usd
 
     @property
     def warnings(self) -> list[str]:

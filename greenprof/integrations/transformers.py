@@ -51,6 +51,7 @@ import sys
 from typing import Any, Sequence
 
 from greenprof.errors import UsageError
+from greenprof.tracking import RunFigures
 
 __all__ = ["EnergyStreamer"]
 
@@ -139,7 +140,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     return out
 
 
-class EnergyStreamer:
+class EnergyStreamer(RunFigures):
     """A streamer for ``model.generate(..., streamer=...)`` that measures prefill and every token.
 
     Parameters
@@ -414,31 +415,8 @@ class EnergyStreamer:
         return accounting.attribute(self._m(), self.prompt_tokens or 1, self.new_tokens, batch=self.batch)
 
     @property
-    def energy_j(self) -> float:
-        """Joules charged to the latest generation, summed over domains."""
-        return float(self.figures.energy_j)
-
-    @property
-    def gross_energy_j(self) -> float:
-        """Joules the counters saw over the latest generation, summed over domains."""
-        return float(self._m().total_energy_j)
-
-    @property
-    def j_per_token(self) -> float | None:
-        """Decode J per generated token (all rows)."""
-        return self.figures.j_per_token
-
-    @property
     def j_per_prompt_token(self) -> float | None:
         return self.figures.j_per_prompt_token
-
-    @property
-    def co2e_g(self) -> float | None:
-        return self.figures.co2e_g
-
-    @property
-    def cost_usd(self) -> float | None:
-        return self.figures.cost_usd
 
     @property
     def warnings(self) -> list[str]:
