@@ -23,6 +23,24 @@ _LAZY = {
 }
 
 
+def _from_source_tree() -> None:
+    """Python started in a source checkout (the repository root on sys.path) imports this
+    folder, where the design card's top-level folders (collectors/, models/, dashboards/,
+    data/) are not inside greenprof/: only an install maps them to greenprof.*. Let the package
+    find them beside it then, so `greenprof.collectors` works from the checkout as installed."""
+    import os
+
+    here = os.path.dirname(__file__)
+    if os.path.isdir(os.path.join(here, "collectors")):  # an installed wheel: nothing to do
+        return
+    root = os.path.dirname(here)
+    if os.path.isfile(os.path.join(root, "collectors", "__init__.py")) and root not in __path__:
+        __path__.append(root)
+
+
+_from_source_tree()
+
+
 def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:

@@ -79,3 +79,12 @@ def test_installed_wheel_runs(wheel, tmp_path):
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "{'cpu-estimate': 'estimated'} True"
+    # python started in the repository root imports the source folder, not the installed
+    # package: its greenprof.collectors (a top-level folder mapped in by the install) must work
+    code = ("import greenprof, greenprof.collectors, greenprof.models.shapes;"
+            "print(greenprof.__file__); t = greenprof.track(model='m', store=False)\n"
+            "with t: sum(range(1000))\nprint(t.energy_j > 0)")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.split()
+    assert Path(first).parent == ROOT / "greenprof" and second == "True"
