@@ -26,15 +26,15 @@ Without a shared KV buffer (below), the default (``io_binding=None``) is IO bind
 provider, where it keeps the KV cache in device memory instead of copying it to the host and
 back every token, and plain ``session.run`` on CPU: there ``run`` is already zero-copy (numpy
 inputs are wrapped in place and outputs are numpy views of onnxruntime's buffers), and the extra
-per-step binding calls made IO binding 10-20 % slower per decode step on tiny models (2-layer
-Llama: 0.23 vs 0.27 ms/token) and no faster on SmolLM-135M shapes (int4: 11.7 vs 12.9 ms/token;
-fp32: equal).
+per-step binding calls made IO binding slower per decode step on tiny models and no faster on
+SmolLM-135M shapes (measured when this default was chosen).
 
 **Shared KV buffer** (``shared_kv``). Both ways above grow the cache by one position a step:
 every decode pass writes a new ``present`` one token longer than the ``past`` it was given, so
 the whole KV cache is copied (and the new tensor allocated and zeroed) once per token. For models
 whose past/present tensors go straight into and out of com.microsoft ``GroupQueryAttention``
-nodes (greenprof's built-in models; checked on the ONNX graph, see :func:`shared_kv_blocker`)
+nodes (greenprof's built-in models and onnxruntime-genai's CPU exports; checked on the ONNX
+graph, see :func:`shared_kv_blocker`)
 the runner instead does what the onnxruntime-genai runtime does: one ``(batch, kv_heads,
 prompt + new_tokens, head_dim)`` OrtValue per past/present pair, allocated once and bound through
 IOBinding as *both* ``past_key_values.i.*`` and ``present.i.*``. GroupQueryAttention sees the
@@ -46,12 +46,11 @@ of the max-length buffer and the prompt pass is still a first prompt (``sequence
 total_sequence_length``); a max-length mask would instead make the prompt look like a chunked
 continuation (refused for batch > 1). Results are the same as the growing cache (the kernel
 computes over the same ``total`` positions: bit-identical logits in the tests), and a decode
-step no longer copies the cache nor re-binds it. On the SmolLM-135M shape (2 threads, no
-spinning, prompt 128 + 64 new tokens, 16 interleaved rounds, medians) decode went from 33.4 to
-30.5 ms/token in fp32 (0.91x) and from 14.1 to 12.1 ms/token in int4 (0.86x). ``shared_kv=None``
-(the default) uses it on the CPU for such models, whatever ``io_binding=None`` would otherwise
-pick there (not for onnxruntime-genai folders, which keep the plain loop, nor with an explicit
-``io_binding=False``); ``True`` forces it (also on CUDA, where it is untested; there the
+step no longer copies the cache nor re-binds it (``benchmarks/runner_speed.py`` measures what
+that buys; its dated results are under ``benchmarks/results/``). ``shared_kv=None`` (the
+default) uses it on the CPU for every model whose graph allows it, built-in or an
+onnxruntime-genai export, whatever ``io_binding=None`` would otherwise pick there (not with an
+explicit ``io_binding=False``); ``True`` forces it (also on CUDA, where it is untested; there the
 GroupQueryAttention kernel exists for fp16/bf16 KV only); ``False`` never uses it.
 
 Turning the marks into per-token figures is greenprof.accounting's job (``attribute``); this module
@@ -141,6 +140,7 @@ def generate(
     meter: MarkSink | None = None,
     io_binding: bool | None = None,
     shared_kv: bool | None = None,
+    on_token: Callable[[int, np.ndarray], Any] | None = None,
 ) -> Generation:
     """Generate ``new_tokens`` tokens per row after a prompt.
 
@@ -152,9 +152,12 @@ def generate(
     "token-2", ...), each time after the device has finished the work. ``io_binding``: None picks the faster way for the model's device (IO
     binding on GPU, ``session.run`` on CPU); True/False force one (see the module docs).
     ``shared_kv``: None uses one preallocated past/present buffer per layer, bound through IO
-    binding, where it applies (a GroupQueryAttention graph on the CPU, not an onnxruntime-genai
-    folder, ``io_binding`` not False); True insists on it (InvalidArgument where the graph does
+    binding, where it applies (a GroupQueryAttention graph on the CPU, built-in or an
+    onnxruntime-genai export, ``io_binding`` not False); True insists on it (InvalidArgument where the graph does
     not allow it); False keeps the growing cache. See the module docs.
+    ``on_token(i, ids)``, when given, is called as soon as token ``i`` (1-based) is chosen, with
+    its ids (one per row), before the pass that feeds it (streaming servers send it then); an
+    exception it raises stops generation and propagates (a client that went away).
     """
     sig = model.signature
     rng_prompt, rng_sample = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -196,6 +199,8 @@ def generate(
             token = np.where(finished, eos[0], token)  # finished rows are padded with EOS
             finished |= np.isin(token, eos)
         tokens[:, i - 1] = token
+        if on_token is not None:
+            on_token(i, token)
         ids[:, 0] = token
         last = stepper.decode(ids, past_len=n_prompt + i - 1)
         stepper.synchronize()
@@ -615,9 +620,9 @@ def _use_shared_kv(model: LoadedModel, shared_kv: bool | None, io_binding: bool 
     if shared_kv is False:
         return False
     if shared_kv is None:
-        # Automatic only where it was measured: the CPU, and not for genai folders (their runtime
-        # decides; greenprof keeps the plain loop for them unless asked).
-        if io_binding is False or model.device != "cpu" or model.format == "genai":
+        # Automatic where it was measured: the CPU, for any folder whose graph allows it (greenprof's
+        # built-in models and onnxruntime-genai exports alike: shared_kv_blocker checks the graph).
+        if io_binding is False or model.device != "cpu":
             return False
         return shared_kv_blocker(model) is None
     if io_binding is False:

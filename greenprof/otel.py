@@ -1,0 +1,189 @@
+"""OpenTelemetry for `greenprof serve` (the ``otel`` extra: ``pip install 'greenprof[otel]'``).
+
+* **A span per request**, named ``"{gen_ai.operation.name} {gen_ai.request.model}"`` (``chat
+  tiny``, ``text_completion tiny``), kind SERVER, from the request's arrival to its end, child of
+  the caller's trace when the request carries a W3C ``traceparent``. Attributes: the GenAI
+  semantic conventions (``gen_ai.operation.name``, ``gen_ai.provider.name`` = ``greenprof``,
+  ``gen_ai.request.model``, ``gen_ai.response.model``, ``gen_ai.response.id``,
+  ``gen_ai.request.max_tokens``, ``gen_ai.request.temperature``, ``gen_ai.request.seed``,
+  ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens``,
+  ``gen_ai.usage.output_tokens``) plus greenprof's: ``greenprof.energy_j``, ``greenprof.co2e_g``,
+  ``greenprof.cost_usd``, ``greenprof.energy_method``, ``greenprof.energy_basis``,
+  ``greenprof.status``, ``greenprof.ttft_s``. A failed request sets ``error.type`` and the span
+  status ERROR.
+* **Node energy** as the hardware semantic conventions' ``hw.energy`` counter (unit ``J``,
+  cumulative; attributes ``hw.id`` = the domain, ``hw.type`` = ``cpu`` / ``memory`` / ``gpu`` /
+  ``enclosure`` (psys), ``greenprof.energy_method``) and ``hw.power`` (gauge, ``W``); plus the
+  GenAI server histograms ``gen_ai.server.request.duration`` and
+  ``gen_ai.server.time_to_first_token`` (seconds).
+
+:meth:`Otel.from_endpoint` exports over OTLP/HTTP to ``--otlp-endpoint`` (a base URL such as
+``http://collector:4318``, as ``OTEL_EXPORTER_OTLP_ENDPOINT``); tests pass their own SDK
+providers with in-memory exporters. Nothing here runs unless asked: importing this module
+imports no OpenTelemetry package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from greenprof.errors import UsageError
+
+_EXTRA_HINT = "pip install 'greenprof[otel]' (opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http)"
+
+
+def hw_type(domain: str) -> str:
+    """The hardware semantic conventions' ``hw.type`` of a greenprof domain."""
+    if domain.startswith("gpu"):
+        return "gpu"
+    if domain.startswith("dram"):
+        return "memory"
+    if domain == "psys":
+        return "enclosure"
+    return "cpu"  # packages, core, uncore, the CPU estimate
+
+
+class Otel:
+    """Spans and metrics of one server, on the given SDK providers."""
+
+    def __init__(self, tracer_provider: Any, meter_provider: Any, *, owned: bool = False) -> None:
+        from greenprof import __version__
+
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.owned = owned
+        self.tracer = tracer_provider.get_tracer("greenprof", __version__)
+        meter = meter_provider.get_meter("greenprof", __version__)
+        self._node: Callable[[], Any] = lambda: None
+        self._last: Any = None
+        meter.create_observable_counter("hw.energy", callbacks=[self._energy], unit="J",
+                                        description="Energy consumed by the component (what the counter saw)")
+        meter.create_observable_gauge("hw.power", callbacks=[self._power], unit="W",
+                                      description="Average power of the component over the last few seconds")
+        self._duration = meter.create_histogram("gen_ai.server.request.duration", unit="s",
+                                                description="Generative AI server request duration")
+        self._ttft = meter.create_histogram("gen_ai.server.time_to_first_token", unit="s",
+                                            description="Time to generate the first token of a request")
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str | None) -> "Otel":
+        """OTLP/HTTP exporters to ``endpoint`` (a base URL; None: OTEL_EXPORTER_OTLP_ENDPOINT)."""
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError:
+            raise UsageError(f"OpenTelemetry export needs the otel extra: {_EXTRA_HINT}") from None
+        from greenprof import __version__
+        from greenprof.hostinfo import host
+
+        base = endpoint.rstrip("/") if endpoint else None
+        if base is not None and not base.startswith(("http://", "https://")):
+            raise UsageError(f"--otlp-endpoint must be an http(s) URL such as http://localhost:4318 (got {endpoint!r})")
+        resource = Resource.create({"service.name": "greenprof", "service.version": __version__, "host.id": host()})
+        tp = TracerProvider(resource=resource)
+        tp.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"{base}/v1/traces") if base else OTLPSpanExporter()))
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=f"{base}/v1/metrics") if base else OTLPMetricExporter())
+        mp = MeterProvider(resource=resource, metric_readers=[reader])
+        return cls(tp, mp, owned=True)
+
+    # -- node energy ------------------------------------------------------------------------
+    def watch_node(self, node: Callable[[], Any]) -> None:
+        """Where ``hw.energy`` comes from: a callable returning the server's NodeMeter (or None)."""
+        self._node = node
+
+    def _totals(self):
+        node = self._node()
+        if node is not None and node.running:
+            self._last = node.totals(renew=True)
+        return self._last  # after the node closed: its final totals (a counter never goes back)
+
+    def _energy(self, options: Any):
+        from opentelemetry.metrics import Observation
+
+        t = self._totals()
+        if t is None:
+            return []
+        return [Observation(j, {"hw.id": d, "hw.type": hw_type(d), "greenprof.energy_method": t.method.get(d, "unknown")})
+                for d, j in sorted(t.gross_j.items())]
+
+    def _power(self, options: Any):
+        from opentelemetry.metrics import Observation
+
+        node = self._node()
+        if node is None or not node.running:
+            return []
+        t = node.totals()
+        return [Observation(w, {"hw.id": d, "hw.type": hw_type(d)}) for d, w in sorted(t.power_w.items())]
+
+    # -- requests ---------------------------------------------------------------------------
+    @staticmethod
+    def context_from(headers: dict | None) -> Any:
+        """The caller's trace context (W3C traceparent) from request headers, or None."""
+        if not headers:
+            return None
+        from opentelemetry import propagate
+
+        return propagate.extract(headers)
+
+    def request_finished(self, job: Any, out: Any, info: Any) -> None:
+        """One span for a request that ran (any status), and its GenAI server metrics."""
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        op = "chat" if job.endpoint == "chat.completions" else "text_completion"
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": op,
+            "gen_ai.provider.name": "greenprof",
+            "gen_ai.request.model": info.name,
+            "gen_ai.response.model": info.name,
+            "gen_ai.response.id": job.request_id,
+            "gen_ai.request.max_tokens": job.max_tokens,
+            "gen_ai.request.temperature": job.temperature,
+            "gen_ai.request.seed": job.seed,
+            "gen_ai.usage.input_tokens": job.prompt_tokens,
+            "gen_ai.usage.output_tokens": len(out.token_ids),
+            "greenprof.status": out.status,
+            "greenprof.precision": info.precision,
+        }
+        if out.finish_reason:
+            attrs["gen_ai.response.finish_reasons"] = [out.finish_reason]
+        if out.ttft_s is not None:
+            attrs["greenprof.ttft_s"] = out.ttft_s
+        e = out.energy
+        if e is not None:
+            for k, v in (("greenprof.energy_j", e.energy_j), ("greenprof.co2e_g", e.co2e_g),
+                         ("greenprof.cost_usd", e.cost_usd)):
+                if v is not None:
+                    attrs[k] = float(v)
+            attrs["greenprof.energy_method"] = e.method
+            attrs["greenprof.energy_basis"] = e.basis
+        span = self.tracer.start_span(f"{op} {info.name}", context=job.trace_context, kind=SpanKind.SERVER,
+                                      attributes=attrs, start_time=job.arrived_ns)
+        if out.status == "failed":
+            span.set_attribute("error.type", (out.error or "failed").split(":", 1)[0])
+            span.set_status(Status(StatusCode.ERROR, out.error))
+        span.end(end_time=max(out.end_ns, job.arrived_ns))
+        metric_attrs = {"gen_ai.operation.name": op, "gen_ai.request.model": info.name,
+                        "gen_ai.provider.name": "greenprof"}
+        self._duration.record(max(0.0, (out.end_ns - job.arrived_ns) / 1e9), metric_attrs)
+        if out.ttft_s is not None:
+            self._ttft.record(out.ttft_s, metric_attrs)
+
+    def shutdown(self) -> None:
+        """Flush and stop the providers this object created (not ones passed in)."""
+        if not self.owned:
+            return
+        for p in (self.tracer_provider, self.meter_provider):
+            try:
+                p.shutdown()
+            except Exception:
+                pass
+
+
+__all__ = ["Otel", "hw_type"]

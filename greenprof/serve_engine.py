@@ -1,0 +1,466 @@
+"""The engine behind `greenprof serve`: a queue of requests, N worker threads, one measured
+window per request, every request stored as a run.
+
+Concurrency (why a queue and not batching): a request is one ``generate()`` call on the one
+shared onnxruntime session (``InferenceSession.run`` is thread-safe; each call has its own KV
+buffers). ``max_batch`` worker threads take requests from a FIFO queue, each generating one at
+a time, with ``threads`` intra-op threads per call (by default the cores divided among the
+workers, so N requests run on N cores side by side). Every request is then its own window on
+the shared meter (``Meter(split=True)`` in its worker thread), which splits each interval's
+energy among the requests by their threads' CPU time, and its phases (setup, prefill, every
+token) stay its own. True batching (several requests in one forward pass) would need one
+padded, growing batch in the runner and a rule to divide each pass's joules among its rows by
+tokens; on CPUs, where a pass is compute-bound, it gains little over one request per core.
+
+The run store is written by one writer thread in request order, off the request path: a slow
+or failing database never delays or fails a response (it warns once on stderr).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+#: The status of a request that ended before it was answered in full.
+INTERRUPTED_CLIENT = "the client disconnected mid-stream"
+INTERRUPTED_SERVER = "the server was stopping"
+
+
+class ClientGone(Exception):
+    """Raised inside generation when a request was cancelled (client gone, server stopping)."""
+
+
+@dataclass
+class ModelInfo:
+    """What the server serves, as stored with every run."""
+
+    name: str  # the id clients send as "model"
+    precision: str
+    shape: str | None
+    params: int | None
+    file_hash: str | None
+    provider: str
+    threads: int | None
+    context_length: int | None
+    eos_token_ids: tuple[int, ...] = ()
+    collectors_label: str = ""
+
+
+@dataclass
+class Costing:
+    region: str | None
+    intensity_g_per_kwh: float
+    intensity_source: str | None
+    intensity_year: int | None
+    pue: float
+    price_usd_per_kwh: float
+
+
+@dataclass
+class Job:
+    """One admitted request (already validated and tokenized)."""
+
+    request_id: str
+    endpoint: str  # "chat.completions" | "completions"
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+    temperature: float  # 0: greedy
+    seed: int
+    stop_at_eos: bool
+    stream: bool = False
+    include_usage: bool = False  # a stream ends with a usage chunk (stream_options.include_usage)
+    #: called from the worker with (i, token id) as each token is chosen (streaming)
+    sink: Callable[[int, int], None] | None = None
+    trace_context: Any = None  # an OpenTelemetry context extracted from the request headers
+    arrived_s: float = field(default_factory=time.perf_counter)
+    arrived_ns: int = field(default_factory=time.time_ns)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = INTERRUPTED_CLIENT
+
+    def cancel(self, reason: str = INTERRUPTED_CLIENT) -> None:
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
+
+
+@dataclass
+class Energy:
+    """A request's energy figures, from greenprof.accounting (the same definitions as measure)."""
+
+    energy_j: float | None
+    co2e_g: float | None
+    cost_usd: float | None
+    method: str
+    basis: str
+    phase_energy_j: dict[str, float]
+    gross_energy_j: float
+    j_per_token: float | None
+
+    def usage_fields(self) -> dict[str, Any]:
+        return {"energy_j": self.energy_j, "co2e_g": self.co2e_g, "cost_usd": self.cost_usd,
+                "energy_method": self.method, "energy_basis": self.basis}
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | failed | interrupted
+    token_ids: list[int]
+    finish_reason: str | None  # "stop" (EOS) | "length" | None (not completed)
+    started: bool = False  # a worker took it (else it was cancelled while queued)
+    error: str | None = None
+    ttft_s: float | None = None
+    queue_s: float | None = None
+    duration_s: float | None = None
+    energy: Energy | None = None
+    end_ns: int = 0
+
+
+def request_energy(m: Any, prompt_tokens: int, costing: Costing) -> Energy:
+    """A request's figures from its measurement: every phase, attributed, via accounting."""
+    from greenprof import accounting
+
+    basis = accounting.measurement_basis(m)
+    phases, marked = accounting.measurement_phases(m, basis)
+    generated = sum(1 for s in m.segments if s.label.startswith("token-"))
+    fig = accounting.run_figures(phases, basis=basis, phases_marked=marked, prompt_tokens=prompt_tokens,
+                                 generated_tokens=generated, requests=1,
+                                 intensity_g_per_kwh=costing.intensity_g_per_kwh, pue=costing.pue,
+                                 price_usd_per_kwh=costing.price_usd_per_kwh)
+    return Energy(energy_j=fig.energy_j, co2e_g=fig.co2e_g, cost_usd=fig.cost_usd,
+                  method=accounting.collapse_methods(m.method), basis=basis,
+                  phase_energy_j=dict(fig.phase_energy_j), gross_energy_j=m.total_energy_j,
+                  j_per_token=fig.j_per_token)
+
+
+class StoreWriter:
+    """One thread that writes to the store in submission order. A failure warns once per kind
+    on stderr and never reaches the caller of :meth:`call` (its Future carries it)."""
+
+    def __init__(self, store: Any, warn: Callable[[str], None]) -> None:
+        self.store = store
+        self._warn = warn
+        self._q: "queue.Queue[tuple[Callable[[Any], Any], Future] | None]" = queue.Queue()
+        self._warned: set[str] = set()
+        self._thread = threading.Thread(target=self._loop, name="greenprof-store", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[Any], Any]) -> Future:
+        fut: Future = Future()
+        self._q.put((fn, fut))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self.store))
+            except BaseException as e:  # never let the writer die
+                fut.set_exception(e)
+                kind = type(e).__name__
+                if kind not in self._warned:
+                    self._warned.add(kind)
+                    self._warn(f"could not store a run ({kind}: {str(e).splitlines()[0] if str(e) else kind}); "
+                               "serving goes on, the response still carries its energy")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop."""
+        self._q.put(None)
+        self._thread.join(timeout_s)
+        try:
+            self.store.close()
+        except Exception:
+            pass
+
+
+class Engine:
+    """Runs admitted requests: worker threads, per-request windows, runs, metrics, spans."""
+
+    def __init__(self, model: Any, info: ModelInfo, costing: Costing, *, collectors: Any,
+                 sample_hz: float, max_batch: int, store: Any = None, metrics: Any = None,
+                 otel: Any = None, idle_run_s: float = 300.0, warn: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.info = info
+        self.costing = costing
+        self.collectors = collectors
+        self.sample_hz = sample_hz
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.otel = otel
+        self.idle_run_s = idle_run_s
+        self._warn = warn or (lambda msg: sys.stderr.write(f"greenprof serve: {msg}\n"))
+        self.writer = StoreWriter(store, self._warn) if store is not None else None
+        self.node: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=max_batch, thread_name_prefix="greenprof-worker")
+        self._lock = threading.Lock()
+        self._accounting = False
+        self._period_requests = 0
+        self._stop = threading.Event()
+        self._idle_thread: threading.Thread | None = None
+        self._in_flight = 0
+        self.closed = False
+
+    # -- life -------------------------------------------------------------------------------
+    def start(self, accounting: bool = True) -> "Engine":
+        self.set_accounting(accounting)
+        if self.writer is not None and self.idle_run_s > 0:
+            self._idle_thread = threading.Thread(target=self._idle_loop, name="greenprof-idle", daemon=True)
+            self._idle_thread.start()
+        return self
+
+    @property
+    def accounting(self) -> bool:
+        return self._accounting
+
+    def set_accounting(self, on: bool) -> None:
+        """Energy accounting on (the default) or off (the speed benchmark's reference: no node
+        window, no request windows, nothing stored). Switch only with no request in flight."""
+        from greenprof.metrics import NodeMeter
+
+        closing = None
+        with self._lock:
+            if on and self.node is None:
+                self.node = NodeMeter(self.collectors, self.sample_hz).start()
+            elif not on and self.node is not None:
+                closing, self.node = self.node, None
+            self._accounting = on
+        if closing is not None:
+            self._store_idle_period(closing)
+            closing.close()
+
+    def close(self) -> None:
+        """Let queued and running requests end (they were finished or cancelled by the HTTP
+        layer), store the last idle period, write everything queued, close the store."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+        if self._idle_thread is not None:
+            self._idle_thread.join()
+        with self._lock:
+            node, self.node = self.node, None
+            self._accounting = False
+        if node is not None:
+            self._store_idle_period(node)
+            node.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _idle_loop(self) -> None:
+        while not self._stop.wait(self.idle_run_s):
+            node = self.node
+            if node is not None:
+                try:
+                    self._store_idle_period(node)
+                except Exception as e:
+                    self._warn(f"could not count the idle energy: {type(e).__name__}: {e}")
+
+    # -- requests ---------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def submit(self, job: Job) -> Future:
+        """Queue a job; the Future's result is its :class:`Outcome`. Cancelling the Future
+        (while queued) or the job (any time) ends it as interrupted."""
+        with self._lock:
+            self._in_flight += 1
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(model=self.info.name).inc()
+        fut = self._pool.submit(self._run, job)
+        fut.add_done_callback(lambda f, job=job: self._done(f, job))
+        return fut
+
+    def _done(self, fut: Future, job: Job) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(model=self.info.name).dec()
+        if fut.cancelled():  # never started
+            if self.metrics is not None:
+                self.metrics.requests.labels(model=self.info.name, status="interrupted").inc()
+            self._store_unstarted(job)
+
+    def _store_unstarted(self, job: Job) -> None:
+        """A request cancelled while queued: stored as interrupted, with no energy (it used none
+        of its own; the queue's time is the other requests' or idle)."""
+        if self.writer is None or not self._accounting:
+            return
+        rid = self._start_run(job)
+        out = Outcome("interrupted", [], None, error=f"{job.cancel_reason} before the request started")
+        self._finish_run(rid, job, out, None)
+
+    def _run(self, job: Job) -> Outcome:
+        started_s = time.perf_counter()
+        if job.cancelled.is_set():
+            out = Outcome("interrupted", [], None, started=False, error=job.cancel_reason,
+                          queue_s=started_s - job.arrived_s, end_ns=time.time_ns())
+            self._store_unstarted(job)
+            self._observe(job, out)
+            return out
+        from greenprof.models.runner import generate
+
+        ids: list[int] = []
+        first: list[float] = []
+
+        def on_token(i: int, tok: Any) -> None:
+            if job.cancelled.is_set():
+                raise ClientGone(job.cancel_reason)
+            ids.append(int(tok[0]))
+            if i == 1:
+                first.append(time.perf_counter())
+            if job.sink is not None:
+                job.sink(i, ids[-1])
+
+        with self._lock:
+            node = self.node if self._accounting else None
+            if node is not None:
+                self._period_requests += 1
+        meter = None
+        run_id: Future | None = None
+        if node is not None:
+            from greenprof.meter import Meter
+
+            run_id = self._start_run(job)
+            node.request_started()
+            meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True)
+            try:
+                meter.start()
+            except BaseException:
+                node.request_finished()
+                raise
+        status, error, finish = "completed", None, None
+        try:
+            generate(self.model, prompt=job.prompt, new_tokens=job.max_tokens,
+                           greedy=job.temperature == 0, temperature=job.temperature or 1.0, seed=job.seed,
+                           stop_at_eos=job.stop_at_eos, meter=meter, on_token=on_token)
+            finish = "stop" if job.stop_at_eos and ids and ids[-1] in self.info.eos_token_ids else "length"
+        except ClientGone:
+            status, error = "interrupted", job.cancel_reason
+        except Exception as e:
+            status, error = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            m = None
+            if meter is not None:
+                try:
+                    m = meter.stop(status=status)
+                finally:
+                    node.request_finished()
+        end = time.perf_counter()
+        out = Outcome(status, ids, finish if status == "completed" else None, started=True, error=error,
+                      ttft_s=(first[0] - job.arrived_s) if first else None,
+                      queue_s=started_s - job.arrived_s, duration_s=end - started_s, end_ns=time.time_ns())
+        if m is not None:
+            try:
+                out.energy = request_energy(m, job.prompt_tokens, self.costing)
+            except Exception as e:  # figures must never lose the answer
+                self._warn(f"could not compute a request's energy: {type(e).__name__}: {e}")
+        if run_id is not None:
+            self._finish_run(run_id, job, out, m)
+        self._observe(job, out)
+        return out
+
+    def _observe(self, job: Job, out: Outcome) -> None:
+        if self.metrics is not None:
+            e = out.energy
+            self.metrics.observe(model=self.info.name, precision=self.info.precision, status=out.status,
+                                 phase_energy_j=e.phase_energy_j if e else None,
+                                 energy_j=e.energy_j if e else None,
+                                 prompt_tokens=job.prompt_tokens if out.started else 0,
+                                 completion_tokens=len(out.token_ids), ttft_s=out.ttft_s)
+        if self.otel is not None and out.started:
+            try:
+                self.otel.request_finished(job, out, self.info)
+            except Exception as e:
+                self._warn(f"could not export a span: {type(e).__name__}: {e}")
+
+    # -- store ------------------------------------------------------------------------------
+    def _run_fields(self) -> dict[str, Any]:
+        i, c = self.info, self.costing
+        return dict(kind="serve", model_shape=i.shape, param_count=i.params, precision=i.precision,
+                    model_file_hash=i.file_hash, provider=i.provider, threads=i.threads, region=c.region,
+                    intensity_g_per_kwh=c.intensity_g_per_kwh, intensity_source=c.intensity_source,
+                    intensity_year=c.intensity_year, pue=c.pue, price_usd_per_kwh=c.price_usd_per_kwh,
+                    collectors=(i.collectors_label or None) and i.collectors_label[:255])
+
+    def _start_run(self, job: Job) -> Future | None:
+        if self.writer is None:
+            return None
+        fields = self._run_fields()
+        fields.update(model_name=self.info.name, prompt_tokens=job.prompt_tokens, new_tokens=job.max_tokens,
+                      batch_size=1, extra={"serve": self._extra(job), "requested_new_tokens": job.max_tokens})
+        return self.writer.call(lambda store: store.start_run(**fields))
+
+    @staticmethod
+    def _extra(job: Job, out: Outcome | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {"request_id": job.request_id, "endpoint": job.endpoint, "stream": job.stream,
+                             "max_tokens": job.max_tokens, "temperature": job.temperature}
+        if out is not None:
+            d.update(ttft_s=out.ttft_s, queue_s=out.queue_s, finish_reason=out.finish_reason,
+                     completion_tokens=len(out.token_ids))
+        return d
+
+    def _finish_run(self, run_id: Future | None, job: Job, out: Outcome, m: Any) -> None:
+        if run_id is None:
+            return
+        extra = {"serve": self._extra(job, out), "requested_new_tokens": job.max_tokens}
+        n = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else len(out.token_ids)
+
+        def write(store: Any) -> None:
+            try:
+                rid = run_id.result()
+            except BaseException:
+                return  # start_run failed: already warned
+            store.update_run(rid, new_tokens=n, extra=extra)
+            store.finish_run(rid, m, status=out.status, error=out.error)
+
+        self.writer.call(write)
+
+    def _store_idle_period(self, node: Any) -> None:
+        """Store the node's idle energy since the last period as one run (model "(idle)")."""
+        period, t0, t1 = node.take_period()
+        with self._lock:
+            requests, self._period_requests = self._period_requests, 0
+        if self.writer is None or not period.gross_j:
+            return
+        from greenprof.meter import Measurement, Segment
+
+        seg = Segment("idle", 0.0, period.idle_s, dict(period.idle_gross_j), {}, dict(period.idle_attributed_j))
+        doms = list(period.gross_j)
+        m = Measurement(duration_s=period.idle_s, energy_j={d: period.idle_gross_j.get(d, 0.0) for d in doms},
+                        method=dict(period.method), segments=[seg], idle_power_w={}, lost=dict(period.lost),
+                        samples=[], sample_hz=self.sample_hz, sources=dict(period.sources),
+                        warnings=list(period.warnings),
+                        attributed_energy_j={d: period.idle_attributed_j.get(d, 0.0) for d in doms},
+                        scope=dict(period.scope), uncertain=dict(period.uncertain))
+        fields = self._run_fields()
+        fields.update(model_name="(idle)", model_shape=None, param_count=None, model_file_hash=None, precision=None,
+                      started_at=datetime.fromtimestamp(t0, timezone.utc), batch_size=None,
+                      extra={"serve": {"idle": True, "served_model": self.info.name, "period_s": t1 - t0,
+                                       "idle_s": period.idle_s, "busy_s": period.busy_s,
+                                       "requests": requests,
+                                       "busy_gross_energy_j": math.fsum(period.gross_j.values())
+                                       - math.fsum(period.idle_gross_j.values())}})
+
+        def write(store: Any) -> None:
+            rid = store.start_run(**fields)
+            store.finish_run(rid, m, status="completed")
+
+        self.writer.call(write)
+
+
+__all__ = ["ClientGone", "Costing", "Energy", "Engine", "Job", "ModelInfo", "Outcome", "StoreWriter",
+           "request_energy"]

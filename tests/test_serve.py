@@ -1,0 +1,384 @@
+"""`greenprof serve tiny` as a real subprocess on 127.0.0.1, driven by the official openai client.
+
+The server runs on a fake powercap tree whose package counter moves at a known power (the
+hardware boundary is the only thing simulated), so energies can be checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from powercap_fake import CounterWriter, build
+from serve_proc import Proc, env_with, free_port, http, run_of, serve_runs
+
+POWER_W = 25.0
+INTENSITY = 100.0
+PRICE = 0.2
+DOMAIN = "cpu-package-0"
+
+
+@pytest.fixture(scope="module")
+def tiny_built():
+    from greenprof.models import builder
+
+    builder.build("tiny", "fp32")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_built):
+    tmp = tmp_path_factory.mktemp("serve")
+    pc = build(tmp / "pc", sockets=1, dram=False)
+    db = str(tmp / "serve.db")
+    port = free_port()
+    with CounterWriter(pc.zone("intel-rapl:0"), POWER_W):
+        p = Proc(["serve", "tiny", "--port", str(port), "--db", db, "--intensity", str(INTENSITY),
+                  "--price-kwh", str(PRICE), "--idle-run-s", "2"],
+                 env_with(GREENPROF_POWERCAP_ROOT=str(pc.root)), tmp / "serve.err")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            p.wait_http(base + "/health")
+            yield {"base": base, "db": db, "proc": p, "port": port}
+        finally:
+            code = p.terminate()
+        assert code == 0, p.stderr()
+        assert "Traceback" not in p.stderr()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def metrics(base: str) -> dict[tuple[str, tuple], float]:
+    status, text, _ = http("GET", base + "/metrics")
+    assert status == 200
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(m: dict, name: str, **labels) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def stored_energy(run) -> float:
+    return math.fsum(d.attributed_energy_j for d in run.domains.values() if d.attributed_energy_j is not None)
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    status, doc, _ = http("GET", server["base"] + "/health")
+    assert status == 200 and doc["status"] == "ok" and doc["accounting"] is True
+
+
+def test_chat_completion_carries_its_energy_and_is_stored(server, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=12, extra_body={"ignore_eos": True})
+    r = raw.parse()
+    assert r.object == "chat.completion" and r.model == "tiny"
+    assert isinstance(r.choices[0].message.content, str) and r.choices[0].finish_reason == "length"
+    u = r.usage
+    # the documented template: "user: hi\nassistant:", one token per byte on the built-in tokenizer
+    assert u.prompt_tokens == len("user: hi\nassistant:".encode()) and u.completion_tokens == 12
+    assert u.total_tokens == u.prompt_tokens + 12
+    extra = u.model_extra
+    assert extra["energy_method"] == "measured" and extra["energy_basis"] == "attributed"
+    e = extra["energy_j"]
+    assert e > 0
+    assert extra["co2e_g"] == pytest.approx(e / 3.6e6 * INTENSITY, rel=1e-9)
+    assert extra["cost_usd"] == pytest.approx(e / 3.6e6 * PRICE, rel=1e-9)
+    assert float(raw.headers["X-Greenprof-Energy-J"]) == e
+    assert float(raw.headers["X-Greenprof-CO2e-G"]) == extra["co2e_g"]
+    assert raw.headers["X-Greenprof-Energy-Method"] == "measured"
+    assert raw.headers["X-Greenprof-Energy-Basis"] == "attributed"
+    run = run_of(server["db"], r.id)
+    assert (run.kind, run.status, run.model_name) == ("serve", "completed", "tiny")
+    assert (run.prompt_tokens, run.new_tokens) == (u.prompt_tokens, 12)
+    labels = [s.label for s in run.segments]
+    assert "prefill" in labels and [x for x in labels if x.startswith("token-")] == [f"token-{i}" for i in range(1, 13)]
+    assert stored_energy(run) == pytest.approx(e, rel=1e-9)
+    serve = run.extra["serve"]
+    assert serve["request_id"] == r.id and serve["endpoint"] == "chat.completions"
+    assert 0 < serve["ttft_s"] < run.duration_s + serve["queue_s"] + 1
+    assert serve["finish_reason"] == "length"
+
+
+def test_streamed_chat_with_usage_matches_the_plain_answer(server, client):
+    kw = dict(model="tiny", messages=[{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Name a joule."}],
+              max_tokens=20, seed=7, extra_body={"ignore_eos": True})
+    plain = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content  # same seed, same tokens
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == 20
+    assert last.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert last.usage.model_extra["energy_j"] > 0 and last.usage.model_extra["energy_method"] == "measured"
+    assert all(c.usage is None for c in chunks[:-1])
+    run = run_of(server["db"], last.id)
+    assert run.status == "completed" and run.extra["serve"]["stream"] is True
+    assert stored_energy(run) == pytest.approx(last.usage.model_extra["energy_j"], rel=1e-9)
+
+
+def test_legacy_completion_plain_and_streamed(server, client):
+    r = client.completions.create(model="tiny", prompt="Explain RAPL", max_tokens=5, extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(b"Explain RAPL"), 5)
+    assert r.usage.model_extra["energy_j"] > 0
+    assert run_of(server["db"], r.id).status == "completed"
+    chunks = list(client.completions.create(model="tiny", prompt="Explain RAPL", max_tokens=5, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_eight_concurrent_clients_split_the_energy(server, client):
+    before = metrics(server["base"])
+
+    def one(k):
+        return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"client {k}"}],
+                                              max_tokens=300, seed=k, extra_body={"ignore_eos": True})
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    wall = time.monotonic() - t0
+    after = metrics(server["base"])
+    energies = [a.usage.model_extra["energy_j"] for a in answers]
+    assert all(e > 0 for e in energies)
+    assert all(a.usage.completion_tokens == 300 for a in answers)
+    # each joule is charged once: together the requests never get more than the counter saw
+    assert math.fsum(energies) <= POWER_W * wall * 1.01
+    # ... nor more than the server process's own share over the same time
+    proc = (metric(after, "greenprof_process_energy_joules_total", domain=DOMAIN, method="measured")
+            - metric(before, "greenprof_process_energy_joules_total", domain=DOMAIN, method="measured"))
+    assert math.fsum(energies) <= proc * 1.03
+    runs = [run_of(server["db"], a.id) for a in answers]
+    assert all(r.status == "completed" for r in runs)
+    assert max(r.concurrent_windows or 0 for r in runs) >= 1  # they did overlap
+    served = (metric(after, "greenprof_model_tokens_total", model="tiny", precision="fp32", type="output")
+              - metric(before, "greenprof_model_tokens_total", model="tiny", precision="fp32", type="output"))
+    assert served == 8 * 300
+    charged = sum(metric(after, "greenprof_model_energy_joules_total", model="tiny", precision="fp32", phase=p)
+                  - metric(before, "greenprof_model_energy_joules_total", model="tiny", precision="fp32", phase=p)
+                  for p in ("setup", "prefill", "decode", "teardown"))
+    assert charged == pytest.approx(math.fsum(energies), rel=1e-6)
+
+
+def test_a_client_that_disconnects_mid_stream_is_stored_interrupted(server, client):
+    before = metrics(server["base"])
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "go on"}],
+                                            max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
+    rid = None
+    for i, chunk in enumerate(stream):
+        rid = chunk.id
+        if i == 2:
+            break
+    stream.close()
+    run = run_of(server["db"], rid)
+    assert run.status == "interrupted"
+    assert "disconnected" in (run.error or "")
+    assert 0 < run.new_tokens < 2000
+    assert stored_energy(run) > 0  # what it used until the client left is kept
+    # the server goes on answering
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
+                                       max_tokens=3)
+    assert r.usage.completion_tokens >= 1
+    after = metrics(server["base"])
+    assert (metric(after, "greenprof_requests_total", model="tiny", status="interrupted")
+            - metric(before, "greenprof_requests_total", model="tiny", status="interrupted")) == 1
+
+
+BAD = [
+    # (what, body, status, param)
+    ("unknown model", {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+    ("max_tokens 0", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400,
+     "max_tokens"),
+    ("max_tokens negative", {"model": "tiny", "prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
+    ("max_tokens above the limit", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                    "max_tokens": 100_000}, 400, "max_tokens"),
+    ("missing messages", {"model": "tiny"}, 400, "messages"),
+    ("empty messages", {"model": "tiny", "messages": []}, 400, "messages"),
+    ("bad role", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
+    ("prompt longer than the context", {"model": "tiny", "prompt": "a" * 3000}, 400, "prompt"),
+    ("prompt + max_tokens over the context", {"model": "tiny", "prompt": "a" * 2000, "max_tokens": 100}, 400,
+     "max_tokens"),
+    ("stream_options without stream", {"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}},
+     400, "stream_options"),
+    ("n=2", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+    ("token-id prompt", {"model": "tiny", "prompt": [1, 2, 3]}, 400, "prompt"),
+    ("negative seed", {"model": "tiny", "prompt": "x", "seed": -1}, 400, "seed"),
+    ("temperature above 2", {"model": "tiny", "prompt": "x", "temperature": 5}, 400, "temperature"),
+    ("not an object", [1, 2], 400, None),
+]
+
+
+def test_bad_requests_get_openai_errors_and_store_nothing(server, client):
+    base = server["base"]
+    n_before = len(serve_runs(server["db"]))
+    m0 = metrics(base)
+    for what, body, status, param in BAD:
+        path = "/v1/chat/completions" if isinstance(body, dict) and ("messages" in body or "prompt" not in body) \
+            else "/v1/completions"
+        code, doc, _ = http("POST", base + path, json.dumps(body))
+        assert code == status, what
+        assert set(doc["error"]) == {"message", "type", "param", "code"}, what
+        assert doc["error"]["type"] == "invalid_request_error" and doc["error"]["param"] == param, what
+        assert doc["error"]["message"], what
+    code, doc, _ = http("POST", base + "/v1/chat/completions", '{"model": "tiny", "messages": [')
+    assert code == 400 and doc["error"]["code"] == "invalid_json"
+    code, doc, _ = http("GET", base + "/v1/chat/completions")
+    assert code == 405 and "error" in doc
+    code, doc, _ = http("GET", base + "/v2/nothing")
+    assert code == 404 and "error" in doc
+    # the official client sees them as its typed errors
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="a" * 3000)
+    assert e.value.code == "context_length_exceeded"
+    m1 = metrics(base)
+    assert (metric(m1, "greenprof_requests_total", model="tiny", status="rejected")
+            - metric(m0, "greenprof_requests_total", model="tiny", status="rejected")) == len(BAD) + 3  # + bad JSON, 2 via the client
+    assert metric(m1, "greenprof_requests_total", model="tiny", status="completed") == \
+        metric(m0, "greenprof_requests_total", model="tiny", status="completed")
+    # nothing was stored, the server kept serving, and said nothing on stderr
+    assert len(serve_runs(server["db"])) == n_before
+    assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).usage.completion_tokens >= 1
+    assert "Traceback" not in server["proc"].stderr()
+
+
+def test_metrics_count_tokens_energy_and_idle(server, client):
+    m0 = metrics(server["base"])
+    r = client.completions.create(model="tiny", prompt="count me", max_tokens=7, extra_body={"ignore_eos": True})
+    m1 = metrics(server["base"])
+
+    def d(name, **labels):
+        return metric(m1, name, **labels) - metric(m0, name, **labels)
+
+    assert d("greenprof_model_tokens_total", model="tiny", precision="fp32", type="output") == 7
+    assert d("greenprof_model_tokens_total", model="tiny", precision="fp32", type="input") == r.usage.prompt_tokens
+    assert d("greenprof_requests_total", model="tiny", status="completed") == 1
+    assert d("greenprof_request_energy_joules_count", model="tiny", precision="fp32") == 1
+    assert d("greenprof_request_energy_joules_sum", model="tiny", precision="fp32") == \
+        pytest.approx(r.usage.model_extra["energy_j"], rel=1e-9)
+    gross = metric(m1, "greenprof_energy_joules_total", domain=DOMAIN, method="measured")
+    assert gross > 0 and metric(m1, "greenprof_power_watts", domain=DOMAIN) > 0
+    idle = metric(m1, "greenprof_idle_energy_joules_total")
+    assert 0 <= idle <= metric(m1, "greenprof_process_energy_joules_total", domain=DOMAIN, method="measured")
+
+
+def test_idle_energy_is_stored_as_runs_at_the_counter_power(server):
+    deadline = time.monotonic() + 20
+    idle = []
+    while time.monotonic() < deadline:
+        idle = [r for r in serve_runs(server["db"], idle=True) if r.status == "completed" and (r.duration_s or 0) >= 1]
+        if idle:
+            break
+        time.sleep(0.5)
+    assert idle, "no idle period of 1 s or more was stored"
+    run = max(idle, key=lambda r: r.duration_s)  # the longest: the fewest span boundaries per second
+    serve = run.extra["serve"]
+    assert serve["idle"] is True and serve["served_model"] == "tiny"
+    assert run.duration_s == pytest.approx(serve["idle_s"])
+    dom = run.domains[DOMAIN]
+    # what the counter saw over the idle spans: the known power x their length
+    assert dom.energy_j / run.duration_s == pytest.approx(POWER_W, rel=0.05)
+    assert 0 <= dom.attributed_energy_j <= dom.energy_j * (1 + 1e-9)
+
+
+def test_sigterm_interrupts_what_is_in_flight_and_exits_0(tmp_path, tiny_built):
+    """One worker, four long streams: on SIGTERM the one generating is interrupted (or
+    finishes), the queued ones are stored interrupted, and the process exits 0."""
+    db = str(tmp_path / "term.db")
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", db, "--max-batch", "1", "--graceful-timeout", "0.5",
+              "--idle-run-s", "0"], env_with(), tmp_path / "term.err")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        p.wait_http(base + "/health")
+        started = threading.Event()
+        results = []
+
+        def stream(k):
+            body = json.dumps({"model": "tiny", "prompt": f"long {k}", "max_tokens": 2000, "stream": True,
+                               "ignore_eos": True}).encode()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    got = b""
+                    while True:
+                        data = s.recv(65536)
+                        if not data:
+                            break
+                        got += data
+                        if b'"text"' in got:
+                            started.set()
+                results.append(got)
+            except OSError as e:
+                results.append(repr(e).encode())
+
+        threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        assert started.wait(30)
+        deadline = time.monotonic() + 30  # all four admitted (one generating, three queued)
+        while http("GET", base + "/health")[1]["in_flight"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code = p.terminate()
+        for t in threads:
+            t.join(30)
+    finally:
+        code = p.terminate()
+    err = p.stderr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    runs = serve_runs(db)
+    assert len(runs) == 4
+    statuses = sorted(r.status for r in runs)
+    assert set(statuses) <= {"completed", "interrupted"} and "interrupted" in statuses
+    for r in runs:
+        if r.status == "interrupted":
+            assert "stopping" in r.error
+
+
+def test_a_model_without_a_tokenizer_is_refused(tmp_path, tiny_built):
+    import shutil
+
+    from greenprof.models import builder
+
+    folder = tmp_path / "no-tok"
+    shutil.copytree(builder.build("tiny", "fp32"), folder)
+    (folder / "tokenizer.json").unlink()
+    port = free_port()
+    p = Proc(["serve", str(folder), "--port", str(port), "--db", str(tmp_path / "x.db")], env_with(),
+             tmp_path / "err")
+    code = p.proc.wait(120)
+    p.terminate()
+    err = p.stderr()
+    assert code == 2
+    assert "tokenizer.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_busy_port_is_one_line_and_exit_1(server, tmp_path):
+    p = Proc(["serve", "tiny", "--port", str(server["port"]), "--db", str(tmp_path / "y.db")], env_with(),
+             tmp_path / "err")
+    code = p.proc.wait(120)
+    p.terminate()
+    err = p.stderr()
+    assert code == 1 and "pick another --port" in err and "Traceback" not in err
