@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import statistics
 import threading
 import time
 import warnings
@@ -859,11 +858,34 @@ class Meter:
         """This process's share of the machine's busy CPU time for every interval (ending at
         point k > lo_idx), each over a span widened until the machine was busy at least
         SHARE_MIN_BUSY_S. Returns ({k: share}, {k: busy seconds of the span used})."""
+        import bisect
+
         idxs = sorted(i for i, pt in points.items() if pt.cpu is not None)
         shares: dict[int, float | None] = {}
         spans: dict[int, float] = {}
         if len(idxs) < 2:
             return shares, spans
+        busy = [points[i].cpu.machine_busy_s for i in idxs]  # cumulative, non-decreasing
+        proc = [points[i].proc_s for i in idxs]
+        last = len(idxs) - 1
+        for n in range(1, len(idxs)):
+            if idxs[n] <= lo_idx:
+                continue
+            a, b = n - 1, n
+            if busy[b] - busy[a] < SHARE_MIN_BUSY_S:
+                # widen backwards first (history), then forwards, to the nearest points that give
+                # SHARE_MIN_BUSY_S of busy time (binary searches over the cumulative counts)
+                a = max(0, bisect.bisect_right(busy, busy[b] - SHARE_MIN_BUSY_S) - 1)
+                if busy[b] - busy[a] < SHARE_MIN_BUSY_S:
+                    b = min(last, bisect.bisect_left(busy, busy[a] + SHARE_MIN_BUSY_S))
+            span_busy = busy[b] - busy[a]
+            mine = proc[b] - proc[a]
+            # busy time is counted in ticks, this process's time in ns: when the ticks undercount
+            # (a short span with this process alone), the share is 1, never above
+            shares[idxs[n]] = (1.0 if span_busy <= 0 and mine <= 0 else
+                               min(1.0, mine / max(span_busy, mine)) if mine > 0 else 0.0)
+            spans[idxs[n]] = span_busy
+        return shares, spans
         pos = {k: n for n, k in enumerate(idxs)}
         for k in idxs:
             if k <= lo_idx or pos[k] == 0:
@@ -927,6 +949,8 @@ class Meter:
                 if tb > ta and not (math.isnan(va[i]) or math.isnan(vb[i])) and i not in hub.lost:
                     powers.append((vb[i] - va[i]) / (tb - ta))
             if powers:
+                import statistics  # here, not at import: it costs ~10 ms of a first start
+
                 self._idle_power_w[d] = statistics.median(powers)
         self._idle_window_s = window[-1][0] - window[0][0]
         self._idle_samples = window
