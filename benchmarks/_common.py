@@ -99,16 +99,60 @@ def median_ci95(xs: Sequence[float]) -> tuple[float, float] | None:
     return s[k - 1], s[n - k]
 
 
-def ratio_verdict(ratio: float, pair_ratios: Sequence[float], cost_ratio: float, target: float) -> str | None:
-    """How a tracked/untracked throughput ratio meets ``target``, or None when it does not.
+MEETS, INCONCLUSIVE, MISSES = "meets", "inconclusive", "misses"
 
-    On the wall clock when the median pair ratio reaches it; otherwise, when the pairs' 95 %
-    interval includes the target (this machine's noise cannot tell the difference), on the
-    meter's own measured cost (``cost_ratio``).
-    """
-    if ratio >= target:
-        return "wall clock"
-    ci = median_ci95(pair_ratios)
-    if ci is not None and ci[1] >= target and cost_ratio >= target:
-        return "cost accounting (the wall-clock ratio's 95 % interval includes the target)"
-    return None
+
+def verdict(value: float, ci95: Sequence[float] | None, target: float, *, higher_is_better: bool) -> str:
+    """``inconclusive`` when the 95 % interval ``ci95`` straddles ``target`` (this run cannot
+    tell a pass from a miss, whichever side the median fell on); otherwise ``meets`` when the
+    measured ``value`` meets ``target`` and ``misses`` when it does not. Nothing else (no cost
+    model, no best-of) turns a miss into a pass.
+
+    With ``higher_is_better`` the target is a minimum (``value >= target`` meets), else a
+    maximum (``value <= target`` meets)."""
+    if ci95 is not None:
+        lo, hi = ci95
+        if lo < target < hi:
+            return INCONCLUSIVE
+    ok = value >= target if higher_is_better else value <= target
+    return MEETS if ok else MISSES
+
+
+def ratio_verdict(ratio: float, pair_ratios: Sequence[float], target: float) -> str:
+    """The verdict on a throughput ratio (higher is better) that is the median of
+    ``pair_ratios``, with the distribution-free 95 % interval of that median."""
+    return verdict(ratio, median_ci95(pair_ratios), target, higher_is_better=True)
+
+
+def median_with_ci(xs: Sequence[float]) -> dict[str, Any]:
+    """``{"median": m, "ci95": [lo, hi] or None, "n": len(xs)}`` (see :func:`median_ci95`)."""
+    import statistics
+
+    ci = median_ci95(xs)
+    return {"median": statistics.median(xs) if xs else float("nan"), "ci95": list(ci) if ci else None,
+            "n": len(xs)}
+
+
+def shout(v: str) -> str:
+    """A verdict as the human summary prints it: a miss in capitals."""
+    return v.upper() if v == MISSES else v
+
+
+def save_result(name: str, doc: dict[str, Any], folder: str | os.PathLike[str] | None = None) -> str:
+    """Write ``doc`` as ``benchmarks/results/<name>-<UTC date>.json`` (the folder beside this file
+    unless ``folder`` is given), with the date and the machine in it; returns the path. Written to
+    a temp file and renamed, so a reader never sees half a file."""
+    import json
+    from pathlib import Path
+
+    out = Path(folder) if folder is not None else Path(__file__).resolve().parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    path = out / f"{name}-{day}.json"
+    body = {"benchmark": name, "date": day, "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **doc}
+    body.setdefault("machine", machine_info())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return str(path)

@@ -8,7 +8,9 @@ where ``w_per_busy_thread`` depends on where we run:
   (``codecarbon/data/hardware/cpu_power.csv``), read from CodeCarbon's installed package data at
   run time: the table is not copied here, and the codecarbon package itself is never imported
   (its ``__init__`` pulls in pandas and friends). An unknown CPU gets CodeCarbon's own documented
-  default of 4 W per thread (``DEFAULT_POWER_PER_CORE`` in codecarbon/core/cpu.py).
+  default of 4 W per thread (``DEFAULT_POWER_PER_CORE`` in codecarbon/core/cpu.py). The lookup's
+  answer is cached per CPU model string in ``~/.cache/greenprof/cpu-tdp.json`` (keyed by the
+  table file and CodeCarbon's version), so only the first process on a machine reads the table.
 * **a VM**: Cloud Carbon Footprint's published max watts per vCPU for the CPU's
   microarchitecture (:data:`CCF_W_PER_VCPU`). A VM's /proc/cpuinfo ``siblings`` is its own vCPU
   count, so the host package's TDP over it would charge a 2-vCPU VM half of a 96-thread host's
@@ -32,7 +34,7 @@ per-busy-thread figure. It knows nothing of idle power, other processes, turbo, 
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import re
 import time
@@ -53,6 +55,13 @@ DOMAIN = "cpu-estimate"
 CPUINFO_PATH = "/proc/cpuinfo"
 DMI_DIR = "/sys/class/dmi/id"
 HYPERVISOR_TYPE_PATH = "/sys/hypervisor/type"
+
+#: Where the TDP lookup's answers are cached, per CPU model string and CodeCarbon table (None:
+#: ``$XDG_CACHE_HOME/greenprof/cpu-tdp.json``, ``~/.cache/greenprof/cpu-tdp.json`` when unset).
+#: Module-level so tests can point it elsewhere.
+TDP_CACHE_PATH: str | None = None
+_TDP_CACHE_FORMAT = 1
+_TDP_CACHE_MAX_ENTRIES = 32
 
 #: ``GREENPROF_VIRT``: force the platform when detection is wrong.
 VIRT_ENV = "GREENPROF_VIRT"
@@ -340,7 +349,19 @@ def microarchitecture(cpu_model: str, cpuinfo_path: str | None = None) -> tuple[
 # -- CodeCarbon's TDP table ----------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def codecarbon_cpu_table() -> Path | None:
-    """Path of CodeCarbon's installed CPU TDP table, found without importing codecarbon (once)."""
+    """Path of CodeCarbon's installed CPU TDP table, found without importing codecarbon (once):
+    beside the package that ``find_spec`` locates (cheap), else through its distribution's file
+    list (importing importlib.metadata costs ~20 ms)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("codecarbon")
+    except (ImportError, ValueError):
+        spec = None
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        p = Path(loc) / "data" / "hardware" / "cpu_power.csv"
+        if p.is_file():
+            return p
     from importlib import metadata
 
     try:
@@ -366,6 +387,8 @@ def _normalise(name: str) -> str:
 @lru_cache(maxsize=4)
 def _table_rows(table: Path) -> tuple[tuple[str, str, frozenset[str], float], ...]:
     """CodeCarbon's table, parsed and normalised once per process: (name, norm, tokens, TDP)."""
+    import csv  # only when the table is read (a cached lookup never reads it)
+
     rows = []
     with open(table, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -399,6 +422,107 @@ def lookup_tdp(cpu_model: str, table: Path) -> tuple[str, float] | None:
             if tokens <= want_tokens and (best is None or len(norm) > best[0]):
                 best = (len(norm), name, tdp)
     return (best[1], best[2]) if best else None
+
+
+# -- the cached lookup ------------------------------------------------------------------------------
+# Reading and normalising CodeCarbon's ~4,900-row table takes ~100 ms, paid by the first Meter of
+# every process; the answer depends only on the CPU model string and the table, so it is kept in
+# a small JSON file keyed by both (the table's path, size, mtime and CodeCarbon's version): a new
+# CodeCarbon or another CPU is a new key, never a stale answer.
+def tdp_cache_path() -> Path:
+    """The TDP lookup cache file (see :data:`TDP_CACHE_PATH`)."""
+    if TDP_CACHE_PATH:
+        return Path(TDP_CACHE_PATH)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "greenprof" / "cpu-tdp.json"
+
+
+def _codecarbon_version(table: Path) -> str | None:
+    """CodeCarbon's version from its ``codecarbon-X.Y.Z.dist-info`` folder beside the package
+    that holds ``table`` (without importing codecarbon or importlib.metadata)."""
+    try:
+        pkg = table.parents[2]  # <site>/codecarbon/data/hardware/cpu_power.csv
+        prefix = f"{pkg.name}-"
+        with os.scandir(pkg.parent) as entries:
+            for e in entries:
+                if e.name.startswith(prefix) and e.name.endswith(".dist-info"):
+                    return e.name[len(prefix):-len(".dist-info")]
+    except (IndexError, OSError):
+        pass
+    return None
+
+
+def _tdp_cache_key(cpu_model: str, table: Path) -> str | None:
+    try:
+        st = table.stat()
+    except OSError:
+        return None
+    return json.dumps({"cpu_model": cpu_model, "table": str(table), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                       "codecarbon": _codecarbon_version(table)}, sort_keys=True)
+
+
+def _read_tdp_cache(path: Path) -> dict[str, object]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != _TDP_CACHE_FORMAT or not isinstance(doc.get("entries"), dict):
+        return {}
+    return doc["entries"]
+
+
+def _write_tdp_cache(path: Path, entries: dict[str, object]) -> None:
+    """Written to a temp file in the same folder and renamed over the old one: a concurrent
+    reader sees the old file or the new one, never half of one. A cache that cannot be written
+    (read-only home) is simply not kept."""
+    keep = dict(list(entries.items())[-_TDP_CACHE_MAX_ENTRIES:])
+    body = json.dumps({"format": _TDP_CACHE_FORMAT, "entries": keep}, indent=1, sort_keys=True) + "\n"
+    # (not the tempfile module: importing it costs more than this whole cache saves on a hit)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, body.encode("utf-8"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _valid_hit(value: object) -> bool:
+    if not isinstance(value, dict) or "match" not in value:
+        return False
+    m = value["match"]
+    return m is None or (isinstance(m, list) and len(m) == 2 and isinstance(m[0], str)
+                         and isinstance(m[1], (int, float)) and m[1] > 0)
+
+
+@lru_cache(maxsize=16)
+def _cached_lookup(cpu_model: str, table: Path, cache_path: Path) -> tuple[str, float] | None:
+    key = _tdp_cache_key(cpu_model, table)
+    if key is None:
+        return lookup_tdp(cpu_model, table)
+    entries = _read_tdp_cache(cache_path)
+    hit = entries.get(key)
+    if _valid_hit(hit):
+        m = hit["match"]  # type: ignore[index]
+        return (m[0], float(m[1])) if m else None
+    result = lookup_tdp(cpu_model, table)
+    entries.pop(key, None)
+    entries[key] = {"match": [result[0], result[1]] if result else None}
+    _write_tdp_cache(cache_path, entries)
+    return result
+
+
+def cached_lookup_tdp(cpu_model: str, table: Path) -> tuple[str, float] | None:
+    """:func:`lookup_tdp`, answered from the cache file when it already holds this CPU model
+    string for this table (see :func:`tdp_cache_path`), else looked up and added to it."""
+    return _cached_lookup(cpu_model, table, tdp_cache_path())
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -436,7 +560,7 @@ def power_model(env: Mapping[str, str] | None = None, *, cpuinfo_path: str | Non
                              f"{head}: TDP {tdp:g} W from GREENPROF_CPU_TDP_W / {threads} {unit}",
                              plat.kind)
     table = codecarbon_cpu_table()
-    hit = lookup_tdp(model, table) if table else None
+    hit = cached_lookup_tdp(model, table) if table else None
 
     if plat.virtualised:
         arch, how = microarchitecture(model, cpuinfo_path)

@@ -8,6 +8,16 @@ from greenprof.errors import ConfigError
 PLATINUM_8259CL = "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz"  # AWS m5; 210 W in CodeCarbon
 
 
+@pytest.fixture(autouse=True)
+def _tdp_cache(tmp_path, monkeypatch):
+    """Every test gets its own (empty) TDP lookup cache file, never the user's."""
+    path = tmp_path / "tdp-cache" / "cpu-tdp.json"
+    monkeypatch.setattr(ce, "TDP_CACHE_PATH", str(path))
+    ce._cached_lookup.cache_clear()
+    yield path
+    ce._cached_lookup.cache_clear()
+
+
 @pytest.fixture()
 def machine(tmp_path):
     """Builds a fake /proc/cpuinfo, DMI folder and /sys/hypervisor/type; returns the keyword
@@ -333,3 +343,85 @@ def test_sensors_json_and_table_show_the_vm_figure(machine, monkeypatch, tmp_pat
     r = CliRunner().invoke(app, ["sensors"])
     assert r.exit_code == 0, r.output
     assert "3.97 W/thread; VM (hypervisor flag" in r.stdout  # the table folds long lines
+
+
+# -- the TDP lookup cache ------------------------------------------------------------------------
+GOLD_6248 = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+
+
+def test_tdp_lookup_is_cached_per_cpu_model_and_table(table, _tdp_cache, monkeypatch):
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+    assert ce.cached_lookup_tdp("Imaginary CPU 9000", table) is None  # a miss is cached too
+    doc = __import__("json").loads(_tdp_cache.read_text())
+    keys = [__import__("json").loads(k) for k in doc["entries"]]
+    assert {k["cpu_model"] for k in keys} == {GOLD_6248, "Imaginary CPU 9000"}
+    from importlib.metadata import version
+
+    assert all(k["codecarbon"] == version("codecarbon") and k["table"] == str(table) for k in keys)
+
+    # a new process (here: the in-process memo cleared) answers from the file, never the table
+    ce._cached_lookup.cache_clear()
+
+    def no_table(*a, **k):
+        raise AssertionError("the table was read although the answer is cached")
+
+    monkeypatch.setattr(ce, "lookup_tdp", no_table)
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+    assert ce.cached_lookup_tdp("Imaginary CPU 9000", table) is None
+
+
+def test_another_table_is_another_key(table, tmp_path, _tdp_cache):
+    """A CodeCarbon upgrade (another table file, size or mtime) never gets a stale answer."""
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+    other = tmp_path / "codecarbon" / "data" / "hardware" / "cpu_power.csv"
+    other.parent.mkdir(parents=True)
+    other.write_text("Name,TDP\nIntel Xeon Gold 6248,999\n")
+    assert ce.cached_lookup_tdp(GOLD_6248, other) == ("Intel Xeon Gold 6248", 999.0)
+    other.write_text("Name,TDP\nIntel Xeon Gold 6248,7777\n")  # same path, new contents
+    for memo in (ce._cached_lookup, ce.lookup_tdp, ce._table_rows):  # a new process
+        memo.cache_clear()
+    assert ce.cached_lookup_tdp(GOLD_6248, other) == ("Intel Xeon Gold 6248", 7777.0)
+    entries = __import__("json").loads(_tdp_cache.read_text())["entries"]
+    assert len(entries) == 3
+
+
+def test_power_model_uses_the_cache(machine, _tdp_cache):
+    pm = ce.power_model(env={}, **machine(GOLD_6248, siblings=40))
+    assert pm.tdp_w == 150.0 and _tdp_cache.is_file()
+    assert GOLD_6248 in _tdp_cache.read_text()
+
+
+@pytest.mark.parametrize("junk", ["", "{not json", '{"format": 99, "entries": {}}', "[]",
+                                  '{"format": 1, "entries": {"x": 1}}'])
+def test_a_damaged_cache_is_ignored_and_rewritten(table, _tdp_cache, junk):
+    _tdp_cache.parent.mkdir(parents=True, exist_ok=True)
+    _tdp_cache.write_text(junk)
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+    doc = __import__("json").loads(_tdp_cache.read_text())
+    assert doc["format"] == 1 and any(GOLD_6248 in k for k in doc["entries"])
+
+
+def test_a_wrong_cached_answer_of_the_wrong_shape_is_not_trusted(table, _tdp_cache):
+    json = __import__("json")
+    ce.cached_lookup_tdp(GOLD_6248, table)
+    doc = json.loads(_tdp_cache.read_text())
+    key = next(iter(doc["entries"]))
+    doc["entries"][key] = {"match": ["Intel Xeon Gold 6248", -5]}
+    _tdp_cache.write_text(json.dumps(doc))
+    ce._cached_lookup.cache_clear()
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+
+
+def test_an_unwritable_cache_still_answers(table, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(ce, "TDP_CACHE_PATH", str(blocker / "sub" / "cpu-tdp.json"))  # parent is a file
+    ce._cached_lookup.cache_clear()
+    assert ce.cached_lookup_tdp(GOLD_6248, table) == ("Intel Xeon Gold 6248", 150.0)
+    assert not (blocker / "sub").exists()
+
+
+def test_default_cache_path_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setattr(ce, "TDP_CACHE_PATH", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert ce.tdp_cache_path() == tmp_path / "greenprof" / "cpu-tdp.json"

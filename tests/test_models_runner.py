@@ -425,9 +425,12 @@ def test_gqa_graph_that_reads_the_past_elsewhere_is_refused(tiny_dir: Path, tmp_
     assert generate(model, prompt_tokens=4, new_tokens=3).shared_kv is False
 
 
-def test_genai_folder_keeps_the_plain_loop_unless_asked(tiny_dir: Path, tmp_path: Path) -> None:
+def test_genai_folder_gets_the_shared_kv_path(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GroupQueryAttention graph in an onnxruntime-genai style folder gets the shared KV buffer
+    by default, as a built-in model does, with the same logits as the growing cache."""
     import shutil
 
+    from greenprof.models import runner
     from greenprof.models.shapes import get_shape
 
     s = get_shape("tiny")
@@ -437,11 +440,68 @@ def test_genai_folder_keeps_the_plain_loop_unless_asked(tiny_dir: Path, tmp_path
     genai_config(folder, "model.onnx", layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, vocab=s.vocab)
     model = load(folder, threads=1)
     assert model.format == "genai"
+    seen: list[np.ndarray] = []
+    argmax = runner._argmax
+
+    def recording_argmax(last: np.ndarray) -> np.ndarray:
+        seen.append(last.copy())
+        return argmax(last)
+
+    monkeypatch.setattr(runner, "_argmax", recording_argmax)
     auto = generate(model, prompt_tokens=6, new_tokens=10, batch=2, seed=4)
-    assert auto.shared_kv is False and auto.io_binding is False
-    forced = generate(model, prompt_tokens=6, new_tokens=10, batch=2, seed=4, shared_kv=True)
-    assert forced.shared_kv is True and forced.io_binding is True
-    np.testing.assert_array_equal(auto.token_ids, forced.token_ids)
+    auto_logits, seen[:] = list(seen), []
+    plain = generate(model, prompt_tokens=6, new_tokens=10, batch=2, seed=4, shared_kv=False)
+    assert auto.shared_kv is True and auto.io_binding is True
+    assert plain.shared_kv is False and plain.io_binding is False
+    np.testing.assert_array_equal(auto.token_ids, plain.token_ids)
+    assert len(auto_logits) == len(seen) == 10
+    np.testing.assert_array_equal(np.stack(auto_logits), np.stack(seen))
+
+
+@pytest.fixture(scope="module")
+def genai_export_dir() -> Path:
+    """onnxruntime-genai's own export of the tiny shape (its model builder, fp32, CPU), built once
+    into the session's model cache by the benchmarks' helper (shared with runner_speed's test)."""
+    import importlib.util
+    import sys
+
+    missing = [m for m in ("onnxruntime_genai", "onnx_ir", "transformers", "torch") if importlib.util.find_spec(m) is None]
+    assert not missing, f"the test extra's onnxruntime-genai dependencies are missing ({missing}): pip install -e '.[test]'"
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        from genai_export import genai_build
+    finally:
+        sys.path.remove(str(bench))
+    folder, _ = genai_build("tiny", None, False)
+    return folder
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_onnxruntime_genai_export_runs_on_the_shared_kv_path(genai_export_dir: Path, batch: int) -> None:
+    """A real onnxruntime-genai export (their builder's graph, not ours renamed) passes the graph
+    check, gets the shared buffer from generate() by default, and gives logits identical to the
+    growing cache at every step."""
+    from greenprof.models import runner
+
+    model = load(genai_export_dir, threads=1)
+    assert model.format == "genai"
+    assert runner.shared_kv_blocker(model) is None
+    sig = model.signature
+    rng = np.random.default_rng(batch)
+    n_prompt, n_new = 11, 24
+    prompt = rng.integers(0, sig.vocab_size, (batch, n_prompt))
+    forced = rng.integers(0, sig.vocab_size, (batch, n_new))
+    a = _teacher_forced(runner._PlainStepper(model, batch, n_prompt + n_new), prompt, forced)
+    b = _teacher_forced(runner._SharedStepper(model, batch, n_prompt + n_new), prompt, forced)
+    assert len(a) == len(b) == n_new + 1
+    for step, (x, y) in enumerate(zip(a, b)):
+        assert x.shape == (batch, sig.vocab_size), step
+        np.testing.assert_array_equal(x, y, err_msg=f"step {step}")
+    auto = generate(model, prompt_tokens=n_prompt, new_tokens=n_new, batch=batch)
+    plain = generate(model, prompt_tokens=n_prompt, new_tokens=n_new, batch=batch, shared_kv=False)
+    assert auto.shared_kv is True and plain.shared_kv is False
+    np.testing.assert_array_equal(auto.token_ids, plain.token_ids)
 
 
 def test_shared_kv_arguments(tiny_dir: Path) -> None:

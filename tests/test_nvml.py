@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -893,3 +894,21 @@ def test_domains_for_device_from_statuses():
                st("gpu", "nvml", available=False, default=False, why="NVML found no GPU")]
     with pytest.raises(SensorUnavailable, match="gpu-0 cannot be measured: NVML found no GPU"):
         collectors.domains_for_device("cuda", no_nvml, "gpu-0")
+
+
+def test_missing_nvml_library_is_reported_without_importing_pynvml():
+    """Where libnvidia-ml.so.1 cannot be loaded, discover() says what nvmlInit would say, without
+    importing pynvml (a Meter's first start pays for every import)."""
+    code = ("import sys, json; from greenprof.collectors import nvml; d = nvml.discover(); "
+            "fast = ('pynvml' in sys.modules, [s.why_not for s in d.statuses], type(d.errors['gpu']).__name__); "
+            "import pynvml; slow = nvml.discover(pynvml); "
+            "print(json.dumps([fast, [[s.why_not for s in slow.statuses], type(slow.errors['gpu']).__name__]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0 and "KeyError" in out.stderr:
+        pytest.skip("NVML loads on this machine")
+    assert out.returncode == 0, out.stderr
+    (imported, why_fast, cls_fast), (why_slow, cls_slow) = json.loads(out.stdout)
+    if not why_fast or "libnvidia-ml.so" not in why_fast[0]:
+        pytest.skip("NVML's library is present on this machine")
+    assert imported is False
+    assert (why_fast, cls_fast) == (why_slow, cls_slow) == (why_fast, "NvmlLibraryNotFound")
