@@ -244,6 +244,8 @@ class _Hub:
         self.thread: threading.Thread | None = None
         self.sampler_error: str | None = None
         self.refs = 0
+        self.closed = False
+        self.idle_gen = 0  # bumped whenever the hub goes idle: a pending close checks it
         self.hold_hz = 0.0  # the highest sample rate a ProcessReader holding this hub asked for
         self.idle_j: list[float] = [0.0] * len(collectors)  # gross J while no window was open
         self.last_vals = self._read_vals(self.readers)
@@ -415,12 +417,11 @@ class _Hub:
         for o in self.windows:
             o._row(t, "end" if o is w else None, vals, idx)
         self.windows.remove(w)
-        if self.windows or self.hold_hz:
-            self.sample_hz = max([o.sample_hz for o in self.windows] + [self.hold_hz])
-            alive = {o._tid for o in self.windows}
-            for tid in list(self.thread_clocks):
-                if tid not in alive:
-                    del self.thread_clocks[tid]
+        self.sample_hz = max([o.sample_hz for o in self.windows] + [self.hold_hz])
+        alive = {o._tid for o in self.windows}
+        for tid in list(self.thread_clocks):
+            if tid not in alive:
+                del self.thread_clocks[tid]
         self._trim()
         return t, vals, idx
 
@@ -476,11 +477,17 @@ class _Hub:
                 for w in self.windows:
                     w._warn(self.sampler_error)
 
-    def close(self) -> None:
+    def pause_sampler(self) -> None:
+        """Stop the sampler thread (no window needs it); ``ensure_sampler`` starts a new one."""
         self._stop.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
         self.thread = None
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.pause_sampler()
         for c in self.collectors:
             try:
                 c.close()
@@ -506,6 +513,10 @@ def _scope_of(c: Any) -> str:
 
 
 _HUBS: dict[Any, _Hub] = {}
+#: Seconds a hub stays open after its last window closes, so back-to-back windows (the runs of
+#: one `measure`, a benchmark's rounds) reuse its collectors, and RAPL's watcher process, instead
+#: of discovering and starting them again. Its sampler stops at once.
+HUB_LINGER_S = 2.0
 _HUBS_LOCK = threading.Lock()
 
 
@@ -686,9 +697,14 @@ class Meter:
         key = _hub_key(self._spec, self._clock, self._discover_kwargs)
         with _HUBS_LOCK:
             hub = _HUBS.get(key)
-            if hub is not None and not hub._stop.is_set():
-                hub.refs += 1
-                return hub
+            if hub is not None and not hub.closed:
+                if hub.refs == 0 and hub.lost:  # a lingering hub with a dead sensor: rediscover
+                    del _HUBS[key]
+                    hub.closed = True
+                    threading.Thread(target=hub.close, daemon=True).start()
+                else:
+                    hub.refs += 1
+                    return hub
             from greenprof.collectors import check_overlaps, select
 
             spec = self._spec
@@ -713,9 +729,29 @@ class Meter:
             hub.refs -= 1
             if hub.refs > 0:
                 return
-            if _HUBS.get(hub.key) is hub:
+            hub.idle_gen += 1
+            gen = hub.idle_gen
+            linger = HUB_LINGER_S if _HUBS.get(hub.key) is hub and not hub.lost else 0.0
+            if linger <= 0 and _HUBS.get(hub.key) is hub:
                 del _HUBS[hub.key]
-        hub.close()
+            hub.pause_sampler()  # under the lock: a window reopening the hub starts a new one after
+        if linger <= 0:
+            hub.close()
+            return
+
+        def close_if_still_idle() -> None:
+            with _HUBS_LOCK:
+                if hub.refs > 0 or hub.idle_gen != gen or hub.closed:
+                    return
+                if _HUBS.get(hub.key) is hub:
+                    del _HUBS[hub.key]
+                hub.closed = True
+            hub.close()
+
+        timer = threading.Timer(linger, close_if_still_idle)
+        timer.daemon = True
+        timer.name = "greenprof-hub-linger"
+        timer.start()
 
     def start(self) -> "Meter":
         if self._state != "new":

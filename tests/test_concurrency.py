@@ -270,3 +270,22 @@ def test_measure_beside_a_burner_charges_its_share_of_the_package_and_says_so(tm
         load = c.execute("select other_cpu_share from runs").fetchall()
     assert all(a < g and s < 0.9 and scope == "machine" for g, a, s, scope in rows)
     assert all(o > 0.1 for (o,) in load)
+
+
+def test_back_to_back_windows_reuse_the_counters_then_they_close(monkeypatch):
+    """A measure's runs follow each other within milliseconds: they share one open reader (and
+    RAPL's watcher process) instead of starting them again; it closes once nobody uses it."""
+    from greenprof import meter as M
+
+    monkeypatch.setattr(M, "HUB_LINGER_S", 0.3)
+    col = MachineCounter()
+    with Meter(collectors=[col], sample_hz=20) as a:
+        time.sleep(0.05)
+    hub = a._hub
+    assert not any(t.name == "greenprof-sampler" for t in threading.enumerate())  # stopped at once
+    with Meter(collectors=[col], sample_hz=20) as b:
+        time.sleep(0.05)
+    assert b._hub is hub and not hub.closed
+    assert b.measurement.energy_j["cpu-package-0"] == pytest.approx(30.0 * b.measurement.duration_s, rel=0.02)
+    time.sleep(0.8)
+    assert hub.closed and M._HUBS.get(hub.key) is None
