@@ -156,3 +156,14 @@ def save_result(name: str, doc: dict[str, Any], folder: str | os.PathLike[str] |
     tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return str(path)
+
+
+def emit(name: str, doc: dict[str, Any], *, save: bool, as_json: bool) -> None:
+    """The end of every script: ``--save`` writes the dated results file (and says where),
+    ``--json`` prints the document on stdout."""
+    import json
+
+    if save:
+        log(f"  saved {save_result(name, doc)}")
+    if as_json:
+        print(json.dumps(doc, indent=2))

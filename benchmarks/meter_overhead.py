@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import sys
 import tempfile
@@ -40,8 +39,8 @@ import threading
 import time
 from pathlib import Path
 
-from _common import (MEETS, loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, save_result,
-                     shout, thread_cpu_reader)
+from _common import (MEETS, loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, emit, shout,
+                     thread_cpu_reader)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.99
@@ -399,10 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"  {'meets' if result['meets_target'] else 'does not meet'} the target (ratio and ratio_numpy >= {TARGET}); "
         f"{result['machine']['cpu_count']} CPUs, Python {result['machine']['python']}; "
         f"took {result['duration_s']:.1f} s")
-    if args.save:
-        log(f"  saved {save_result('meter_overhead', result)}")
-    if args.json:
-        print(json.dumps(result, indent=2))
+    emit("meter_overhead", result, save=args.save, as_json=args.json)
     return 0
 
 

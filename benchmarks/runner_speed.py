@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -72,8 +71,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import (MEETS, loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, save_result,
-                     shout, thread_cpu_reader, verdict)
+from _common import (MEETS, loadavg_1m, log, machine_info, median_ci95, ratio_verdict, round_floats, emit, shout,
+                     thread_cpu_reader, verdict)
 from genai_export import GenaiLoop, GenaiRuntime, genai_build
 
 TARGET_RATIO_VS_GENAI = 1.00  # ours / theirs, decode ms per token: lower is better
@@ -875,10 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in result["notes"]:
         log(f"  note: {note}")
     log(f"  took {result['duration_s']:.1f} s")
-    if args.save:
-        log(f"  saved {save_result('runner_speed', round_floats(result, 5))}")
-    if args.json:
-        print(json.dumps(round_floats(result, 5), indent=2))
+    emit("runner_speed", round_floats(result, 5), save=args.save, as_json=args.json)
     return 0
 
 

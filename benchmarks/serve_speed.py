@@ -38,7 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import loadavg_1m, log, machine_info, median_with_ci, ratio_verdict, round_floats, save_result, shout
+from _common import emit, loadavg_1m, log, machine_info, median_with_ci, ratio_verdict, round_floats, shout
 
 TARGET = 0.98
 CLIENTS = 8
@@ -218,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (target >= {TARGET}) {shout(r['verdict'])}"
             if ci else f"{model}: ratio {r['ratio']:.3f} (no interval with {len(r['pair_ratios'])} pairs) "
             f"{shout(r['verdict'])}")
-    if args.save:
-        log(f"saved {save_result('serve_speed', doc)}")
-    if args.json:
-        print(json.dumps(doc, indent=2))
+    emit("serve_speed", doc, save=args.save, as_json=args.json)
     return 0
 
 

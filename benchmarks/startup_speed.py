@@ -40,7 +40,7 @@ import tempfile
 import time
 from typing import Any
 
-from _common import (loadavg_1m, log, machine_info, median_ci95, round_floats, save_result, shout, verdict)
+from _common import emit, loadavg_1m, log, machine_info, median_ci95, round_floats, shout, verdict
 
 TARGET_RATIO = 0.2  # greenprof / CodeCarbon, time to first measurement: lower is better
 TARGET_START_MS = 50.0
@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  note: {note}")
     log(f"  took {result['duration_s']:.1f} s")
     doc = round_floats(result, 4)
-    if args.save:
-        log(f"  saved {save_result('startup_speed', doc)}")
-    if args.json:
-        print(json.dumps(doc, indent=2))
+    emit("startup_speed", doc, save=args.save, as_json=args.json)
     return 0
 
 
