@@ -42,6 +42,7 @@ Each call (or block) is one run in the store, kind ``track``, with the same colu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
@@ -212,17 +213,8 @@ class track(RunFigures):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             gen = fn(*args, **kwargs)
-            t = self._fresh()
-            t.__enter__()
-            try:
+            with self._fresh()._over_iteration() as t:
                 result = yield from t._relay(gen)
-            except GeneratorExit:  # the consumer stopped early: what ran is a complete run
-                t.__exit__(None, None, None)
-                raise
-            except BaseException as e:
-                t.__exit__(type(e), e, e.__traceback__)
-                raise
-            t.__exit__(None, None, None)
             return result
 
         return wrapper
@@ -256,9 +248,7 @@ class track(RunFigures):
         @functools.wraps(fn)
         async def wrapper(*args, **kwargs):
             agen = fn(*args, **kwargs)
-            t = self._fresh()
-            t.__enter__()
-            try:
+            with self._fresh()._over_iteration() as t:
                 try:
                     item = await agen.__anext__()
                 except StopAsyncIteration:
@@ -281,15 +271,24 @@ class track(RunFigures):
                                 item = await agen.asend(sent)
                             except StopAsyncIteration:
                                 break
-            except GeneratorExit:  # the consumer stopped early: what ran is a complete run
-                t.__exit__(None, None, None)
-                raise
-            except BaseException as e:
-                t.__exit__(type(e), e, e.__traceback__)
-                raise
-            t.__exit__(None, None, None)
 
         return wrapper
+
+    @contextlib.contextmanager
+    def _over_iteration(self):
+        """This tracker's run over a generator's whole iteration (sync or async): a consumer
+        that stops early (GeneratorExit) closes a complete run; anything else raised ends it as
+        ``__exit__`` says (failed, or interrupted) and propagates."""
+        self.__enter__()
+        try:
+            yield self
+        except GeneratorExit:
+            self.__exit__(None, None, None)
+            raise
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        self.__exit__(None, None, None)
 
     def _fresh(self) -> "track":
         """A tracker per call, so recursive or concurrent calls never share a run; it becomes

@@ -51,17 +51,12 @@ import sys
 from typing import Any, Sequence
 
 from greenprof.errors import UsageError
-from greenprof.tracking import RunFigures
+from greenprof.tracking import RunFigures, _one_line
 
 __all__ = ["EnergyStreamer"]
 
 _DTYPE_PRECISION = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
                     "float64": "fp64", "int8": "int8"}
-
-
-def _one_line(text: str) -> str:
-    lines = [s.strip() for s in str(text).strip().splitlines() if s.strip()]
-    return lines[0] if lines else ""
 
 
 def _shape(value: Any) -> tuple[int, ...]:
