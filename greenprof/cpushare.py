@@ -3,12 +3,13 @@ counter (a RAPL package, DRAM, psys) is apportioned to it, as Kepler and Scaphan
 
     share = this process's CPU time / the machine's busy CPU time, over the same interval
 
-Both sides come from the kernel's clock-tick accounting (``/proc/self/stat`` utime + stime and
-the aggregate ``cpu`` line of ``/proc/stat``), so they are quantised alike: when this process is
-the only busy one, every tick charged to it is also a busy tick of some CPU and the share is
-exactly 1. Busy time is user + nice + system + irq + softirq; idle, iowait and steal (time the
-hypervisor gave to other guests) are not busy time of this machine. ``guest`` time is already
-inside ``user``.
+The machine's busy time comes from the aggregate ``cpu`` line of ``/proc/stat``, in clock ticks
+(10 ms): busy = user + nice + system + irq + softirq; idle, iowait and steal (time the hypervisor
+gave to other guests) are not busy time of this machine, and ``guest`` time is already inside
+``user``. :class:`CpuTimes` also carries this process's ticks (``/proc/self/stat`` utime +
+stime), quantised like the machine's, for the whole-window "other load" figure. The meter takes
+each interval's share with this process's nanosecond clock as the numerator, over spans widened
+until the ticks are many (greenprof.meter: ``Meter._cpu_shares``).
 
 Thread CPU clocks (``pthread_getcpuclockid``, nanosecond resolution) weigh concurrent windows of
 one process against each other (see greenprof.meter).
@@ -32,7 +33,6 @@ class CpuTimes:
 
     process_s: float  # this process, all its threads, user + system
     machine_busy_s: float  # every CPU of the machine (or VM), busy
-    machine_total_s: float  # every CPU, busy + idle
 
 
 def _ticks_per_s() -> float:
@@ -88,9 +88,8 @@ class CpuTimesReader:
             if head[0] != b"cpu":
                 raise ValueError("no aggregate cpu line")
             f = [int(x) for x in head[1:]] + [0] * 10
-            user, nice, system, idle, iowait, irq, softirq = f[:7]
+            user, nice, system, _idle, _iowait, irq, softirq = f[:7]
             busy = user + nice + system + irq + softirq
-            total = busy + idle + iowait
             # the comm field may hold spaces and parentheses: split after the last ')'
             rest = mine[mine.rindex(b")") + 2:].split()
             utime, stime = int(rest[11]), int(rest[12])
@@ -98,7 +97,7 @@ class CpuTimesReader:
             self.why_not = f"unexpected /proc/stat format ({e})"
             return None
         hz = self._hz
-        return CpuTimes((utime + stime) / hz, busy / hz, total / hz)
+        return CpuTimes((utime + stime) / hz, busy / hz)
 
     def close(self) -> None:
         fds, self._fds = self._fds, None
@@ -108,22 +107,6 @@ class CpuTimesReader:
                     os.close(fd)
                 except OSError:
                     pass
-
-
-def process_share(a: CpuTimes | None, b: CpuTimes | None) -> float | None:
-    """This process's share of the machine's busy CPU time between two readings, in [0, 1].
-
-    None when it cannot be told (no readings). When no CPU was busy at all in the interval,
-    nobody else used the machine either: 1.0 (the idle draw goes to the run that was measuring,
-    as it would on a dedicated machine).
-    """
-    if a is None or b is None:
-        return None
-    busy = b.machine_busy_s - a.machine_busy_s
-    mine = b.process_s - a.process_s
-    if busy <= 0:
-        return 1.0
-    return min(1.0, max(0.0, mine / busy))
 
 
 def thread_cpu_clock(thread_ident: int):
@@ -148,4 +131,4 @@ def thread_cpu_clock(thread_ident: int):
     return read
 
 
-__all__ = ["CpuTimes", "CpuTimesReader", "process_share", "thread_cpu_clock", "PROC_STAT", "PROC_SELF_STAT"]
+__all__ = ["CpuTimes", "CpuTimesReader", "thread_cpu_clock", "PROC_STAT", "PROC_SELF_STAT"]

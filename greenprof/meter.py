@@ -240,7 +240,6 @@ class _Hub:
         self.thread_clocks: dict[int, tuple[Callable[[], float] | None, float]] = {}
         self.sample_hz = 0.0
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.sampler_error: str | None = None
         self.refs = 0
@@ -310,7 +309,7 @@ class _Hub:
         kids: dict[int, list[int]] = {}
         index = {id(w): k for k, w in enumerate(ws)}
         for k, w in enumerate(ws):
-            parent = w._parent_in(ws)
+            parent = w._open_parent()
             kids.setdefault(index.get(id(parent), -1) if parent is not None else -1, []).append(k)
         frac = [0.0] * len(ws)
         level = [(-1, 1.0)]  # breadth-first from the process
@@ -386,9 +385,6 @@ class _Hub:
             w._row(t, None, vals, idx)
         return t, vals, idx
 
-    def point(self, idx: int) -> _SharePoint:
-        return self.points[idx - self.point_base]
-
     # -- windows -------------------------------------------------------------------------------
     def add(self, w: "Meter") -> None:
         """Register ``w`` (lock held): a share point opens its first row."""
@@ -408,8 +404,7 @@ class _Hub:
                 o._overlaps += 1
                 w._overlaps += 1
         if w.sample_hz > self.sample_hz:
-            self.sample_hz = w.sample_hz
-            self._wake.set()
+            self.sample_hz = w.sample_hz  # the sampler reads it at its next tick
 
     def remove(self, w: "Meter") -> tuple[float, list[float], int]:
         t, vals = self.read()
@@ -466,7 +461,6 @@ class _Hub:
                 now = clock()
                 if nxt < now:  # fell behind (suspended, overloaded): skip, don't burst
                     nxt = now + period
-                self._wake.clear()
                 if self._stop.wait(max(0.0, nxt - clock())):
                     break
                 if hz > 0:
@@ -807,7 +801,7 @@ class Meter:
         if msg not in self._warnings:
             self._warnings.append(msg)
 
-    def _parent_in(self, open_windows: list["Meter"]) -> "Meter | None":
+    def _open_parent(self) -> "Meter | None":
         """The nearest ancestor still open (a closed parent hands its children to its own)."""
         p = self._parent
         while p is not None and p._state != "running":

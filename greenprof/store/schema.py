@@ -167,15 +167,6 @@ samples = Table(
 TABLES = (runs, run_domains, segments, segment_energy, samples)
 
 
-def segment_kind(label: str) -> str:
-    """``prefill`` for the prefill mark, ``decode`` for ``token-N`` marks, ``other`` otherwise."""
-    if label == "prefill":
-        return "prefill"
-    if label.startswith("token-") and label[6:].isdigit():
-        return "decode"
-    return "other"
-
-
 def segment_kinds(labels: list[str]) -> list[str]:
     """Each segment's kind by label and position (see greenprof.accounting.segment_phases)."""
     from greenprof.accounting import segment_phases
