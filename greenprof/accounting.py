@@ -152,7 +152,8 @@ class RunFigures:
         return clean_json(dict(self.__dict__))
 
 
-def _div(a: float | None, b: float | int | None) -> float | None:
+def div_or_none(a: float | None, b: float | int | None) -> float | None:
+    """a / b, or None when either is unknown or b is 0."""
     if a is None or b is None or b == 0:
         return None
     return a / b
@@ -170,9 +171,9 @@ def run_figures(phase_energy_j: Mapping[str, float] | None, *, basis: str, phase
         phases = {p: float(phase_energy_j.get(p, 0.0)) for p in PHASES}
         total = math.fsum(phases.values())
     requests = max(1, int(requests or 1))
-    j_tok = _div(phases.get("decode") if phases else None, generated_tokens)
-    j_prompt = _div(phases.get("prefill") if phases and phases_marked else None, prompt_tokens)
-    j_req = _div(total, requests)
+    j_tok = div_or_none(phases.get("decode") if phases else None, generated_tokens)
+    j_prompt = div_or_none(phases.get("prefill") if phases and phases_marked else None, prompt_tokens)
+    j_req = div_or_none(total, requests)
     g = intensity_g_per_kwh
 
     def c(j: float | None) -> float | None:
@@ -253,7 +254,8 @@ def record_figures(run: Any, *, intensity_g_per_kwh: float | None, pue: float,
 # A stored run's summary: what `runs`, `show`, `export`, `compare` print
 
 
-def _fsum_opt(values: Iterable[float | None]) -> float | None:
+def fsum_or_none(values: Iterable[float | None]) -> float | None:
+    """The exact sum of the known values, or None when none is known."""
     vals = [v for v in values if v is not None]
     return math.fsum(vals) if vals else None
 
@@ -343,7 +345,7 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
                if basis == "attributed" else dict(gross))
     lost = {d: r.lost_reason for d, r in run.domains.items() if r.lost_reason}
     uncertain = {d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason}
-    dynamic = _fsum_opt(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
+    dynamic = fsum_or_none(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
     dec = run.phases.get("decode")
     grid = costing.grid(run, needed=bool(gross))
     pue = float(run.pue) if run.pue is not None else 1.0
@@ -352,7 +354,7 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
                                     price_usd_per_kwh=price, basis=basis)
     has_energy = bool(gross)
     ph = fig.phase_energy_j if has_energy else {}
-    decode_dyn = _fsum_opt(dec.dynamic_energy_j.values()) if dec else None
+    decode_dyn = fsum_or_none(dec.dynamic_energy_j.values()) if dec else None
     methods = {d: r.method for d, r in run.domains.items()}
     session = (run.extra or {}).get("session") or {}
     decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)
@@ -385,7 +387,7 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
         "basis": basis,
         "duration_s": run.duration_s,
         "energy_j": fig.energy_j if has_energy else None,
-        "gross_energy_j": _fsum_opt(gross.values()),
+        "gross_energy_j": fsum_or_none(gross.values()),
         "energy_j_by_domain": charged,
         "gross_energy_j_by_domain": gross,
         "share": {d: r.share for d, r in run.domains.items() if r.share is not None},
@@ -402,8 +404,8 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
         "j_per_prompt_token": fig.j_per_prompt_token,
         "j_per_token": fig.j_per_token,
         "j_per_request": fig.j_per_request if has_energy else None,
-        "dynamic_j_per_token": _div(decode_dyn, fig.generated_tokens) if fig.phases_marked else None,
-        "tokens_per_s": _div(fig.generated_tokens, decode_s),
+        "dynamic_j_per_token": div_or_none(decode_dyn, fig.generated_tokens) if fig.phases_marked else None,
+        "tokens_per_s": div_or_none(fig.generated_tokens, decode_s),
         "partial": bool(lost),
         "lost": lost,
         "lost_domains": sorted(lost),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import typer
 
@@ -81,20 +81,7 @@ def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
         yield store
 
 
-from greenprof.accounting import Costing as _Costing, run_summary as summarize  # noqa: E402
-
-
-def _fsum(values: Iterable[float | None]) -> float | None:
-    import math
-
-    vals = [v for v in values if v is not None]
-    return math.fsum(vals) if vals else None
-
-
-def _div(a: float | None, b: float | int | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
+from greenprof.accounting import Costing as _Costing, div_or_none, fsum_or_none, run_summary as summarize  # noqa: E402
 
 
 def _flush(costing: _Costing) -> None:
@@ -275,11 +262,11 @@ def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, 
     phases = {}
     attributed = s["basis"] == "attributed"
     for kind, p in run.phases.items():
-        e = _fsum((p.attributed_energy_j if attributed else p.energy_j).values())
+        e = fsum_or_none((p.attributed_energy_j if attributed else p.energy_j).values())
         phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
-                        "energy_j": e, "gross_energy_j": _fsum(p.energy_j.values()),
-                        "dynamic_energy_j": _fsum(p.dynamic_energy_j.values()),
-                        "j_per_token": _div(e, p.tokens),
+                        "energy_j": e, "gross_energy_j": fsum_or_none(p.energy_j.values()),
+                        "dynamic_energy_j": fsum_or_none(p.dynamic_energy_j.values()),
+                        "j_per_token": div_or_none(e, p.tokens),
                         "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
                         "gross_energy_j_by_domain": p.energy_j}
     doc = run.to_dict()
