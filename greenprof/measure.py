@@ -408,17 +408,18 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     return document()
 
 
-def collectors_for_device(device: str, device_id: int = 0) -> list[str]:
-    """The domain names a run on ``device`` is charged (greenprof.collectors.domains_for_device):
+def collectors_for_device(device: str, device_id: int = 0, **discover_kwargs) -> list[str]:
+    """The domain names a run on ``device`` is charged (greenprof.collectors.select_for_device):
     a CPU run its CPU domains and no GPU; a CUDA run its own GPU plus the host CPU."""
-    from greenprof.collectors import discover_all, domains_for_device, gpu_domain_for_cuda_device
+    from greenprof.collectors import select_for_device
 
-    gpu = gpu_domain_for_cuda_device(device_id) if device == "cuda" else None
-    found = discover_all()
-    try:
-        return domains_for_device(device, found.statuses, gpu)
-    finally:
-        found.close()
+    chosen = select_for_device(device, device_id, **discover_kwargs)
+    for c in chosen:  # names only: the meter opens its own
+        try:
+            c.close()
+        except Exception:
+            pass
+    return [c.domain for c in chosen]
 
 
 def run_figures_of(m: Any, gen: Any, batch: int, grid: Any, pue: float, price: float):

@@ -792,7 +792,7 @@ class Meter:
         hub = self._hub
         with hub.lock:
             t, vals = hub.read()
-            self._rows.append((t, label, vals, self._acc[:], hub.point_base + len(hub.points) - 1))
+            self._row(t, label, vals, hub.point_base + len(hub.points) - 1)
 
     def _row(self, t: float, label: str | None, vals: list[float], point_idx: int) -> None:
         self._rows.append((t, label, vals, self._acc[:], point_idx))

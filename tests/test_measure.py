@@ -78,24 +78,22 @@ def test_one_run_has_no_interval_and_the_json_is_strict(tmp_path):
     assert doc["summary"][0]["j_per_token_ci95"] is None
 
 
-def test_a_cpu_run_on_a_gpu_host_is_not_charged_the_gpus(monkeypatch):
-    """collectors_for_device: the CPU domains only, never an idle GPU."""
+def test_a_cpu_run_on_a_gpu_host_is_not_charged_the_gpus(tmp_path, monkeypatch):
+    """collectors_for_device on a host with RAPL and two GPUs (a powercap tree and the NVML
+    shim): a CPU run gets the CPU domains only, never an idle GPU; a CUDA run its own GPU."""
+    from nvml_shim import FakeGpu, NvmlShim
+    from powercap_fake import build
+
     from greenprof.measure import collectors_for_device
-    import greenprof.collectors as col
-    from greenprof.collectors.base import Discovery, SensorStatus
 
-    def fake_discover_all(**kw):
-        return Discovery([
-            SensorStatus("rapl", "cpu-package-0", "measured", True, True),
-            SensorStatus("rapl", "dram-0", "measured", True, True),
-            SensorStatus("nvml", "gpu-0", "measured", True, True),
-            SensorStatus("nvml", "gpu-1", "measured", True, True),
-        ])
-
-    monkeypatch.setattr(col, "discover_all", fake_discover_all)
-    monkeypatch.setattr(col, "gpu_domain_for_cuda_device", lambda device_id, **kw: f"gpu-{device_id}")
-    assert collectors_for_device("cpu") == ["cpu-package-0", "dram-0"]
-    assert collectors_for_device("cuda", 1) == ["cpu-package-0", "dram-0", "gpu-1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    root = str(build(tmp_path / "pc", sockets=1, dram=True).root)
+    shim = NvmlShim([FakeGpu(uuid="GPU-aaaa0000-0000-0000-0000-000000000000"),
+                     FakeGpu(uuid="GPU-bbbb0000-0000-0000-0000-000000000000")])
+    assert collectors_for_device("cpu", powercap_root=root, nvml=shim) == ["cpu-package-0", "dram-0"]
+    assert collectors_for_device("cuda", 1, powercap_root=root, nvml=shim) == \
+        ["cpu-package-0", "dram-0", "gpu-1"]
+    assert not shim.initialized  # every collector it opened to decide was closed
 
 
 def test_measure_table_and_measured_with_powercap(tmp_path):
