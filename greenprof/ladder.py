@@ -642,8 +642,9 @@ def print_ladder(doc: dict) -> None:
     from greenprof.accounting import energy_label
     from greenprof.fmt import human_params
 
-    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200, highlight=False)
-    err = Console(stderr=True, highlight=False)
+    # as measure prints: piped tables are never wrapped, notes one line each
+    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
     st, grid, mc = doc["settings"], doc["grid"], doc["machine"]
 
     def num(x, digits=4) -> str:

@@ -65,8 +65,8 @@ def test_split_windows_in_asyncio_tasks_add_up_to_the_outer_meter(estimate_only)
 
     async def request(k):
         with Meter(collectors="cpu-estimate", sample_hz=10, split=True) as w:
-            for _ in range(4 + k):
-                burn_cpu(0.02)
+            for _ in range(10 + k):  # enough work that the event loop's own set-up is noise
+                burn_cpu(0.03)
                 await asyncio.sleep(0)
         results.append(w.measurement)
 
