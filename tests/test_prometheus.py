@@ -72,26 +72,40 @@ def test_prometheus_scrapes_serve_and_exporter(tmp_path, tiny_built):
                 assert r.usage.completion_tokens == n
                 asked += n
                 prompt_tokens += r.usage.prompt_tokens
-            # ~15 s of 1 s scrapes, so the 10 s rate window is full of samples
+            # The 10 s rate window must be full of successful scrapes of both targets: a target
+            # whose first scrapes came late (a slow machine) has a series younger than the window,
+            # and rate() over it extrapolates only half a scrape interval past its first sample.
+            series = f'greenprof_energy_joules_total{{domain="{DOMAIN}"}}'
             rates: list[dict] = []
-            deadline = t_start + 60
+            deadline = t_start + 90
             while time.monotonic() < deadline:
                 time.sleep(1)
                 if prom.poll() is not None:
                     raise AssertionError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
                 try:
-                    up = query(url, "up")
+                    full = query(url, f"count_over_time({series}[10s]) >= 9")
+                    steady = query(url, "min_over_time(up[11s]) == 1")
                 except (AssertionError, OSError):
                     continue
-                if time.monotonic() - t_start < 15 or len(up) < 2 or not all(u["value"][1] == "1" for u in up):
+                if time.monotonic() - t_start < 15 or len(full) < 2 or len(steady) < 2:
                     continue
-                rates = query(url, f'rate(greenprof_energy_joules_total{{domain="{DOMAIN}"}}[10s])')
+                rates = query(url, f"rate({series}[10s])")
                 if len(rates) == 2:
                     break
+
+            def diagnosis() -> str:
+                try:
+                    raw = query(url, f"{series}[12s]")
+                    took = query(url, "scrape_duration_seconds")
+                except (AssertionError, OSError) as e:
+                    raw, took = f"(query failed: {e})", ""
+                return (f"rates={rates}\nsamples={raw}\nscrape_duration_seconds={took}\n"
+                        + "\n".join(f"--- {p.log.name}:\n{p.stderr()[-1500:]}" for p in procs))
+
             by_job = {r["metric"]["job"]: float(r["value"][1]) for r in rates}
-            assert set(by_job) == {"serve", "exporter"}, rates
+            assert set(by_job) == {"serve", "exporter"}, diagnosis()
             for job, watts in by_job.items():
-                assert watts == pytest.approx(POWER_W, rel=0.05), (job, watts)
+                assert watts == pytest.approx(POWER_W, rel=0.05), (job, watts, diagnosis())
             assert {r["metric"]["method"] for r in rates} == {"measured"}
             out = query(url, 'greenprof_model_tokens_total{type="output"}')
             assert [float(r["value"][1]) for r in out] == [asked]
