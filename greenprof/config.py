@@ -188,14 +188,26 @@ def _toml_loads(text: str) -> dict:
     return tomllib.loads(text)
 
 
+#: path -> ((mtime_ns, size), parsed document): a track() block per request re-reads settings,
+#: and parsing a project's pyproject.toml costs milliseconds; an edited file is parsed again.
+_PARSED: dict[str, tuple[tuple[int, int], dict]] = {}
+
+
 def read_pyproject(path: Path) -> dict[str, Any]:
     """The ``[tool.greenprof]`` table of ``path`` (empty if absent), keys normalised."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        hit = _PARSED.get(str(path))
+        text = None if hit is not None and hit[0] == stamp else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from None
     try:
-        doc = _toml_loads(text)
+        if text is None:
+            doc = hit[1]
+        else:
+            doc = _toml_loads(text)
+            _PARSED[str(path)] = (stamp, doc)
     except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     tool = doc.get("tool", {})

@@ -61,6 +61,13 @@ def fingerprint(hw: dict | None = None) -> str:
 
 
 def software() -> dict:
+    """Versions of greenprof, Python, the OS and the packages its figures depend on. Read once
+    per process (package metadata costs milliseconds; what this process imported stays put)."""
+    return dict(_software())
+
+
+@lru_cache(maxsize=1)
+def _software() -> dict:
     from importlib import metadata
 
     from greenprof import __version__

@@ -365,10 +365,10 @@ class track(RunFigures):
 
     def _open_store(self, db: Any) -> None:
         """Open the store and start the run; a store that cannot be used only warns."""
-        from greenprof.store import open_store
+        from greenprof.store import shared_store
 
         try:
-            store = open_store(db, setting="track(db=...)")
+            store = shared_store(db, setting="track(db=...)")
         except Exception as e:
             self._store_failed("cannot open the database", e)
             return
@@ -381,7 +381,6 @@ class track(RunFigures):
             )
         except BaseException as e:
             self.run_id = None
-            store.close()
             if not isinstance(e, Exception):
                 raise
             self._store_failed("cannot start a run in the database", e)
@@ -435,8 +434,6 @@ class track(RunFigures):
         except Exception as e:
             run_id, self.run_id = self.run_id, None
             self._store_failed(f"cannot save run {run_id}", e)
-        finally:
-            store.close()
 
     def _store_failed(self, what: str, e: BaseException) -> None:
         """One warning per run: the store failed, the figures stay on the tracker."""

@@ -24,13 +24,13 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .db import Store, open_store, preflight
+    from .db import Store, open_store, preflight, shared_store
     from .records import DomainRecord, PhaseSummary, RunRecord, SegmentRecord
     from .urls import connect_timeout_s, resolve_url
     from .schema import Timeline, power_timeline
 
 __all__ = [
-    "open_store", "preflight", "resolve_url", "Store", "RunRecord", "DomainRecord", "SegmentRecord", "PhaseSummary",
+    "open_store", "preflight", "shared_store", "resolve_url", "Store", "RunRecord", "DomainRecord", "SegmentRecord", "PhaseSummary",
     "Timeline", "power_timeline",
     "StoreError", "BadStoreUrl", "StoreNotWritable", "StoreNotReadable", "NotAGreenprofDatabase",
     "NoDatabase", "SchemaTooNew", "RunNotFound", "StoreUnavailable", "connect_timeout_s",
@@ -38,6 +38,7 @@ __all__ = [
 
 _LAZY = {
     "open_store": "greenprof.store.db",
+    "shared_store": "greenprof.store.db",
     "preflight": "greenprof.store.db",
     "connect_timeout_s": "greenprof.store.urls",
     "resolve_url": "greenprof.store.urls",

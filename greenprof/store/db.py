@@ -623,6 +623,53 @@ def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db", ke
     return u.render_as_string(hide_password=True)
 
 
+_SHARED: dict[str, tuple[Store, tuple[int, int] | None]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _file_id(path: Any) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def shared_store(url: str | os.PathLike | None = None, *, setting: str = "--db") -> Store:
+    """A writable store for ``url`` that this process keeps open and reuses (``track`` blocks,
+    which may open and close thousands of runs): opening, migrating and compiling its statements
+    happen once, not per block. Opened again when the SQLite file was replaced or removed since.
+    Never close it; it is closed when the process exits."""
+    u, _origin = resolve_url(url, setting)
+    key = u.render_as_string(hide_password=False)
+    with _SHARED_LOCK:
+        hit = _SHARED.get(key)
+        if hit is not None:
+            store, fid = hit
+            if store.path is None or _file_id(store.path) == fid:
+                return store
+            del _SHARED[key]
+            store.close()
+        store = open_store(url, setting=setting)
+        _SHARED[key] = (store, _file_id(store.path) if store.path is not None else None)
+        if len(_SHARED) == 1:
+            import atexit
+
+            atexit.register(_close_shared)
+        return store
+
+
+def _close_shared() -> None:
+    with _SHARED_LOCK:
+        stores = [s for s, _ in _SHARED.values()]
+        _SHARED.clear()
+    for s in stores:
+        try:
+            s.close()
+        except Exception:
+            pass
+
+
 def open_store(url: str | os.PathLike | None = None, *, setting: str = "--db", readonly: bool = False) -> Store:
     """Open (creating or migrating as needed) the greenprof database at ``url``.
 
