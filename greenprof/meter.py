@@ -247,24 +247,29 @@ class _Hub:
         self.idle_gen = 0  # bumped whenever the hub goes idle: a pending close checks it
         self.hold_hz = 0.0  # the highest sample rate a ProcessReader holding this hub asked for
         self.idle_j: list[float] = [0.0] * len(collectors)  # gross J while no window was open
+        self.held: list[float] = [0.0] * len(collectors)  # each counter's last good value
         self.last_vals = self._read_vals(self.readers)
         self._share_point(self.clock())
 
     # -- reading (lock held by the caller) ---------------------------------------------------
     def _read_vals(self, fns: list[Callable[[], float]]) -> list[float]:
+        """One value per counter; a lost one holds its last good value (``held``), which may
+        come from a window's mark after the hub's last read."""
         vals = []
+        held = self.held
         for i, f in enumerate(fns):
             if i in self.lost:
-                vals.append(self.last_vals[i])
+                vals.append(held[i])
                 continue
             try:
                 v = f()
                 if v != v:  # NaN from a reader: treat as lost
                     raise SensorLost("the counter read NaN")
                 vals.append(v)
+                held[i] = v
             except Exception as e:  # SensorLost, or anything a driver throws
                 self._lose(i, e)
-                vals.append(self.last_vals[i])
+                vals.append(held[i])
         return vals
 
     def _lose(self, i: int, err: BaseException) -> None:
@@ -296,11 +301,15 @@ class _Hub:
             self.thread_clocks[tid] = (reader, now)
         return [used[w._tid] / per_thread[w._tid] for w in self.windows]
 
-    def _distribute(self, delta: list[float]) -> None:
-        """Add each open window's part of ``delta`` (one value per domain) to its accumulator."""
+    def _distribute(self, delta: list[float], last: list[float]) -> None:
+        """Add each open window's part of ``delta`` (one value per domain, since the counters
+        read ``last``) to its accumulator, and settle the rows its marks left pending."""
         ws = self.windows
         if len(ws) == 1:
-            acc = ws[0]._acc
+            w = ws[0]
+            acc = w._acc
+            if w._pending:
+                w._settle(1.0, last)
             for i, d in enumerate(delta):
                 acc[i] += d
             return
@@ -330,6 +339,8 @@ class _Hub:
             level = nxt
         for k, w in enumerate(ws):
             f = frac[k]
+            if w._pending:
+                w._settle(f, last)
             if f:
                 acc = w._acc
                 for i, d in enumerate(delta):
@@ -343,7 +354,7 @@ class _Hub:
         delta = [v - a for v, a in zip(vals, last)]
         self.last_vals = vals
         if self.windows:
-            self._distribute(delta)
+            self._distribute(delta, last)
         else:
             idle = self.idle_j
             for i, d in enumerate(delta):
@@ -654,6 +665,7 @@ class Meter:
         self._state = "new"
         self._rows: list[tuple[float, str | None, list[float], list[float], int]] = []
         self._acc: list[float] = []
+        self._pending: list[tuple[list[float], list[float]]] = []  # marks awaiting their share
         self._warnings: list[str] = []
         self._t0 = 0.0
         self._first_point = 0
@@ -791,8 +803,26 @@ class Meter:
             raise UsageError(f"mark() takes a non-empty text label other than 'start'/'end' (got {label!r})")
         hub = self._hub
         with hub.lock:
-            t, vals = hub.read()
-            self._row(t, label, vals, hub.point_base + len(hub.points) - 1)
+            # Read the counters, but leave sharing the energy to the hub's next read (the
+            # sampler's tick, a window's start or stop): this row's attributed part is then this
+            # window's share of that whole interval, applied up to this mark (see _settle). A
+            # mark per generated token costs a few microseconds, not a share computation.
+            t = hub.clock()
+            vals = hub._read_vals(hub.readers)
+            acc = [0.0] * len(vals)
+            self._pending.append((vals, acc))
+            self._rows.append((t, label, vals, acc, hub.point_base + len(hub.points) - 1))
+
+    def _settle(self, frac: float, last: list[float]) -> None:
+        """Fill the attributed running totals of the rows marked since the hub's last read
+        (``last``: the counters then): this window's total then, plus ``frac`` (its share of
+        the interval now closing) of each counter's advance up to the mark. Hub lock held."""
+        base = self._acc
+        for vals, acc in self._pending:
+            for i, b in enumerate(base):
+                d = vals[i] - last[i]
+                acc[i] = b + d * frac if d == d else b
+        self._pending.clear()
 
     def _row(self, t: float, label: str | None, vals: list[float], point_idx: int) -> None:
         self._rows.append((t, label, vals, self._acc[:], point_idx))
