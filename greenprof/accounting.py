@@ -6,7 +6,8 @@ from here; nothing else divides joules by tokens or converts them to grams or do
 Definitions (the names say what they cost):
 
 * **phases**: a run's segments are ``setup`` (before the prompt pass), ``prefill`` (the prompt
-  pass), ``decode`` (one segment per generated token, ``token-N``; marks of the user's own between
+  pass), ``decode`` (one segment per generated token, ``token-N``, or one ``decode`` segment
+  holding them all, as ``serve`` stores its requests; marks of the user's own between
   the first and the last token count as decode) and ``teardown`` (after the last token). A run
   with no phase marks (a plain ``track`` block) cannot tell them apart: its whole energy is its
   decode phase and ``phases_marked`` is False. The four phases add up to the run's energy.
@@ -96,11 +97,17 @@ def energy_label(method: str, basis: str) -> str:
 # Phases
 
 
+def is_token_label(label: str) -> bool:
+    """``token-N``: the mark closing one generated token's segment."""
+    return _TOKEN_LABEL.match(label) is not None
+
+
 def segment_phases(labels: Sequence[str]) -> list[str]:
-    """Each segment's kind by label and position: ``prefill``, ``decode`` (``token-N``),
+    """Each segment's kind by label and position: ``prefill``, ``decode`` (``token-N``, or
+    ``decode`` for tokens stored merged),
     ``setup`` (before the first of those), ``teardown`` (after the last), else ``other``
     (between them, or every segment of a run without phase marks)."""
-    kinds = ["prefill" if lb == "prefill" else "decode" if _TOKEN_LABEL.match(lb) else "other"
+    kinds = ["prefill" if lb == "prefill" else "decode" if lb == "decode" or _TOKEN_LABEL.match(lb) else "other"
              for lb in labels]
     phased = [i for i, k in enumerate(kinds) if k != "other"]
     if not phased:

@@ -146,6 +146,44 @@ class Measurement:
     def idle_energy_j(self) -> dict[str, float]:
         return {d: self.idle_power_w.get(d, 0.0) * self.duration_s for d in self.energy_j}
 
+    def phase_segments(self) -> tuple["Measurement", dict[int, int]]:
+        """A copy whose consecutive ``token-N`` segments are merged into one ``decode`` segment
+        (their energies added, per domain), and {segment index: tokens} for the merged ones.
+
+        Every joule and second is kept; only the per-token detail goes. ``greenprof serve``
+        stores its requests this way: a server answering 100 requests a second would otherwise
+        write thousands of segment rows a second."""
+        import dataclasses
+
+        from greenprof.accounting import is_token_label
+
+        out: list[Segment] = []
+        tokens: dict[int, int] = {}
+        run: list[Segment] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            def add(key: str) -> dict[str, float]:
+                total: dict[str, float] = {}
+                for seg in run:
+                    for d, v in getattr(seg, key).items():
+                        total[d] = total.get(d, 0.0) + v
+                return total
+            tokens[len(out)] = len(run)
+            out.append(Segment("decode", run[0].start_s, run[-1].end_s, add("energy_j"), add("idle_energy_j"),
+                               add("attributed_energy_j")))
+            run.clear()
+
+        for seg in self.segments:
+            if is_token_label(seg.label):
+                run.append(seg)
+                continue
+            flush()
+            out.append(seg)
+        flush()
+        return dataclasses.replace(self, segments=out), tokens
+
     @property
     def dynamic_energy_j(self) -> dict[str, float]:
         idle = self.idle_energy_j

@@ -140,45 +140,89 @@ def request_energy(m: Any, prompt_tokens: int, costing: Costing) -> Energy:
                   j_per_token=fig.j_per_token)
 
 
+@dataclass
+class _Record:
+    fields: dict[str, Any]
+    m: Any
+    status: str
+    error: str | None
+    tokens: dict[int, int] | None = None
+
+    def item(self) -> tuple:
+        return (self.fields, self.m, self.status, self.error, self.tokens)
+
+
 class StoreWriter:
-    """One thread that writes to the store in submission order. A failure warns once per kind
-    on stderr and never reaches the caller of :meth:`call` (its Future carries it)."""
+    """One thread that stores finished runs in submission order, in batches: whatever runs are
+    queued when it gets to them go in one transaction (at most :attr:`BATCH`), so a busy server
+    pays one commit per batch, not several per request. A failure warns once per kind on stderr
+    and never reaches the request (one bad run does not lose the rest of its batch)."""
+
+    BATCH = 256
 
     def __init__(self, store: Any, warn: Callable[[str], None]) -> None:
         self.store = store
         self._warn = warn
-        self._q: "queue.Queue[tuple[Callable[[Any], Any], Future] | None]" = queue.Queue()
+        self._q: "queue.Queue[_Record | None]" = queue.Queue()
         self._warned: set[str] = set()
+        self.lost = 0  # runs that could not be stored
         self._thread = threading.Thread(target=self._loop, name="greenprof-store", daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[[Any], Any]) -> Future:
-        fut: Future = Future()
-        self._q.put((fn, fut))
-        return fut
+    def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None,
+               tokens: dict[int, int] | None = None) -> None:
+        """Queue one finished run (see :meth:`greenprof.store.Store.record_runs`)."""
+        self._q.put(_Record(fields, m, status, error, tokens))
 
     def _loop(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
+            stop = item is None
+            batch = [] if stop else [item]
+            while not stop and len(batch) < self.BATCH:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                else:
+                    batch.append(nxt)
+            if batch:
+                self._write_batch(batch)
+            if stop:
                 return
-            fn, fut = item
-            if not fut.set_running_or_notify_cancel():
-                continue
+
+    def _write_batch(self, batch: list["_Record"]) -> None:
+        try:
+            self.store.record_runs([r.item() for r in batch])
+            return
+        except BaseException as e:
+            if len(batch) == 1:
+                self._failed(e)
+                return
+        for r in batch:  # one bad run must not lose the others: one transaction each
             try:
-                fut.set_result(fn(self.store))
-            except BaseException as e:  # never let the writer die
-                fut.set_exception(e)
-                kind = type(e).__name__
-                if kind not in self._warned:
-                    self._warned.add(kind)
-                    self._warn(f"could not store a run ({kind}: {str(e).splitlines()[0] if str(e) else kind}); "
-                               "serving goes on, the response still carries its energy")
+                self.store.record_runs([r.item()])
+            except BaseException as e:
+                self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        self.lost += 1
+        kind = type(e).__name__
+        if kind not in self._warned:
+            self._warned.add(kind)
+            self._warn(f"could not store a run ({kind}: {str(e).splitlines()[0] if str(e) else kind}); "
+                       "serving goes on, the response still carries its energy")
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, then stop."""
         self._q.put(None)
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._warn(f"the store did not finish writing within {timeout_s:g} s: runs still queued are lost")
+        if self.lost:
+            self._warn(f"{self.lost} run(s) could not be stored in all (see the warning above)")
         try:
             self.store.close()
         except Exception:
@@ -299,9 +343,8 @@ class Engine:
         of its own; the queue's time is the other requests' or idle)."""
         if self.writer is None or not self._accounting:
             return
-        rid = self._start_run(job)
         out = Outcome("interrupted", [], None, error=f"{job.cancel_reason} before the request started")
-        self._finish_run(rid, job, out, None)
+        self._record(job, out, None, time.time())
 
     def _run(self, job: Job) -> Outcome:
         started_s = time.perf_counter()
@@ -330,11 +373,10 @@ class Engine:
             if node is not None:
                 self._period_requests += 1
         meter = None
-        run_id: Future | None = None
+        started_wall = time.time()
         if node is not None:
             from greenprof.meter import Meter
 
-            run_id = self._start_run(job)
             node.request_started()
             meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True)
             try:
@@ -368,8 +410,8 @@ class Engine:
                 out.energy = request_energy(m, job.prompt_tokens, self.costing)
             except Exception as e:  # figures must never lose the answer
                 self._warn(f"could not compute a request's energy: {type(e).__name__}: {e}")
-        if run_id is not None:
-            self._finish_run(run_id, job, out, m)
+        if node is not None:
+            self._record(job, out, m, started_wall)
         self._observe(job, out)
         return out
 
@@ -396,13 +438,22 @@ class Engine:
                     intensity_year=c.intensity_year, pue=c.pue, price_usd_per_kwh=c.price_usd_per_kwh,
                     collectors=(i.collectors_label or None) and i.collectors_label[:255])
 
-    def _start_run(self, job: Job) -> Future | None:
+    def _record(self, job: Job, out: Outcome, m: Any, started_wall: float) -> None:
+        """Queue the request's run, stored whole once it has ended (in a batch with the others
+        that ended meanwhile): a request in flight is not in the database yet, and a server
+        that is killed outright (SIGKILL, power loss) loses those, as it loses their answers;
+        SIGTERM lets them end and stores them."""
         if self.writer is None:
-            return None
+            return
         fields = self._run_fields()
-        fields.update(model_name=self.info.name, prompt_tokens=job.prompt_tokens, new_tokens=job.max_tokens,
-                      batch_size=1, extra={"serve": self._extra(job), "requested_new_tokens": job.max_tokens})
-        return self.writer.call(lambda store: store.start_run(**fields))
+        n = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else len(out.token_ids)
+        fields.update(model_name=self.info.name, prompt_tokens=job.prompt_tokens, new_tokens=n,
+                      batch_size=1, started_at=datetime.fromtimestamp(started_wall, timezone.utc),
+                      extra={"serve": self._extra(job, out), "requested_new_tokens": job.max_tokens})
+        tokens = None
+        if m is not None:  # a request is stored by phase: prefill, decode (all its tokens), end
+            m, tokens = m.phase_segments()
+        self.writer.record(fields, m, out.status, out.error, tokens)
 
     @staticmethod
     def _extra(job: Job, out: Outcome | None = None) -> dict[str, Any]:
@@ -412,22 +463,6 @@ class Engine:
             d.update(ttft_s=out.ttft_s, queue_s=out.queue_s, finish_reason=out.finish_reason,
                      completion_tokens=len(out.token_ids))
         return d
-
-    def _finish_run(self, run_id: Future | None, job: Job, out: Outcome, m: Any) -> None:
-        if run_id is None:
-            return
-        extra = {"serve": self._extra(job, out), "requested_new_tokens": job.max_tokens}
-        n = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else len(out.token_ids)
-
-        def write(store: Any) -> None:
-            try:
-                rid = run_id.result()
-            except BaseException:
-                return  # start_run failed: already warned
-            store.update_run(rid, new_tokens=n, extra=extra)
-            store.finish_run(rid, m, status=out.status, error=out.error)
-
-        self.writer.call(write)
 
     def _store_idle_period(self, node: Any) -> None:
         """Store the node's idle energy since the last period as one run (model "(idle)")."""
@@ -454,12 +489,7 @@ class Engine:
                                        "requests": requests,
                                        "busy_gross_energy_j": math.fsum(period.gross_j.values())
                                        - math.fsum(period.idle_gross_j.values())}})
-
-        def write(store: Any) -> None:
-            rid = store.start_run(**fields)
-            store.finish_run(rid, m, status="completed")
-
-        self.writer.call(write)
+        self.writer.record(fields, m, "completed", None)
 
 
 __all__ = ["ClientGone", "Costing", "Energy", "Engine", "Job", "ModelInfo", "Outcome", "StoreWriter",

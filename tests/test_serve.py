@@ -105,8 +105,12 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     run = run_of(server["db"], r.id)
     assert (run.kind, run.status, run.model_name) == ("serve", "completed", "tiny")
     assert (run.prompt_tokens, run.new_tokens) == (u.prompt_tokens, 12)
-    labels = [s.label for s in run.segments]
-    assert "prefill" in labels and [x for x in labels if x.startswith("token-")] == [f"token-{i}" for i in range(1, 13)]
+    # measured per token, stored per phase: the 12 token segments merged into one decode segment
+    by_label = {s.label: s for s in run.segments}
+    assert [s.label for s in run.segments if s.label != "setup"] == ["prefill", "decode", "end"]
+    assert (by_label["decode"].kind, by_label["decode"].tokens) == ("decode", 12)
+    assert (by_label["prefill"].kind, by_label["prefill"].tokens) == ("prefill", u.prompt_tokens)
+    assert run.phases["decode"].tokens == 12
     assert stored_energy(run) == pytest.approx(e, rel=1e-9)
     serve = run.extra["serve"]
     assert serve["request_id"] == r.id and serve["endpoint"] == "chat.completions"
@@ -382,3 +386,24 @@ def test_a_busy_port_is_one_line_and_exit_1(server, tmp_path):
     p.terminate()
     err = p.stderr()
     assert code == 1 and "pick another --port" in err and "Traceback" not in err
+
+
+def test_store_writer_batches_and_one_bad_run_loses_only_itself(tmp_path):
+    """The serve writer stores queued runs in one transaction; when a batch fails, each run is
+    tried alone, so only the bad one is lost, and that is said (once per kind, and counted)."""
+    from greenprof.serve_engine import StoreWriter
+    from greenprof.store import open_store
+
+    warned: list[str] = []
+    writer = StoreWriter(open_store(tmp_path / "w.db"), warned.append)
+    good = dict(kind="serve", model_name="tiny", prompt_tokens=3, new_tokens=0)
+    writer.record(good, None, "failed", "first")
+    writer.record({**good, "no_such_column": 1}, None, "completed", None)
+    writer.record(good, None, "interrupted", "third")
+    writer.close()
+    with open_store(tmp_path / "w.db", readonly=True) as store:
+        runs = store.list_runs(limit=None)
+    assert sorted(r.error for r in runs) == ["first", "third"]
+    assert writer.lost == 1
+    assert len([w for w in warned if "could not store a run (UsageError" in w]) == 1
+    assert any("1 run(s) could not be stored" in w for w in warned)

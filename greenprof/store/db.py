@@ -118,7 +118,6 @@ class Store:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._samples_sql: tuple[str, tuple[str, ...] | None] | None = None
-        self._software: dict[str, Any] | None = None
         self.path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
         where = str(self.path) if self.path else url.render_as_string(hide_password=True)
         self._errors = _ErrorMap(where, origin)
@@ -243,6 +242,15 @@ class Store:
         :mod:`greenprof.hostinfo`: ``host``, ``hardware``, its ``hardware_fingerprint`` and
         ``software``.
         """
+        row = self._run_row(fields)
+        row["status"] = "running"
+        with self._write() as conn:
+            pk = conn.execute(insert(S.runs), row).inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    def _run_row(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """A new run's row from caller fields: checked, with the defaults start_run documents."""
         unknown = sorted(set(fields) - set(RUN_FIELDS))
         if unknown:
             raise UsageError(f"unknown run field(s) {', '.join(unknown)}; known: {', '.join(RUN_FIELDS)}")
@@ -261,18 +269,63 @@ class Store:
             if row.get("hardware") is None:
                 row["hardware"] = hostinfo.hardware()
             if row.get("software") is None:
-                if self._software is None:  # reading package metadata costs ms: once per store
-                    self._software = hostinfo.software()
-                row["software"] = self._software
+                row["software"] = hostinfo.software()
         if row.get("hardware_fingerprint") is None:
             from greenprof.hostinfo import fingerprint
 
             row["hardware_fingerprint"] = fingerprint(row["hardware"])
-        row["status"] = "running"
+        return row
+
+    def record_runs(self, runs: Sequence[tuple]) -> list[int]:
+        """Store whole finished runs in one transaction: each item is ``(fields, measurement,
+        status, error)`` or ``(fields, measurement, status, error, tokens)``, with ``fields`` as
+        for :meth:`start_run` and ``tokens`` as for :meth:`finish_run`. Returns their ids in order.
+
+        For work that is stored once it has ended (``greenprof serve``'s requests, written in
+        batches): all of a batch is there or none of it, and no run is ever seen ``running``.
+        """
+        runs = [tuple(r) if len(r) == 5 else (*r, None) for r in runs]
+        for _, _, status, _, _ in runs:
+            if status not in S.RUN_STATUSES or status == "running":
+                raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
+        rows = [self._run_row(r[0]) for r in runs]
+        ended = _utcnow()
+        children: tuple[list, list, list] = ([], [], [])
+        samples: list[Any] = []
+        sql, order = self._samples_insert()
+        for row, (_, m, status, error, _) in zip(rows, runs):
+            row.update(self._finish_values(m, status, error, ended))
+        # one INSERT for the batch, ids returned in the rows' order (SQLAlchemy's insertmanyvalues)
+        keys = sorted(set().union(*rows)) if rows else []
+        params = [{k: row.get(k) for k in keys} for row in rows]
+        stmt = insert(S.runs).returning(S.runs.c.id, sort_by_parameter_order=True)
         with self._write() as conn:
-            pk = conn.execute(insert(S.runs).values(**row)).inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+            ids = [int(x) for x in conn.execute(stmt, params).scalars().all()] if params else []
+            for rid, row, (_, m, _, _, tokens) in zip(ids, rows, runs):
+                if m is not None:
+                    for into, more in zip(children, self._result_rows(rid, m, tokens or {}, row.get("prompt_tokens"))):
+                        into.extend(more)
+                    samples.extend(self._sample_rows(rid, m.samples, order))
+            for table, rows_ in zip((S.run_domains, S.segments, S.segment_energy), children):
+                if rows_:
+                    conn.execute(insert(table), rows_)
+            for chunk in _chunks(samples, SAMPLE_CHUNK):
+                conn.exec_driver_sql(sql, chunk)
+        return ids
+
+    @staticmethod
+    def _finish_values(m: "Measurement | None", status: str, error: str | None,
+                       ended: datetime) -> dict[str, Any]:
+        values: dict[str, Any] = {"status": status, "error": error, "ended_at": ended}
+        if m is not None:
+            values.update(duration_s=_num(m.duration_s), sample_hz=m.sample_hz,
+                          idle_window_s=m.idle_window_s,
+                          warnings=list(m.warnings) or None,
+                          process_cpu_s=_num(getattr(m, "process_cpu_s", None)),
+                          machine_busy_cpu_s=_num(getattr(m, "machine_busy_cpu_s", None)),
+                          other_cpu_share=_num(getattr(m, "other_cpu_share", None)),
+                          concurrent_windows=getattr(m, "concurrent_windows", None))
+        return values
 
     #: Run columns a caller may still change while the run is ``running`` (e.g. the token count
     #: a ``track`` block learns only at its end).
@@ -314,18 +367,9 @@ class Store:
         if status not in S.RUN_STATUSES or status == "running":
             raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
         try:
-            values: dict[str, Any] = {"status": status, "error": error}
             if measurement is not None:
                 self._write_results(run_id, measurement, tokens or {}, run.prompt_tokens)
-                m = measurement
-                values.update(duration_s=_num(m.duration_s), sample_hz=m.sample_hz,
-                              idle_window_s=m.idle_window_s,
-                              warnings=list(m.warnings) or None,
-                              process_cpu_s=_num(getattr(m, "process_cpu_s", None)),
-                              machine_busy_cpu_s=_num(getattr(m, "machine_busy_cpu_s", None)),
-                              other_cpu_share=_num(getattr(m, "other_cpu_share", None)),
-                              concurrent_windows=getattr(m, "concurrent_windows", None))
-            values["ended_at"] = _utcnow()
+            values = self._finish_values(measurement, status, error, _utcnow())
             with self._write() as conn:
                 conn.execute(update(S.runs).where(S.runs.c.id == run_id).values(**values))
         except BaseException as e:
@@ -342,6 +386,19 @@ class Store:
 
     def _write_results(self, run_id: int, m: "Measurement", tokens: Mapping[str | int, int | None],
                        prompt_tokens: int | None) -> None:
+        domains, segs, seg_energy = self._result_rows(run_id, m, tokens, prompt_tokens)
+        with self._write() as conn:
+            if domains:
+                conn.execute(insert(S.run_domains), domains)
+            if segs:
+                conn.execute(insert(S.segments), segs)
+            if seg_energy:
+                conn.execute(insert(S.segment_energy), seg_energy)
+        self.add_samples(run_id, m.samples)
+
+    def _result_rows(self, run_id: int, m: "Measurement", tokens: Mapping[str | int, int | None],
+                     prompt_tokens: int | None) -> tuple[list[dict], list[dict], list[dict]]:
+        """The run_domains, segments and segment_energy rows of one measurement."""
         attributed = getattr(m, "attributed_energy_j", None) or {}
         scope = getattr(m, "scope", None) or {}
         uncertain = getattr(m, "uncertain", None) or {}
@@ -380,27 +437,23 @@ class Store:
             seg_energy += [{"run_id": run_id, "idx": idx, "domain": d, "energy_j": _num(e),
                             "dynamic_energy_j": _num(dyn.get(d)),
                             "attributed_energy_j": _num(att.get(d))} for d, e in s.energy_j.items()]
-        with self._write() as conn:
-            if domains:
-                conn.execute(insert(S.run_domains), domains)
-            if segs:
-                conn.execute(insert(S.segments), segs)
-            if seg_energy:
-                conn.execute(insert(S.segment_energy), seg_energy)
-        self.add_samples(run_id, m.samples)
+        return domains, segs, seg_energy
 
     def add_samples(self, run_id: int, samples: Sequence["PowerSample"]) -> int:
         """Bulk-insert power samples (executemany, :data:`SAMPLE_CHUNK` rows per transaction)."""
         sql, order = self._samples_insert()
-        if order is None:  # named parameters (psycopg: %(name)s)
-            rows: list[Any] = [{"run_id": run_id, "t_s": s.t_s, "domain": s.domain, "power_w": _num(s.power_w)}
-                               for s in samples]
-        else:
-            rows = [(run_id, s.t_s, s.domain, _num(s.power_w)) for s in samples]
+        rows = self._sample_rows(run_id, samples, order)
         for chunk in _chunks(rows, SAMPLE_CHUNK):
             with self._write() as conn:
                 conn.exec_driver_sql(sql, chunk)  # straight to cursor.executemany
         return len(rows)
+
+    @staticmethod
+    def _sample_rows(run_id: int, samples: Sequence["PowerSample"], order: tuple[str, ...] | None) -> list[Any]:
+        if order is None:  # named parameters (psycopg: %(name)s)
+            return [{"run_id": run_id, "t_s": s.t_s, "domain": s.domain, "power_w": _num(s.power_w)}
+                    for s in samples]
+        return [(run_id, s.t_s, s.domain, _num(s.power_w)) for s in samples]
 
     def _samples_insert(self) -> tuple[str, tuple[str, ...] | None]:
         """The samples INSERT in this driver's parameter style, compiled once. Sending plain
