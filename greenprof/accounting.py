@@ -32,17 +32,16 @@ Pure functions and plain dataclasses; nothing heavy is imported.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from greenprof.errors import UsageError
+from greenprof.labels import TOKEN_LABEL
 from greenprof.models.errors import AttributionError
 
 J_PER_KWH = 3.6e6
 PHASES = ("setup", "prefill", "decode", "teardown")
-_TOKEN_LABEL = re.compile(r"^token-(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,9 +96,17 @@ def energy_label(method: str, basis: str) -> str:
 # Phases
 
 
-def is_token_label(label: str) -> bool:
-    """``token-N``: the mark closing one generated token's segment."""
-    return _TOKEN_LABEL.match(label) is not None
+def generated_tokens(segments: Iterable[Any]) -> int:
+    """Tokens a measurement's segments generated: one per ``token-N`` segment, plus what the
+    merged ``decode`` segments say they hold (``Segment.tokens``)."""
+    n = 0
+    for s in segments:
+        k = getattr(s, "tokens", None)
+        if k is not None and s.label == "decode":
+            n += k
+        elif TOKEN_LABEL.match(s.label):
+            n += 1
+    return n
 
 
 def segment_phases(labels: Sequence[str]) -> list[str]:
@@ -107,7 +114,7 @@ def segment_phases(labels: Sequence[str]) -> list[str]:
     ``decode`` for tokens stored merged),
     ``setup`` (before the first of those), ``teardown`` (after the last), else ``other``
     (between them, or every segment of a run without phase marks)."""
-    kinds = ["prefill" if lb == "prefill" else "decode" if lb == "decode" or _TOKEN_LABEL.match(lb) else "other"
+    kinds = ["prefill" if lb == "prefill" else "decode" if lb == "decode" or TOKEN_LABEL.match(lb) else "other"
              for lb in labels]
     phased = [i for i, k in enumerate(kinds) if k != "other"]
     if not phased:
@@ -516,7 +523,7 @@ def attribute(measurement: Any, prompt_tokens: int, new_tokens: int, *, batch: i
     prefill = [s for s in segments if s.label == "prefill"]
     decode: dict[int, Any] = {}
     for seg in segments:
-        m = _TOKEN_LABEL.match(seg.label)
+        m = TOKEN_LABEL.match(seg.label)
         if m:
             decode[int(m.group(1))] = seg
     if len(prefill) != 1:

@@ -50,6 +50,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from greenprof.labels import TOKEN_LABEL
 from greenprof.errors import SensorLost, UsageError
 
 
@@ -77,6 +78,9 @@ class Segment:
     energy_j: dict[str, float]  # gross, per domain
     idle_energy_j: dict[str, float]  # idle power x duration, per domain (empty without a baseline)
     attributed_energy_j: dict[str, float] = field(default_factory=dict)  # this window's share
+    #: generated tokens in a ``decode`` segment that holds several (a Meter with
+    #: ``token_segments=False``); None: the label says (``token-N`` is one token)
+    tokens: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -145,44 +149,6 @@ class Measurement:
     @property
     def idle_energy_j(self) -> dict[str, float]:
         return {d: self.idle_power_w.get(d, 0.0) * self.duration_s for d in self.energy_j}
-
-    def phase_segments(self) -> tuple["Measurement", dict[int, int]]:
-        """A copy whose consecutive ``token-N`` segments are merged into one ``decode`` segment
-        (their energies added, per domain), and {segment index: tokens} for the merged ones.
-
-        Every joule and second is kept; only the per-token detail goes. ``greenprof serve``
-        stores its requests this way: a server answering 100 requests a second would otherwise
-        write thousands of segment rows a second."""
-        import dataclasses
-
-        from greenprof.accounting import is_token_label
-
-        out: list[Segment] = []
-        tokens: dict[int, int] = {}
-        run: list[Segment] = []
-
-        def flush() -> None:
-            if not run:
-                return
-            def add(key: str) -> dict[str, float]:
-                total: dict[str, float] = {}
-                for seg in run:
-                    for d, v in getattr(seg, key).items():
-                        total[d] = total.get(d, 0.0) + v
-                return total
-            tokens[len(out)] = len(run)
-            out.append(Segment("decode", run[0].start_s, run[-1].end_s, add("energy_j"), add("idle_energy_j"),
-                               add("attributed_energy_j")))
-            run.clear()
-
-        for seg in self.segments:
-            if is_token_label(seg.label):
-                run.append(seg)
-                continue
-            flush()
-            out.append(seg)
-        flush()
-        return dataclasses.replace(self, segments=out), tokens
 
     @property
     def dynamic_energy_j(self) -> dict[str, float]:
@@ -678,11 +644,17 @@ class Meter:
         False (the default): the window sees all the energy of its parent (the process, or the
         window it is nested in), like an outer reference. True: it is one of several concurrent
         windows (requests, track() blocks) that split their parent's energy among themselves.
+    token_segments:
+        True (the default): every ``token-N`` mark closes a segment of its own. False: runs of
+        consecutive ``token-N`` marks make one ``decode`` segment whose ``tokens`` says how many
+        (a new one starts at each sampler tick, where the CPU share may change). Every joule and
+        second is kept; the per-token detail is not, and a mark costs no segment
+        (``greenprof serve`` measures its requests this way).
     """
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0,
                  idle_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
-                 split: bool = False, **discover_kwargs) -> None:
+                 split: bool = False, token_segments: bool = True, **discover_kwargs) -> None:
         if not (isinstance(sample_hz, (int, float)) and not isinstance(sample_hz, bool)
                 and math.isfinite(sample_hz) and sample_hz >= 0):
             raise UsageError(f"sample_hz must be a number >= 0 (got {sample_hz!r})")
@@ -697,6 +669,8 @@ class Meter:
         self.sample_hz = float(sample_hz)
         self.idle_s = float(idle_s)
         self.split = bool(split)
+        self.token_segments = bool(token_segments)
+        self._row_tokens: dict[int, int] = {}  # row index -> tokens it closes (merged decode rows)
         self._clock = clock
         self._discover_kwargs = discover_kwargs
         self._hub: _Hub | None = None
@@ -848,8 +822,21 @@ class Meter:
             t = hub.clock()
             vals = hub._read_vals(hub.readers)
             acc = [0.0] * len(vals)
+            point = hub.point_base + len(hub.points) - 1
+            rows = self._rows
+            if not self.token_segments and TOKEN_LABEL.match(label):
+                label, n = "decode", 1
+                last = len(rows) - 1
+                if last in self._row_tokens and rows[last][4] == point:
+                    # the previous token's row, in the same share interval: this one replaces it
+                    # (rows hold running totals, so nothing between them is lost)
+                    n += self._row_tokens.pop(last)
+                    dropped = rows.pop()
+                    if self._pending and self._pending[-1][1] is dropped[3]:
+                        self._pending.pop()
+                self._row_tokens[len(rows)] = n
             self._pending.append((vals, acc))
-            self._rows.append((t, label, vals, acc, hub.point_base + len(hub.points) - 1))
+            rows.append((t, label, vals, acc, point))
 
     def _settle(self, frac: float, last: list[float]) -> None:
         """Fill the attributed running totals of the rows marked since the hub's last read
@@ -1092,6 +1079,7 @@ class Meter:
 
         marks = [(k, r) for k, r in enumerate(rows) if r[1] is not None]
         segments: list[Segment] = []
+        row_tokens = self._row_tokens
         for (ka, (ta, _la, va, _aa, _pa)), (kb, (tb, lb, vb, _ab, _pb)) in zip(marks, marks[1:]):
             dur = tb - ta
             segments.append(Segment(
@@ -1099,6 +1087,7 @@ class Meter:
                 {doms[i]: vb[i] - va[i] for i in range(nd)},
                 {d: w * dur for d, w in idle.items()},
                 {doms[i]: att_at[kb][i] - att_at[ka][i] for i in range(nd)},
+                row_tokens.get(kb),
             ))
         if len(segments) > 1 and segments[-1].label == "end" and segments[-1].duration_s == 0:
             segments.pop()

@@ -129,7 +129,7 @@ def request_energy(m: Any, prompt_tokens: int, costing: Costing) -> Energy:
 
     basis = accounting.measurement_basis(m)
     phases, marked = accounting.measurement_phases(m, basis)
-    generated = sum(1 for s in m.segments if s.label.startswith("token-"))
+    generated = accounting.generated_tokens(m.segments)
     fig = accounting.run_figures(phases, basis=basis, phases_marked=marked, prompt_tokens=prompt_tokens,
                                  generated_tokens=generated, requests=1,
                                  intensity_g_per_kwh=costing.intensity_g_per_kwh, pue=costing.pue,
@@ -146,10 +146,9 @@ class _Record:
     m: Any
     status: str
     error: str | None
-    tokens: dict[int, int] | None = None
 
     def item(self) -> tuple:
-        return (self.fields, self.m, self.status, self.error, self.tokens)
+        return (self.fields, self.m, self.status, self.error)
 
 
 class StoreWriter:
@@ -169,10 +168,9 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._loop, name="greenprof-store", daemon=True)
         self._thread.start()
 
-    def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None,
-               tokens: dict[int, int] | None = None) -> None:
+    def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None) -> None:
         """Queue one finished run (see :meth:`greenprof.store.Store.record_runs`)."""
-        self._q.put(_Record(fields, m, status, error, tokens))
+        self._q.put(_Record(fields, m, status, error))
 
     def _loop(self) -> None:
         while True:
@@ -378,7 +376,9 @@ class Engine:
             from greenprof.meter import Meter
 
             node.request_started()
-            meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True)
+            # per-token marks, one decode segment: a request is stored by phase (setup, prefill,
+            # decode with its token count, end), not one row per token
+            meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True, token_segments=False)
             try:
                 meter.start()
             except BaseException:
@@ -445,15 +445,14 @@ class Engine:
         SIGTERM lets them end and stores them."""
         if self.writer is None:
             return
+        from greenprof import accounting
+
         fields = self._run_fields()
-        n = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else len(out.token_ids)
+        n = accounting.generated_tokens(m.segments) if m is not None else len(out.token_ids)
         fields.update(model_name=self.info.name, prompt_tokens=job.prompt_tokens, new_tokens=n,
                       batch_size=1, started_at=datetime.fromtimestamp(started_wall, timezone.utc),
                       extra={"serve": self._extra(job, out), "requested_new_tokens": job.max_tokens})
-        tokens = None
-        if m is not None:  # a request is stored by phase: prefill, decode (all its tokens), end
-            m, tokens = m.phase_segments()
-        self.writer.record(fields, m, out.status, out.error, tokens)
+        self.writer.record(fields, m, out.status, out.error)
 
     @staticmethod
     def _extra(job: Job, out: Outcome | None = None) -> dict[str, Any]:

@@ -326,3 +326,41 @@ def test_mark_misuse_is_a_usage_error_at_the_call_and_loses_nothing():
     assert [s.label for s in meter.measurement.segments] == ["ok", "end"]
     with pytest.raises(UsageError, match="after the window stopped"):
         meter.mark("late")
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize("sample_hz", [0, 50])
+def test_token_segments_false_merges_tokens_and_keeps_every_joule(sample_hz):
+    """One decode segment per share interval instead of one per token: the same joules and
+    seconds, the token count on the segments, the marks around them untouched."""
+    trace = PowerTrace("cpu-package-0", [0.0, 100.0], [10.0, 30.0])
+    with Meter(collectors=[ReplayCounterCollector(trace)], sample_hz=sample_hz, token_segments=False) as meter:
+        _spin(0.01)
+        meter.mark("prefill")
+        for i in range(1, 41):
+            _spin(0.002)
+            meter.mark(f"token-{i}")
+        meter.mark("wrap-up")
+    m = meter.measurement
+    labels = [s.label for s in m.segments]
+    decode = [s for s in m.segments if s.label == "decode"]
+    assert labels[0] == "prefill" and labels[-1] in ("wrap-up", "end") and "wrap-up" in labels
+    assert sum(s.tokens for s in decode) == 40 and all(s.tokens >= 1 for s in decode)
+    if sample_hz == 0:
+        assert len(decode) == 1  # no sampler tick in between: one segment
+    else:
+        assert len(decode) > 1  # ~80 ms of tokens at 50 Hz: split at the ticks
+    # contiguous, and adding up to the whole window (gross and attributed)
+    for a, b in zip(m.segments, m.segments[1:]):
+        assert b.start_s == a.end_s
+    d = "cpu-package-0"
+    assert math.fsum(s.energy_j[d] for s in m.segments) == pytest.approx(m.energy_j[d], rel=1e-12)
+    assert math.fsum(s.attributed_energy_j[d] for s in m.segments) == pytest.approx(m.attributed_energy_j[d], rel=1e-12)
+    from greenprof.accounting import generated_tokens
+
+    assert generated_tokens(m.segments) == 40

@@ -276,16 +276,15 @@ class Store:
             row["hardware_fingerprint"] = fingerprint(row["hardware"])
         return row
 
-    def record_runs(self, runs: Sequence[tuple]) -> list[int]:
+    def record_runs(self, runs: Sequence[tuple[Mapping[str, Any], "Measurement | None", str, str | None]]
+                    ) -> list[int]:
         """Store whole finished runs in one transaction: each item is ``(fields, measurement,
-        status, error)`` or ``(fields, measurement, status, error, tokens)``, with ``fields`` as
-        for :meth:`start_run` and ``tokens`` as for :meth:`finish_run`. Returns their ids in order.
+        status, error)``, ``fields`` as for :meth:`start_run`. Returns their ids in order.
 
         For work that is stored once it has ended (``greenprof serve``'s requests, written in
         batches): all of a batch is there or none of it, and no run is ever seen ``running``.
         """
-        runs = [tuple(r) if len(r) == 5 else (*r, None) for r in runs]
-        for _, _, status, _, _ in runs:
+        for _, _, status, _ in runs:
             if status not in S.RUN_STATUSES or status == "running":
                 raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
         rows = [self._run_row(r[0]) for r in runs]
@@ -293,7 +292,7 @@ class Store:
         children: tuple[list, list, list] = ([], [], [])
         samples: list[Any] = []
         sql, order = self._samples_insert()
-        for row, (_, m, status, error, _) in zip(rows, runs):
+        for row, (_, m, status, error) in zip(rows, runs):
             row.update(self._finish_values(m, status, error, ended))
         # one INSERT for the batch, ids returned in the rows' order (SQLAlchemy's insertmanyvalues)
         keys = sorted(set().union(*rows)) if rows else []
@@ -301,9 +300,9 @@ class Store:
         stmt = insert(S.runs).returning(S.runs.c.id, sort_by_parameter_order=True)
         with self._write() as conn:
             ids = [int(x) for x in conn.execute(stmt, params).scalars().all()] if params else []
-            for rid, row, (_, m, _, _, tokens) in zip(ids, rows, runs):
+            for rid, row, (_, m, _, _) in zip(ids, rows, runs):
                 if m is not None:
-                    for into, more in zip(children, self._result_rows(rid, m, tokens or {}, row.get("prompt_tokens"))):
+                    for into, more in zip(children, self._result_rows(rid, m, {}, row.get("prompt_tokens"))):
                         into.extend(more)
                     samples.extend(self._sample_rows(rid, m.samples, order))
             for table, rows_ in zip((S.run_domains, S.segments, S.segment_energy), children):
@@ -428,6 +427,8 @@ class Store:
                 n = tokens[idx]
             elif s.label in tokens:
                 n = tokens[s.label]
+            elif getattr(s, "tokens", None) is not None:  # a merged decode segment
+                n = s.tokens
             else:
                 n = prompt_tokens if kind == "prefill" else 1 if kind == "decode" else None
             segs.append({"run_id": run_id, "idx": idx, "label": s.label, "kind": kind,
