@@ -55,9 +55,19 @@ def _gpu_names() -> list[str]:
 
 def fingerprint(hw: dict | None = None) -> str:
     """Short stable hash of the hardware description: runs on the same box compare."""
-    hw = hardware() if hw is None else hw
+    if hw is None or hw is hardware():  # this machine's, hashed once
+        return _own_fingerprint()
+    return _hash(hw)
+
+
+def _hash(hw: dict) -> str:
     blob = json.dumps(hw, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def _own_fingerprint() -> str:
+    return _hash(hardware())
 
 
 def software() -> dict:

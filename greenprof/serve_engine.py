@@ -152,12 +152,15 @@ class _Record:
 
 
 class StoreWriter:
-    """One thread that stores finished runs in submission order, in batches: whatever runs are
-    queued when it gets to them go in one transaction (at most :attr:`BATCH`), so a busy server
-    pays one commit per batch, not several per request. A failure warns once per kind on stderr
+    """One thread that stores finished runs in submission order, in batches: the runs that end
+    within :attr:`LINGER_S` of the first go in one transaction (at most :attr:`BATCH`), so a busy
+    server pays one commit per batch, not several per request. A failure warns once per kind on stderr
     and never reaches the request (one bad run does not lose the rest of its batch)."""
 
     BATCH = 256
+    #: how long the first run of a batch waits for others (a run is in the database at most
+    #: this long, plus the write, after its request ended)
+    LINGER_S = 0.25
 
     def __init__(self, store: Any, warn: Callable[[str], None]) -> None:
         self.store = store
@@ -165,6 +168,7 @@ class StoreWriter:
         self._q: "queue.Queue[_Record | None]" = queue.Queue()
         self._warned: set[str] = set()
         self.lost = 0  # runs that could not be stored
+        self._flush_now = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="greenprof-store", daemon=True)
         self._thread.start()
 
@@ -175,19 +179,21 @@ class StoreWriter:
     def _loop(self) -> None:
         while True:
             item = self._q.get()
-            stop = item is None
-            batch = [] if stop else [item]
-            while not stop and len(batch) < self.BATCH:
+            if item is None:
+                return
+            # let the runs that end meanwhile join this one (close() cuts the wait short)
+            self._flush_now.wait(self.LINGER_S)
+            batch, stop = [item], False
+            while len(batch) < self.BATCH:
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stop = True
-                else:
-                    batch.append(nxt)
-            if batch:
-                self._write_batch(batch)
+                    break
+                batch.append(nxt)
+            self._write_batch(batch)
             if stop:
                 return
 
@@ -215,6 +221,7 @@ class StoreWriter:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, then stop."""
+        self._flush_now.set()
         self._q.put(None)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
