@@ -252,6 +252,7 @@ class _Hub:
         self.hold_hz = 0.0  # the highest sample rate a ProcessReader holding this hub asked for
         self.idle_j: list[float] = [0.0] * len(collectors)  # gross J while no window was open
         self.held: list[float] = [0.0] * len(collectors)  # each counter's last good value
+        self.tok_at_t: dict[Any, tuple[float, int]] = {}  # see read()
         self.last_vals = self._read_vals(self.readers)
         self._share_point(self.clock())
 
@@ -353,6 +354,9 @@ class _Hub:
     def read(self, poll: bool = False) -> tuple[float, list[float]]:
         """Read every counter, give each open window its part. Lock held by the caller."""
         t = self.clock()
+        # where each merging window's token count stood at t (tokens are marked without the
+        # lock, so while the counters are read below, more may come: they belong after t)
+        self.tok_at_t = {w: w._tok for w in self.windows if not w.token_segments}
         vals = self._read_vals(self.pollers if poll else self.readers)
         last = self.last_vals
         delta = [v - a for v, a in zip(vals, last)]
@@ -645,11 +649,13 @@ class Meter:
         window it is nested in), like an outer reference. True: it is one of several concurrent
         windows (requests, track() blocks) that split their parent's energy among themselves.
     token_segments:
-        True (the default): every ``token-N`` mark closes a segment of its own. False: runs of
-        consecutive ``token-N`` marks make one ``decode`` segment whose ``tokens`` says how many
-        (a new one starts at each sampler tick, where the CPU share may change). Every joule and
-        second is kept; the per-token detail is not, and a mark costs no segment
-        (``greenprof serve`` measures its requests this way).
+        True (the default): every ``token-N`` mark reads the counters and closes a segment of its
+        own. False: a ``token-N`` mark only counts the token and keeps its time; the tokens
+        marked between two rows of the window (its other marks, sampler ticks) make one
+        ``decode`` segment whose ``tokens`` says how many. Its end, at the last token's time, is
+        placed on the counters by interpolating in time between the readings around it, so the
+        energy of the whole window and of the spans between readings stays measured while a
+        token mark costs about a microsecond (``greenprof serve`` measures its requests this way).
     """
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0,
@@ -671,6 +677,8 @@ class Meter:
         self.split = bool(split)
         self.token_segments = bool(token_segments)
         self._row_tokens: dict[int, int] = {}  # row index -> tokens it closes (merged decode rows)
+        self._tok: tuple[float, int] = (0.0, 0)  # (time of the last token mark, tokens marked)
+        self._tok_done = 0  # tokens already in a decode row
         self._clock = clock
         self._discover_kwargs = discover_kwargs
         self._hub: _Hub | None = None
@@ -814,6 +822,11 @@ class Meter:
         if type(label) is not str or not label or label in ("start", "end"):
             raise UsageError(f"mark() takes a non-empty text label other than 'start'/'end' (got {label!r})")
         hub = self._hub
+        if not self.token_segments and TOKEN_LABEL.match(label):
+            # no reading, no lock: the token is counted, and its time kept for the boundary of
+            # the decode segment that the next row of this window closes (see _flush_tokens)
+            self._tok = (hub.clock(), self._tok[1] + 1)
+            return
         with hub.lock:
             # Read the counters, but leave sharing the energy to the hub's next read (the
             # sampler's tick, a window's start or stop): this row's attributed part is then this
@@ -822,21 +835,22 @@ class Meter:
             t = hub.clock()
             vals = hub._read_vals(hub.readers)
             acc = [0.0] * len(vals)
-            point = hub.point_base + len(hub.points) - 1
-            rows = self._rows
-            if not self.token_segments and TOKEN_LABEL.match(label):
-                label, n = "decode", 1
-                last = len(rows) - 1
-                if last in self._row_tokens and rows[last][4] == point:
-                    # the previous token's row, in the same share interval: this one replaces it
-                    # (rows hold running totals, so nothing between them is lost)
-                    n += self._row_tokens.pop(last)
-                    dropped = rows.pop()
-                    if self._pending and self._pending[-1][1] is dropped[3]:
-                        self._pending.pop()
-                self._row_tokens[len(rows)] = n
+            if self._tok[1] > self._tok_done:
+                self._flush_tokens(t, self._tok)  # this thread marked them: all before t
             self._pending.append((vals, acc))
-            rows.append((t, label, vals, acc, point))
+            self._rows.append((t, label, vals, acc, hub.point_base + len(hub.points) - 1))
+
+    def _flush_tokens(self, t_row: float, tok: tuple[float, int]) -> None:
+        """Before a row at ``t_row`` is appended (hub lock held): the tokens marked since the
+        last flush become one ``decode`` row at the last token's time. Its counters are not
+        read there; _build interpolates them in time between the rows around it (the readings
+        just before the first of those tokens and at ``t_row``, a sampler tick or the next mark,
+        which at the end of a generation comes microseconds after the last token)."""
+        t, n = tok  # the count as it stood at t_row: later tokens wait for the next flush
+        if n > self._tok_done and t <= t_row and self._rows:
+            self._row_tokens[len(self._rows)] = n - self._tok_done
+            self._rows.append((t, "decode", None, None, self._rows[-1][4]))
+            self._tok_done = n
 
     def _settle(self, frac: float, last: list[float]) -> None:
         """Fill the attributed running totals of the rows marked since the hub's last read
@@ -850,6 +864,9 @@ class Meter:
         self._pending.clear()
 
     def _row(self, t: float, label: str | None, vals: list[float], point_idx: int) -> None:
+        """Append a row read by the hub at ``t`` (hub lock held)."""
+        if self._tok[1] > self._tok_done:
+            self._flush_tokens(t, self._hub.tok_at_t.get(self, (t, self._tok_done)))
         self._rows.append((t, label, vals, self._acc[:], point_idx))
 
     def _warn(self, msg: str) -> None:
@@ -971,26 +988,6 @@ class Meter:
                                min(1.0, mine / max(span_busy, mine)) if mine > 0 else 0.0)
             spans[idxs[n]] = span_busy
         return shares, spans
-        pos = {k: n for n, k in enumerate(idxs)}
-        for k in idxs:
-            if k <= lo_idx or pos[k] == 0:
-                continue
-            a, b = pos[k] - 1, pos[k]
-            while True:
-                pa, pb = points[idxs[a]], points[idxs[b]]
-                busy = pb.cpu.machine_busy_s - pa.cpu.machine_busy_s
-                if busy >= SHARE_MIN_BUSY_S or (a == 0 and b == len(idxs) - 1):
-                    break
-                if a > 0:
-                    a -= 1
-                else:
-                    b += 1
-            mine = pb.proc_s - pa.proc_s
-            # busy time is counted in ticks, this process's time in ns: when the ticks undercount
-            # (a short span with this process alone), the share is 1, never above
-            shares[k] = 1.0 if mine <= 0 and busy <= 0 else min(1.0, mine / max(busy, mine)) if mine > 0 else 0.0
-            spans[k] = busy
-        return shares, spans
 
     def _check_sampling_rate(self, hub: _Hub) -> None:
         for c in hub.collectors:
@@ -1044,17 +1041,35 @@ class Meter:
                        "measurement window(s) were open in this process: it may not be idle")
 
     # -- result ----------------------------------------------------------------------------
+    @staticmethod
+    def _interpolate_token_rows(rows: list, nd: int) -> list:
+        """The rows with each ``decode`` row's counters and attributed totals interpolated in
+        time between the rows before and after it (those were read)."""
+        out = list(rows)
+        for k, (t, label, vals, acc, point) in enumerate(rows):
+            if vals is not None:
+                continue
+            ta, _, va, aa, _ = out[k - 1]
+            tb, _, vb, ab, _ = rows[k + 1]
+            f = (t - ta) / (tb - ta) if tb > ta else 1.0
+            out[k] = (t, label, [va[i] + f * (vb[i] - va[i]) for i in range(nd)],
+                      [aa[i] + f * (ab[i] - aa[i]) for i in range(nd)], point)
+        return out
+
     def _build(self, status: str, hub: _Hub, hub_samples, points: dict[int, _SharePoint],
                lost: dict[str, str], lost_t: dict[str, float], uncertain: dict[str, str]) -> Measurement:
         doms = hub.domains
         nd = len(doms)
         rows = self._rows
+        if self._row_tokens:
+            rows = self._interpolate_token_rows(rows, nd)
         t0 = rows[0][0]
         idle = dict(self._idle_power_w)
 
         first_point = rows[0][4]
-        cpu_share, cpu_span = self._cpu_shares(points, first_point)
         machine = [hub.scopes[i] == "machine" for i in range(nd)]
+        # the CPU-time apportioning is for machine-wide counters only
+        cpu_share, cpu_span = self._cpu_shares(points, first_point) if any(machine) else ({}, {})
 
         # this process's share of each domain for the interval that ends at point k
         def p_of(k: int, i: int) -> float:
