@@ -891,7 +891,7 @@ class Meter:
                 hub.remove(self)
                 self._state = "stopped"
                 samples = self._window_samples(hub)
-                points = self._window_points(hub)
+                points = self._window_points(hub, history="machine" in hub.scopes)
                 lost = {hub.domains[i]: why for i, (why, t) in hub.lost.items()}
                 lost_t = {hub.domains[i]: t for i, (why, t) in hub.lost.items()}
                 sampler_error = hub.sampler_error
@@ -938,9 +938,10 @@ class Meter:
             out.append((t, vals))
         return out
 
-    def _window_points(self, hub: _Hub) -> dict[int, _SharePoint]:
-        """Every share point from a little before the window to its end (earlier ones widen
-        the spans of short intervals at the start)."""
+    def _window_points(self, hub: _Hub, history: bool = True) -> dict[int, _SharePoint]:
+        """Every share point from a little before the window to its end, and with ``history``
+        the earlier ones that widen the spans of short intervals at the start (only a
+        machine-wide counter's CPU-time share needs them)."""
         first = min(r[4] for r in self._rows)
         last = max(r[4] for r in self._rows) + 1
         out = {}
@@ -948,6 +949,8 @@ class Meter:
             k = i - hub.point_base
             if 0 <= k < len(hub.points):
                 out[i] = hub.points[k]
+        if not history:
+            return out
         t_from = self._t0 - SHARE_HISTORY_S
         i = max(hub.point_base, first - 1) - 1
         while i >= hub.point_base and hub.points[i - hub.point_base].t >= t_from:
