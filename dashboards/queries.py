@@ -217,23 +217,13 @@ class _Grids:
     def __init__(self, fallback_intensity: float, fallback_price: float) -> None:
         self.fallback_intensity = float(fallback_intensity)
         self.fallback_price = float(fallback_price)
-        self._regions: dict[str, float | None] = {}
+        self._regions: dict[str, accounting.Grid | None] = {}
 
     def intensity(self, run: "RunRecord") -> tuple[float, bool]:
         """(g CO2e per kWh, whether it is the fallback)."""
-        if run.intensity_g_per_kwh is not None:
-            return float(run.intensity_g_per_kwh), False
-        if run.region:
-            if run.region not in self._regions:
-                from greenprof import carbon
-
-                try:
-                    self._regions[run.region] = carbon.lookup(run.region).intensity_g_per_kwh
-                except carbon.UnknownRegion:
-                    self._regions[run.region] = None
-            g = self._regions[run.region]
-            if g is not None:
-                return float(g), False
+        own = accounting.run_grid(run, self._regions)
+        if own is not None:
+            return float(own.g_per_kwh), False
         return self.fallback_intensity, True
 
     def price(self, run: "RunRecord") -> float:

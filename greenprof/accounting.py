@@ -285,6 +285,27 @@ class Grid:
             region, g_per_kwh, source, year, what_if
 
 
+def run_grid(run: Any, regions: dict[str, Grid | None] | None = None) -> Grid | None:
+    """The intensity a run's own record costs it at: the stored intensity, else its region's
+    (CodeCarbon's data); None when it has neither. ``regions`` caches region lookups."""
+    if run.intensity_g_per_kwh is not None:
+        return Grid(run.region, run.intensity_g_per_kwh, run.intensity_source, run.intensity_year, False)
+    if not run.region:
+        return None
+    if regions is not None and run.region in regions:
+        return regions[run.region]
+    from greenprof import carbon
+
+    try:
+        g = carbon.lookup(run.region)
+        grid: Grid | None = Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
+    except carbon.UnknownRegion:
+        grid = None
+    if regions is not None:
+        regions[run.region] = grid
+    return grid
+
+
 class Costing:
     """Resolves, per run, the grid intensity and price to cost it with."""
 
@@ -312,16 +333,9 @@ class Costing:
         if self.what_if is not None:
             w = self.what_if
             return Grid(w.region, w.intensity_g_per_kwh, w.source, w.year, True)
-        if run.intensity_g_per_kwh is not None:
-            return Grid(run.region, run.intensity_g_per_kwh, run.intensity_source, run.intensity_year, False)
-        if run.region:
-            from greenprof import carbon
-
-            try:
-                g = carbon.lookup(run.region)
-                return Grid(g.region, g.intensity_g_per_kwh, g.source, g.year, False)
-            except carbon.UnknownRegion:
-                pass
+        own = run_grid(run)
+        if own is not None:
+            return own
         if not needed:
             return Grid(run.region, None, run.intensity_source, run.intensity_year, False)
         self._unpriced.append(run.id)
