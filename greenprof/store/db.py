@@ -117,7 +117,7 @@ class Store:
         self._origin = origin
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._samples_sql: tuple[str, tuple[str, ...] | None] | None = None
+        self._insert_sql: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
         self.path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
         where = str(self.path) if self.path else url.render_as_string(hide_password=True)
         self._errors = _ErrorMap(where, origin)
@@ -306,8 +306,7 @@ class Store:
                         into.extend(more)
                     samples.extend(self._sample_rows(rid, m.samples, order))
             for table, rows_ in zip((S.run_domains, S.segments, S.segment_energy), children):
-                if rows_:
-                    conn.execute(insert(table), rows_)
+                self._bulk(conn, table, rows_)
             for chunk in _chunks(samples, SAMPLE_CHUNK):
                 conn.exec_driver_sql(sql, chunk)
         return ids
@@ -387,12 +386,8 @@ class Store:
                        prompt_tokens: int | None) -> None:
         domains, segs, seg_energy = self._result_rows(run_id, m, tokens, prompt_tokens)
         with self._write() as conn:
-            if domains:
-                conn.execute(insert(S.run_domains), domains)
-            if segs:
-                conn.execute(insert(S.segments), segs)
-            if seg_energy:
-                conn.execute(insert(S.segment_energy), seg_energy)
+            for table, rows in ((S.run_domains, domains), (S.segments, segs), (S.segment_energy, seg_energy)):
+                self._bulk(conn, table, rows)
         self.add_samples(run_id, m.samples)
 
     def _result_rows(self, run_id: int, m: "Measurement", tokens: Mapping[str | int, int | None],
@@ -456,19 +451,35 @@ class Store:
                     for s in samples]
         return [(run_id, s.t_s, s.domain, _num(s.power_w)) for s in samples]
 
+    _SAMPLE_COLS = ("run_id", "t_s", "domain", "power_w")
+
     def _samples_insert(self) -> tuple[str, tuple[str, ...] | None]:
-        """The samples INSERT in this driver's parameter style, compiled once. Sending plain
-        tuples to ``executemany`` is about twice as fast as Core's per-row dict processing."""
-        if self._samples_sql is None:
-            cols = ("run_id", "t_s", "domain", "power_w")
-            compiled = insert(S.samples).compile(dialect=self._engine.dialect, column_keys=list(cols))
-            order = None
-            if compiled.positional:
-                order = tuple(compiled.positiontup or ())
-                if order != cols:  # never expected; fall back to the safe path
-                    raise StoreError(f"unexpected parameter order {order} for the samples insert")
-            self._samples_sql = (str(compiled), order)
-        return self._samples_sql
+        sql, order = self._driver_insert(S.samples, self._SAMPLE_COLS)
+        if order not in (None, self._SAMPLE_COLS):  # _sample_rows builds tuples in that order
+            raise StoreError(f"unexpected parameter order {order} for the samples insert")
+        return sql, order
+
+    def _driver_insert(self, table: Any, cols: tuple[str, ...]) -> tuple[str, tuple[str, ...] | None]:
+        """``table``'s INSERT of ``cols`` in this driver's parameter style, compiled once, and
+        the column order of its positional parameters (None: named). Sending plain tuples to
+        ``executemany`` is several times faster than Core's per-row parameter processing; the
+        columns it is used for are plain numbers and text, which need none."""
+        key = (table.name, cols)
+        hit = self._insert_sql.get(key)
+        if hit is None:
+            compiled = insert(table).compile(dialect=self._engine.dialect, column_keys=list(cols))
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            if order is not None and set(order) != set(cols):  # never expected
+                raise StoreError(f"unexpected parameters {order} for the {table.name} insert")
+            hit = self._insert_sql[key] = (str(compiled), order)
+        return hit
+
+    def _bulk(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (dicts with the same keys) into ``table`` with one executemany."""
+        if not rows:
+            return
+        sql, order = self._driver_insert(table, tuple(rows[0]))
+        conn.exec_driver_sql(sql, rows if order is None else [tuple(r[c] for c in order) for r in rows])
 
     def mark_stale_runs(self) -> list[int]:
         """Report as ``interrupted`` the runs still ``running`` whose process on this host is gone.
