@@ -684,3 +684,23 @@ def test_record_runs_stores_a_batch_whole(tmp_path):
 
 def test_postgresql_record_runs(postgres_url):
     record_runs_round_trip(postgres_url)
+
+
+def test_shared_store_is_reused_and_reopened_when_the_file_is_replaced(tmp_path):
+    """track()'s store: one per database in the process, opened again when its file is gone."""
+    from greenprof.store import shared_store
+
+    db = tmp_path / "shared.db"
+    a = shared_store(db)
+    assert shared_store(f"sqlite:///{db}") is a  # the same database, however it is named
+    rid = a.start_run(model_name="one")
+    a.finish_run(rid, None, status="failed")
+    db.unlink()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / f"shared.db{extra}").unlink(missing_ok=True)
+    b = shared_store(db)
+    assert b is not a and db.exists()  # a fresh, migrated file, not the deleted one's connections
+    assert b.list_runs(limit=None) == []
+    b.finish_run(b.start_run(model_name="two"), None, status="failed")
+    with open_store(db, readonly=True) as store:
+        assert [r.model_name for r in store.list_runs(limit=None)] == ["two"]
