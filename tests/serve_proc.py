@@ -96,6 +96,19 @@ def serve_runs(db: str, *, idle: bool = False):
     return [r for r in runs if (r.model_name == "(idle)") == idle]
 
 
+def settled_serve_runs(db: str, quiet_s: float = 0.6, timeout_s: float = 20.0):
+    """The stored serve runs once none has been added for ``quiet_s`` (the server writes a
+    finished request's run up to 0.25 s later, batched with the others)."""
+    end = time.monotonic() + timeout_s
+    runs = serve_runs(db)
+    while True:
+        time.sleep(quiet_s)
+        again = serve_runs(db)
+        if len(again) == len(runs) or time.monotonic() > end:
+            return again
+        runs = again
+
+
 def run_of(db: str, request_id: str, timeout_s: float = 20.0, done: bool = True):
     """The stored run of a request (its id is in extra.serve.request_id), once it is finished."""
     from greenprof.store import open_store

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from powercap_fake import CounterWriter, build
-from serve_proc import Proc, env_with, free_port, http, run_of, serve_runs
+from serve_proc import Proc, env_with, free_port, http, run_of, serve_runs, settled_serve_runs
 
 POWER_W = 25.0
 INTENSITY = 100.0
@@ -105,11 +105,14 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     run = run_of(server["db"], r.id)
     assert (run.kind, run.status, run.model_name) == ("serve", "completed", "tiny")
     assert (run.prompt_tokens, run.new_tokens) == (u.prompt_tokens, 12)
-    # measured per token, stored per phase: the 12 token segments merged into one decode segment
-    by_label = {s.label: s for s in run.segments}
-    assert [s.label for s in run.segments if s.label != "setup"] == ["prefill", "decode", "end"]
-    assert (by_label["decode"].kind, by_label["decode"].tokens) == ("decode", 12)
-    assert (by_label["prefill"].kind, by_label["prefill"].tokens) == ("prefill", u.prompt_tokens)
+    # marked per token, stored per phase: the 12 tokens in decode segments (one per sampler
+    # interval the generation spans) that say how many they hold
+    labels = [s.label for s in run.segments if s.label != "setup"]
+    assert labels[0] == "prefill" and labels[-1] == "end" and set(labels[1:-1]) == {"decode"}
+    decode = [s for s in run.segments if s.label == "decode"]
+    assert all(s.kind == "decode" for s in decode) and sum(s.tokens for s in decode) == 12
+    prefill = run.segments[[s.label for s in run.segments].index("prefill")]
+    assert (prefill.kind, prefill.tokens) == ("prefill", u.prompt_tokens)
     assert run.phases["decode"].tokens == 12
     assert stored_energy(run) == pytest.approx(e, rel=1e-9)
     serve = run.extra["serve"]
@@ -237,7 +240,7 @@ BAD = [
 
 def test_bad_requests_get_openai_errors_and_store_nothing(server, client):
     base = server["base"]
-    n_before = len(serve_runs(server["db"]))
+    n_before = len(settled_serve_runs(server["db"]))  # the earlier tests' runs are all written
     m0 = metrics(base)
     for what, body, status, param in BAD:
         path = "/v1/chat/completions" if isinstance(body, dict) and ("messages" in body or "prompt" not in body) \
@@ -265,7 +268,7 @@ def test_bad_requests_get_openai_errors_and_store_nothing(server, client):
     assert metric(m1, "greenprof_requests_total", model="tiny", status="completed") == \
         metric(m0, "greenprof_requests_total", model="tiny", status="completed")
     # nothing was stored, the server kept serving, and said nothing on stderr
-    assert len(serve_runs(server["db"])) == n_before
+    assert len(settled_serve_runs(server["db"])) == n_before
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).usage.completion_tokens >= 1
     assert "Traceback" not in server["proc"].stderr()
 
