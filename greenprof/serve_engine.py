@@ -140,17 +140,6 @@ def request_energy(m: Any, prompt_tokens: int, costing: Costing) -> Energy:
                   j_per_token=fig.j_per_token)
 
 
-@dataclass
-class _Record:
-    fields: dict[str, Any]
-    m: Any
-    status: str
-    error: str | None
-
-    def item(self) -> tuple:
-        return (self.fields, self.m, self.status, self.error)
-
-
 class StoreWriter:
     """One thread that stores finished runs in submission order, in batches: the runs that end
     within :attr:`LINGER_S` of the first go in one transaction (at most :attr:`BATCH`), so a busy
@@ -165,7 +154,8 @@ class StoreWriter:
     def __init__(self, store: Any, warn: Callable[[str], None]) -> None:
         self.store = store
         self._warn = warn
-        self._q: "queue.Queue[_Record | None]" = queue.Queue()
+        #: (fields, measurement, status, error) per run, as Store.record_runs takes them
+        self._q: "queue.Queue[tuple[dict[str, Any], Any, str, str | None] | None]" = queue.Queue()
         self._warned: set[str] = set()
         self.lost = 0  # runs that could not be stored
         self._flush_now = threading.Event()
@@ -174,7 +164,7 @@ class StoreWriter:
 
     def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None) -> None:
         """Queue one finished run (see :meth:`greenprof.store.Store.record_runs`)."""
-        self._q.put(_Record(fields, m, status, error))
+        self._q.put((fields, m, status, error))
 
     def _loop(self) -> None:
         while True:
@@ -197,9 +187,9 @@ class StoreWriter:
             if stop:
                 return
 
-    def _write_batch(self, batch: list["_Record"]) -> None:
+    def _write_batch(self, batch: list[tuple]) -> None:
         try:
-            self.store.record_runs([r.item() for r in batch])
+            self.store.record_runs(batch)
             return
         except BaseException as e:
             if len(batch) == 1:
@@ -207,7 +197,7 @@ class StoreWriter:
                 return
         for r in batch:  # one bad run must not lose the others: one transaction each
             try:
-                self.store.record_runs([r.item()])
+                self.store.record_runs([r])
             except BaseException as e:
                 self._failed(e)
 
@@ -383,8 +373,8 @@ class Engine:
             from greenprof.meter import Meter
 
             node.request_started()
-            # per-token marks, one decode segment: a request is stored by phase (setup, prefill,
-            # decode with its token count, end), not one row per token
+            # per-token marks that only count: a request is stored by phase (setup, prefill,
+            # decode segments with their token counts, end), not one row per token
             meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True, token_segments=False)
             try:
                 meter.start()
