@@ -537,7 +537,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
             if m is not None and thread_warning:
                 m.warnings.append(thread_warning)
             # store the tokens generated (one marked segment each), the request beside them
-            done = sum(1 for s in m.segments if s.label.startswith("token-")) if m is not None else 0
+            done = accounting.generated_tokens(m.segments) if m is not None else 0
             if done != req.new_tokens:
                 store.update_run(run_id, new_tokens=done,
                                  extra={"session": session, "requested_new_tokens": req.new_tokens})

@@ -96,6 +96,11 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _check_finished(status: str) -> None:
+    if status not in S.RUN_STATUSES or status == "running":
+        raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
+
+
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -285,8 +290,7 @@ class Store:
         batches): all of a batch is there or none of it, and no run is ever seen ``running``.
         """
         for _, _, status, _ in runs:
-            if status not in S.RUN_STATUSES or status == "running":
-                raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
+            _check_finished(status)
         rows = [self._run_row(r[0]) for r in runs]
         ended = _utcnow()
         children: tuple[list, list, list] = ([], [], [])
@@ -362,8 +366,7 @@ class Store:
             raise UsageError(f"run {run_id} is already {run.status}: a run is finished once")
         if status is None:
             status = measurement.status if measurement is not None else "failed"
-        if status not in S.RUN_STATUSES or status == "running":
-            raise UsageError(f"a finished run's status must be completed, failed or interrupted (got {status!r})")
+        _check_finished(status)
         try:
             if measurement is not None:
                 self._write_results(run_id, measurement, tokens or {}, run.prompt_tokens)
