@@ -52,14 +52,21 @@ def co2e_g(energy_j: float, intensity_g_per_kwh: float, pue: float = 1.0) -> flo
     """Grams of CO2e for ``energy_j`` joules of IT energy."""
     from greenprof.carbon import check_intensity, check_pue
 
-    return energy_j / J_PER_KWH * check_intensity(intensity_g_per_kwh) * check_pue(pue)
+    return _per_kwh(energy_j, check_intensity(intensity_g_per_kwh), check_pue(pue))
 
 
 def cost_usd(energy_j: float, price_usd_per_kwh: float, pue: float = 1.0) -> float:
     """US dollars for ``energy_j`` joules of IT energy at ``price_usd_per_kwh`` (energy only)."""
     from greenprof.carbon import check_price, check_pue
 
-    return energy_j / J_PER_KWH * check_price(price_usd_per_kwh) * check_pue(pue)
+    return _per_kwh(energy_j, check_price(price_usd_per_kwh), check_pue(pue))
+
+
+def _per_kwh(energy_j: float, factor_per_kwh: float, pue: float) -> float:
+    """What ``energy_j`` joules of IT energy come to at ``factor_per_kwh`` (g CO2e or USD per
+    facility kWh), with the facility's ``pue``: the one formula of co2e_g and cost_usd (their
+    factors already checked)."""
+    return energy_j / J_PER_KWH * factor_per_kwh * pue
 
 
 def co2e_g_per_1k_tokens(j_per_token: float, intensity_g_per_kwh: float, pue: float = 1.0) -> float:
@@ -188,13 +195,18 @@ def run_figures(phase_energy_j: Mapping[str, float] | None, *, basis: str, phase
     j_tok = div_or_none(phases.get("decode") if phases else None, generated_tokens)
     j_prompt = div_or_none(phases.get("prefill") if phases and phases_marked else None, prompt_tokens)
     j_req = div_or_none(total, requests)
-    g = intensity_g_per_kwh
+    from greenprof.carbon import check_intensity, check_price, check_pue
+
+    # the factors are checked once here, then each figure is co2e_g's / cost_usd's formula
+    pue = check_pue(pue)
+    g = check_intensity(intensity_g_per_kwh) if intensity_g_per_kwh is not None else None
+    price = check_price(price_usd_per_kwh) if price_usd_per_kwh is not None else None
 
     def c(j: float | None) -> float | None:
-        return co2e_g(j, g, pue) if j is not None and g is not None else None
+        return _per_kwh(j, g, pue) if j is not None and g is not None else None
 
     def usd(j: float | None) -> float | None:
-        return cost_usd(j, price_usd_per_kwh, pue) if j is not None and price_usd_per_kwh is not None else None
+        return _per_kwh(j, price, pue) if j is not None and price is not None else None
 
     return RunFigures(
         basis=basis, energy_j=total, phase_energy_j=phases, phases_marked=phases_marked,
