@@ -228,6 +228,7 @@ class _Hub:
         self.collectors = collectors
         self.domains = [c.domain for c in collectors]
         self.scopes = [_scope_of(c) for c in collectors]
+        self.has_machine = "machine" in self.scopes
         self.clock = clock
         self.readers: list[Callable[[], float]] = [c.read_j for c in collectors]
         self.pollers: list[Callable[[], float]] = [c.poll for c in collectors]
@@ -369,11 +370,12 @@ class _Hub:
                 idle[i] += d
         return t, vals
 
-    def _share_point(self, t: float) -> int:
+    def _share_point(self, t: float, cpu_view: bool = True) -> int:
         """Close a share interval at ``t``: this process's share per domain since the last point.
-        Returns the point's absolute index."""
-        cpu = self.cpu_reader.read()
-        proc_s = time.process_time()
+        Returns the point's absolute index. ``cpu_view=False`` skips reading the machine's CPU
+        times (/proc) unless a machine-wide counter needs them for its share."""
+        cpu = self.cpu_reader.read() if cpu_view or self.has_machine else None
+        proc_s = time.process_time() if cpu is not None else _NAN  # only read beside ``cpu``
         p: list[float | None] = []
         notes: dict[int, str] = {}
         for i, (c, scope) in enumerate(zip(self.collectors, self.scopes)):
@@ -415,7 +417,7 @@ class _Hub:
             self.thread_clocks[tid] = (reader, reader() if reader else _NAN)
         t, vals = self.read()  # energy so far goes to the windows already open
         self.windows.append(w)
-        idx = self._share_point(t)
+        idx = self._share_point(t, w.cpu_view)
         for o in self.windows:
             o._row(t, "start" if o is w else None, vals, idx)
         for o in self.windows:
@@ -427,7 +429,7 @@ class _Hub:
 
     def remove(self, w: "Meter") -> tuple[float, list[float], int]:
         t, vals = self.read()
-        idx = self._share_point(t)
+        idx = self._share_point(t, w.cpu_view)
         for o in self.windows:
             o._row(t, "end" if o is w else None, vals, idx)
         self.windows.remove(w)
@@ -655,12 +657,22 @@ class Meter:
         ``decode`` segment whose ``tokens`` says how many. Its end, at the last token's time, is
         placed on the counters by interpolating in time between the readings around it, so the
         energy of the whole window and of the spans between readings stays measured while a
-        token mark costs about a microsecond (``greenprof serve`` measures its requests this way).
+        token mark costs about a microsecond (``greenprof serve`` measures its requests this way;
+        :meth:`token_marker` gives the cheapest such mark).
+    cpu_view:
+        True (the default): the window reads the machine's CPU times (/proc/stat) at its start
+        and end, for the share of the machine's busy time other processes used during it
+        (``other_cpu_share``, and a warning above 10 %). False: it reads them only where a
+        machine-wide counter (RAPL) needs them for its share; with process-scope counters only
+        (the CPU estimate) the window then has no ``other_cpu_share``. ``greenprof serve``'s
+        per-request windows use False: two /proc reads per request are a large part of a small
+        model's request.
     """
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0,
                  idle_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
-                 split: bool = False, token_segments: bool = True, **discover_kwargs) -> None:
+                 split: bool = False, token_segments: bool = True, cpu_view: bool = True,
+                 **discover_kwargs) -> None:
         if not (isinstance(sample_hz, (int, float)) and not isinstance(sample_hz, bool)
                 and math.isfinite(sample_hz) and sample_hz >= 0):
             raise UsageError(f"sample_hz must be a number >= 0 (got {sample_hz!r})")
@@ -676,6 +688,7 @@ class Meter:
         self.idle_s = float(idle_s)
         self.split = bool(split)
         self.token_segments = bool(token_segments)
+        self.cpu_view = bool(cpu_view)
         self._row_tokens: dict[int, int] = {}  # row index -> tokens it closes (merged decode rows)
         self._tok: tuple[float, int] = (0.0, 0)  # (time of the last token mark, tokens marked)
         self._tok_done = 0  # tokens already in a decode row
@@ -839,6 +852,21 @@ class Meter:
                 self._flush_tokens(t, self._tok)  # this thread marked them: all before t
             self._pending.append((vals, acc))
             self._rows.append((t, label, vals, acc, hub.point_base + len(hub.points) - 1))
+
+    def token_marker(self) -> Callable[[str], None]:
+        """The cheapest callable that marks one generated token (``mark("token-N")``): with
+        ``token_segments=False`` it only counts the token and keeps its time (no label check, no
+        reading, no lock); otherwise it is :meth:`mark`. Take it once the window is running."""
+        if self.token_segments or self._state != "running":
+            return self.mark
+        clock = self._hub.clock
+
+        def token(label: str) -> None:  # noqa: ARG001 - every call is one token
+            if self._state != "running":
+                self.mark(label)  # raises the usage error mark() gives
+            self._tok = (clock(), self._tok[1] + 1)
+
+        return token
 
     def _flush_tokens(self, t_row: float, tok: tuple[float, int]) -> None:
         """Before a row at ``t_row`` is appended (hub lock held): the tokens marked since the

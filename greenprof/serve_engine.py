@@ -375,7 +375,8 @@ class Engine:
             node.request_started()
             # per-token marks that only count: a request is stored by phase (setup, prefill,
             # decode segments with their token counts, end), not one row per token
-            meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True, token_segments=False)
+            meter = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=True, token_segments=False,
+                          cpu_view=False)
             try:
                 meter.start()
             except BaseException:

@@ -364,3 +364,79 @@ def test_token_segments_false_merges_tokens_and_keeps_every_joule(sample_hz):
     from greenprof.accounting import generated_tokens
 
     assert generated_tokens(m.segments) == 40
+
+
+class _CountingCounter:
+    """A counter that moves at 10 W of wall time and counts its reads."""
+
+    method = "estimated"
+    source = "test-counter"
+    resolution_s = None
+    integrates_power = False
+    max_read_interval_s = None
+
+    def __init__(self, scope: str, domain: str = "cpu-test") -> None:
+        self.scope = scope
+        self.domain = domain
+        self.reads = 0
+        self._t0 = time.perf_counter()
+
+    def read_j(self) -> float:
+        self.reads += 1
+        return (time.perf_counter() - self._t0) * 10.0
+
+    poll = read_j
+
+    def close(self) -> None:
+        pass
+
+
+def test_token_marker_counts_tokens_without_reading_and_refuses_a_stopped_window():
+    col = _CountingCounter("process")
+    with Meter(collectors=[col], sample_hz=0, token_segments=False) as meter:
+        meter.mark("prefill")
+        token = meter.token_marker()
+        assert token != meter.mark
+        reads = col.reads
+        for i in range(1, 41):
+            token(f"token-{i}")
+        assert col.reads == reads  # no reading per token
+    m = meter.measurement
+    assert [s.label for s in m.segments] == ["prefill", "decode", "end"]
+    assert m.segments[1].tokens == 40
+    with pytest.raises(UsageError, match="after the window stopped"):
+        token("token-41")
+    # a window that keeps one segment per token marks them with mark() itself
+    with Meter(collectors=[_CountingCounter("process")], sample_hz=0) as meter:
+        assert meter.token_marker() == meter.mark
+
+
+def test_cpu_view_false_reads_the_machine_cpu_times_only_for_a_machine_wide_counter(monkeypatch):
+    from greenprof import cpushare
+
+    calls = []
+    real = cpushare.CpuTimesReader.read
+
+    def counted(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(cpushare.CpuTimesReader, "read", counted)
+    # process-scope counters only: no /proc read at the window's start and stop, no CPU view
+    col = _CountingCounter("process")
+    with Meter(collectors=[col], sample_hz=0, split=True, cpu_view=False):  # opens the hub (reads once)
+        calls.clear()
+        with Meter(collectors=[col], sample_hz=0, split=True, cpu_view=False) as meter:
+            meter.mark("work")
+        assert calls == []
+    assert meter.measurement.other_cpu_share is None and meter.measurement.process_cpu_s is None
+    # the default reads them, for the other processes' share of the window
+    with Meter(collectors=[_CountingCounter("process")], sample_hz=0) as meter:
+        _spin(0.02)
+    if cpushare.CpuTimesReader().available:
+        assert meter.measurement.process_cpu_s is not None
+    # a machine-wide counter needs them for its share, whatever the window asked
+    calls.clear()
+    with Meter(collectors=[_CountingCounter("machine")], sample_hz=0, split=True, cpu_view=False) as meter:
+        _spin(0.02)
+    assert len(calls) >= 3  # the hub's first point, the window's start and stop

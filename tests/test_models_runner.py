@@ -851,3 +851,24 @@ def test_interval95_one_run_has_no_interval_and_signed_values_use_student_t() ->
     assert signed.method == "student-t" and signed.lo == pytest.approx(1.0 - half)
     with pytest.raises(UsageError):
         interval95([])
+
+
+def test_generate_marks_tokens_with_the_meters_token_marker(toy: LoadedModel) -> None:
+    """A meter that offers token_marker() gets its token marks through it (greenprof.Meter
+    with token_segments=False: a count, no reading); the other marks still go to mark()."""
+    from greenprof.meter import Meter
+
+    seen: list[str] = []
+    meter = Meter(collectors="cpu-estimate", sample_hz=0, token_segments=False)
+    real_mark = meter.mark
+
+    def mark(label: str) -> None:
+        seen.append(label)
+        real_mark(label)
+
+    meter.mark = mark  # type: ignore[method-assign]
+    with meter:
+        g = generate(toy, prompt_tokens=4, new_tokens=6, meter=meter)
+    assert seen == ["setup", "prefill"] and g.new_tokens == 6
+    decode = [s for s in meter.measurement.segments if s.label == "decode"]
+    assert sum(s.tokens for s in decode) == 6
