@@ -305,23 +305,35 @@ class ServeMetrics:
     request_energy: Any
     ttft: Any
     in_flight: Any
+    #: each metric's child per label values, looked up once (``labels()`` builds and locks each
+    #: time; a server sees the same few label sets on every request)
+    _children: dict = field(default_factory=dict, repr=False)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)`` (values in the metric's label order), cached."""
+        key = (id(metric), values)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*values)
+        return c
 
     def observe(self, *, model: str, precision: str, status: str, phase_energy_j: dict[str, float] | None,
                 energy_j: float | None, prompt_tokens: int, completion_tokens: int,
                 ttft_s: float | None) -> None:
         """One finished request (any status). Energy only when it was measured."""
-        self.requests.labels(model=model, status=status).inc()
+        child = self.child
+        child(self.requests, model, status).inc()
         if prompt_tokens:
-            self.model_tokens.labels(model=model, precision=precision, type="input").inc(prompt_tokens)
+            child(self.model_tokens, model, precision, "input").inc(prompt_tokens)
         if completion_tokens:
-            self.model_tokens.labels(model=model, precision=precision, type="output").inc(completion_tokens)
+            child(self.model_tokens, model, precision, "output").inc(completion_tokens)
         for phase, j in (phase_energy_j or {}).items():
             if j is not None and math.isfinite(j) and j > 0:
-                self.model_energy.labels(model=model, precision=precision, phase=phase).inc(j)
+                child(self.model_energy, model, precision, phase).inc(j)
         if energy_j is not None and math.isfinite(energy_j) and energy_j >= 0:
-            self.request_energy.labels(model=model, precision=precision).observe(energy_j)
+            child(self.request_energy, model, precision).observe(energy_j)
         if ttft_s is not None:
-            self.ttft.labels(model=model, precision=precision).observe(ttft_s)
+            child(self.ttft, model, precision).observe(ttft_s)
 
 
 def serve_registry(node: "Callable[[], NodeMeter | None]", model: str, precision: str):

@@ -318,7 +318,7 @@ class Engine:
         with self._lock:
             self._in_flight += 1
         if self.metrics is not None:
-            self.metrics.in_flight.labels(model=self.info.name).inc()
+            self.metrics.child(self.metrics.in_flight, self.info.name).inc()
         fut = self._pool.submit(self._run, job)
         fut.add_done_callback(lambda f, job=job: self._done(f, job))
         return fut
@@ -327,10 +327,10 @@ class Engine:
         with self._lock:
             self._in_flight -= 1
         if self.metrics is not None:
-            self.metrics.in_flight.labels(model=self.info.name).dec()
+            self.metrics.child(self.metrics.in_flight, self.info.name).dec()
         if fut.cancelled():  # never started
             if self.metrics is not None:
-                self.metrics.requests.labels(model=self.info.name, status="interrupted").inc()
+                self.metrics.child(self.metrics.requests, self.info.name, "interrupted").inc()
             self._store_unstarted(job)
 
     def _store_unstarted(self, job: Job) -> None:
