@@ -42,6 +42,7 @@ says so) makes the window's domain *uncertain*, with the reason.
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import math
 import threading
@@ -201,6 +202,10 @@ class Measurement:
 
 _NAN = float("nan")
 
+
+def _sample_t(sample: tuple[float, list[float]]) -> float:
+    return sample[0]
+
 #: The window current in this context (thread, or asyncio task): the parent of the next one.
 _CURRENT: contextvars.ContextVar["Meter | None"] = contextvars.ContextVar("greenprof_window", default=None)
 
@@ -229,6 +234,11 @@ class _Hub:
         self.domains = [c.domain for c in collectors]
         self.scopes = [_scope_of(c) for c in collectors]
         self.has_machine = "machine" in self.scopes
+        # what every measurement on this hub says of its domains (fixed per collector)
+        self.methods = {c.domain: c.method for c in collectors}
+        self.sources = {c.domain: c.source for c in collectors}
+        self.resolutions = {c.domain: getattr(c, "resolution_s", None) for c in collectors}
+        self.scope_of = dict(zip(self.domains, self.scopes))
         self.clock = clock
         self.readers: list[Callable[[], float]] = [c.read_j for c in collectors]
         self.pollers: list[Callable[[], float]] = [c.poll for c in collectors]
@@ -451,9 +461,8 @@ class _Hub:
             del self.points[:drop]
             self.point_base += drop
         oldest_t = min(o._t0 for o in self.windows)
-        k = 0
-        while k < len(self.samples) - 1 and self.samples[k + 1][0] <= oldest_t:
-            k += 1
+        # keep the last sample at or before the oldest window's start (samples are in time order)
+        k = max(0, bisect.bisect_right(self.samples, oldest_t, key=_sample_t) - 1)
         if k > 256:
             del self.samples[:k]
             self.sample_base += k
@@ -953,17 +962,11 @@ class Meter:
     # -- helpers -----------------------------------------------------------------------------
     def _window_samples(self, hub: _Hub) -> list[tuple[float, list[float]]]:
         t0, t1 = self._t0, self._rows[-1][0]
-        out = []
-        prev = None
-        for t, vals in hub.samples:
-            if t < t0:
-                prev = (t, vals)
-                continue
-            if t > t1:
-                break
-            if not out and prev is not None:
-                out.append(prev)  # the interval that straddles the start
-            out.append((t, vals))
+        samples = hub.samples  # in time order
+        lo = bisect.bisect_left(samples, t0, key=_sample_t)
+        out = samples[lo:bisect.bisect_right(samples, t1, lo=lo, key=_sample_t)]
+        if out and lo > 0:
+            out.insert(0, samples[lo - 1])  # the interval that straddles the start
         return out
 
     def _window_points(self, hub: _Hub, history: bool = True) -> dict[int, _SharePoint]:
@@ -991,8 +994,6 @@ class Meter:
         """This process's share of the machine's busy CPU time for every interval (ending at
         point k > lo_idx), each over a span widened until the machine was busy at least
         SHARE_MIN_BUSY_S. Returns ({k: share}, {k: busy seconds of the span used})."""
-        import bisect
-
         idxs = sorted(i for i, pt in points.items() if pt.cpu is not None)
         shares: dict[int, float | None] = {}
         spans: dict[int, float] = {}
@@ -1160,7 +1161,7 @@ class Meter:
                 for i, why in points[k].notes.items():
                     if why:
                         share_notes.setdefault(doms[i], why)
-        scopes = {doms[i]: hub.scopes[i] for i in range(nd)}
+        scopes = dict(hub.scope_of)
         if other is not None and other > OTHER_LOAD_WARN:
             machine_doms = [d for d, s in scopes.items() if s == "machine"]
             if machine_doms:
@@ -1191,7 +1192,7 @@ class Meter:
         return Measurement(
             duration_s=rows[-1][0] - t0,
             energy_j=energy,
-            method={doms[i]: hub.collectors[i].method for i in range(nd)},
+            method=dict(hub.methods),
             segments=segments,
             idle_power_w=idle,
             lost=lost,
@@ -1199,8 +1200,8 @@ class Meter:
             status=status,
             idle_window_s=self._idle_window_s,
             sample_hz=max(self.sample_hz, 0.0),
-            resolution_s={doms[i]: getattr(hub.collectors[i], "resolution_s", None) for i in range(nd)},
-            sources={doms[i]: hub.collectors[i].source for i in range(nd)},
+            resolution_s=dict(hub.resolutions),
+            sources=dict(hub.sources),
             warnings=list(self._warnings),
             start_clock_s=t0,
             attributed_energy_j=attributed,
