@@ -195,12 +195,15 @@ def run_figures(phase_energy_j: Mapping[str, float] | None, *, basis: str, phase
     j_tok = div_or_none(phases.get("decode") if phases else None, generated_tokens)
     j_prompt = div_or_none(phases.get("prefill") if phases and phases_marked else None, prompt_tokens)
     j_req = div_or_none(total, requests)
-    from greenprof.carbon import check_intensity, check_price, check_pue
+    # the factors a figure is computed with are checked once here (no energy: none is), then
+    # each figure is co2e_g's / cost_usd's formula
+    g, price = intensity_g_per_kwh, price_usd_per_kwh
+    if total is not None and (g is not None or price is not None):
+        from greenprof.carbon import check_intensity, check_price, check_pue
 
-    # the factors are checked once here, then each figure is co2e_g's / cost_usd's formula
-    pue = check_pue(pue)
-    g = check_intensity(intensity_g_per_kwh) if intensity_g_per_kwh is not None else None
-    price = check_price(price_usd_per_kwh) if price_usd_per_kwh is not None else None
+        g = check_intensity(g) if g is not None else None
+        price = check_price(price) if price is not None else None
+        pue = check_pue(pue)
 
     def c(j: float | None) -> float | None:
         return _per_kwh(j, g, pue) if j is not None and g is not None else None
