@@ -928,7 +928,7 @@ class Meter:
                 hub.remove(self)
                 self._state = "stopped"
                 samples = self._window_samples(hub)
-                points = self._window_points(hub, history="machine" in hub.scopes)
+                points = self._window_points(hub, history=hub.has_machine)
                 lost = {hub.domains[i]: why for i, (why, t) in hub.lost.items()}
                 lost_t = {hub.domains[i]: t for i, (why, t) in hub.lost.items()}
                 sampler_error = hub.sampler_error
@@ -1101,7 +1101,7 @@ class Meter:
         first_point = rows[0][4]
         machine = [hub.scopes[i] == "machine" for i in range(nd)]
         # the CPU-time apportioning is for machine-wide counters only
-        cpu_share, cpu_span = self._cpu_shares(points, first_point) if any(machine) else ({}, {})
+        cpu_share, cpu_span = self._cpu_shares(points, first_point) if hub.has_machine else ({}, {})
 
         # this process's share of each domain for the interval that ends at point k
         def p_of(k: int, i: int) -> float:
@@ -1151,7 +1151,7 @@ class Meter:
             other = max(0.0, min(1.0, 1.0 - proc_s / busy_s)) if busy_s > 0 else 0.0
         share_notes: dict[str, str] = {}
         spans = [cpu_span[k] for k in cpu_span if first_point < k <= rows[-1][4]]
-        if any(machine) and spans and min(spans) < SHARE_MIN_BUSY_S:
+        if hub.has_machine and spans and min(spans) < SHARE_MIN_BUSY_S:
             for i in range(nd):
                 if machine[i]:
                     share_notes[doms[i]] = (f"CPU share over a span with only {min(spans):.2g} s of busy CPU "
