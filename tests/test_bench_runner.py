@@ -58,7 +58,10 @@ def test_runner_speed_quick_json():
     assert {k.split(",")[1] for k in st["settings"]} == {"spinning=off", "spinning=on"}
     for key, s in st["settings"].items():
         assert s["j_per_token"] > 0 and s["j_per_token_as_reported"] > 0 and s["ms_per_token"] > 0, key
-    assert st["lowest_j_per_token"] == min(st["settings"], key=lambda k: st["settings"][k]["j_per_token"])
+    # the figures are rounded to 5 significant digits in the JSON, so two settings can tie there:
+    # the one named must have the lowest J/token, not necessarily be the first of a tie
+    lowest = st["settings"][st["lowest_j_per_token"]]["j_per_token"]
+    assert lowest == min(s["j_per_token"] for s in st["settings"].values())
     assert doc["roofline_fraction"] == st["settings"][st["measure_default"]]["roofline_fraction"]
 
     # verdicts: meets / inconclusive / misses by the documented rule, nothing else
