@@ -550,8 +550,8 @@ def compare_cmd(
         if x["partial"]:
             notes.append(f"run {x['id']} lost {', '.join(x['lost_domains'])} mid-run: its energy is partial")
         if x["uncertain"]:
-            notes.append(f"run {x['id']}: {', '.join(x['uncertain_domains'])} uncertain (a counter wrap may "
-                         "have been missed)")
+            notes.append(f"run {x['id']}: {', '.join(x['uncertain_domains'])} uncertain (a counter may "
+                         "have missed a wrap or not updated in the run: see `greenprof show`)")
     if a.hardware_fingerprint and b.hardware_fingerprint and a.hardware_fingerprint != b.hardware_fingerprint:
         notes.append("A and B ran on different hardware")
     for s in (sa, sb):

@@ -602,8 +602,8 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         notes.append(f"{rm.name}: run(s) {', '.join(map(str, partial))} lost a domain mid-run: their energy is "
                      "partial, and the mean above includes them (see `greenprof show RUN_ID`)")
     if uncertain:
-        notes.append(f"{rm.name}: run(s) {', '.join(map(str, uncertain))} may have missed a counter wrap "
-                     "(uncertain): see `greenprof show RUN_ID`")
+        notes.append(f"{rm.name}: run(s) {', '.join(map(str, uncertain))} are uncertain (a counter may have "
+                     "missed a wrap, or did not update within the run): see `greenprof show RUN_ID`")
     dyn_mean, dyn_ci, dyn_note = dynamic_summary(per_token_dynamic)
     if dyn_note:
         notes.append(f"{rm.name}: {dyn_note}")

@@ -37,7 +37,8 @@ keeps concurrent reads in time order so no interval is counted twice or negative
 open window's part, and appends one row to the marking window. Shares are applied once, when the
 window closes. A counter that fails mid-run is *lost*: its energy until the failure is kept
 (marked partial), never dropped. A counter whose reads may have missed a wrap (its collector
-says so) makes the window's domain *uncertain*, with the reason.
+says so), or a measured counter that did not update at all during the window (shorter than its
+update period), makes the window's domain *uncertain*, with the reason.
 """
 
 from __future__ import annotations
@@ -1021,6 +1022,33 @@ class Meter:
             spans[idxs[n]] = span_busy
         return shares, spans
 
+    @staticmethod
+    def _other_share_around(points: dict[int, _SharePoint], cpu_share: dict[int, float | None],
+                            cpu_span: dict[int, float], rows: list) -> tuple[float | None, float | None]:
+        """Other processes' share for a window too short for /proc's ticks: 1 minus this
+        process's share of each interval in it (over the span widened around that interval, as
+        the attribution charged it), weighted by the interval's time inside the window. Returns
+        (share, the least busy time of the spans used), or (None, None) when no interval has one."""
+        t0, t1 = rows[0][0], rows[-1][0]
+        lo, hi = rows[0][4], rows[-1][4] + 1
+        total = weight = 0.0
+        span = math.inf
+        for k in sorted(cpu_share):
+            v = cpu_share[k]
+            if v is None or not (lo < k <= hi) or k - 1 not in points or k not in points:
+                continue
+            a, b = max(points[k - 1].t, t0), min(points[k].t, t1)
+            w = b - a if b > a else 0.0
+            if w <= 0 and t1 > t0:
+                continue
+            w = w if t1 > t0 else 1.0
+            total += v * w
+            weight += w
+            span = min(span, cpu_span.get(k, math.inf))
+        if weight <= 0:
+            return None, None
+        return max(0.0, min(1.0, 1.0 - total / weight)), span
+
     def _check_sampling_rate(self, hub: _Hub) -> None:
         for c in hub.collectors:
             need = getattr(c, "max_read_interval_s", None)
@@ -1145,10 +1173,21 @@ class Meter:
         # CPU-time view of the whole window (this process vs the machine)
         pt_first, pt_last = points.get(rows[0][4]), points.get(rows[-1][4])
         proc_s = busy_s = other = None
+        other_around_s = None  # set when the share comes from the widened spans, not the window
         if pt_first is not None and pt_last is not None and pt_first.cpu is not None and pt_last.cpu is not None:
-            proc_s = pt_last.cpu.process_s - pt_first.cpu.process_s
             busy_s = pt_last.cpu.machine_busy_s - pt_first.cpu.machine_busy_s
-            other = max(0.0, min(1.0, 1.0 - proc_s / busy_s)) if busy_s > 0 else 0.0
+            # this process's time from the nanosecond clock where both points have it: /proc's
+            # count is in 10 ms ticks, and reads 0 for a request of a few milliseconds
+            proc_s = pt_last.proc_s - pt_first.proc_s
+            if proc_s != proc_s:
+                proc_s = pt_last.cpu.process_s - pt_first.cpu.process_s
+            if busy_s >= SHARE_MIN_BUSY_S:
+                # ticks undercount beside the nanosecond clock: this process's part is at most all
+                other = max(0.0, 1.0 - proc_s / max(busy_s, proc_s)) if busy_s > 0 else 0.0
+            else:
+                # too few ticks in the window to divide: the share the attribution used, over
+                # the spans widened around the window's intervals, weighted by their time in it
+                other, other_around_s = self._other_share_around(points, cpu_share, cpu_span, rows)
         share_notes: dict[str, str] = {}
         spans = [cpu_span[k] for k in cpu_span if first_point < k <= rows[-1][4]]
         if hub.has_machine and spans and min(spans) < SHARE_MIN_BUSY_S:
@@ -1169,8 +1208,23 @@ class Meter:
                        f"is charged {1 - other:.0%} of what the counters saw")
             else:
                 why = "the estimate counts only this process, but speed figures may be slowed by them"
-            self._warn(f"other processes used {other:.0%} of the machine's busy CPU time during this "
-                       f"window ({busy_s:.3g} s busy, {proc_s:.3g} s of it this process): {why}")
+            if other_around_s is None:
+                self._warn(f"other processes used {other:.0%} of the machine's busy CPU time during this "
+                           f"window ({busy_s:.3g} s busy, {proc_s:.3g} s of it this process): {why}")
+            else:
+                self._warn(f"other processes used {other:.0%} of the machine's busy CPU time around this "
+                           f"window (over {other_around_s:.3g} s of busy CPU time: the window's own "
+                           f"{busy_s:.3g} s is too few 10 ms ticks to divide): {why}")
+        # a measured counter that did not move in the window has not resolved it (RAPL updates
+        # about every millisecond, NVML's energy every ~100 ms): 0 J then is not a measurement
+        dur = rows[-1][0] - t0
+        if dur > 0:
+            for d, e in energy.items():
+                res = hub.resolutions.get(d)
+                if e == 0 and res and hub.methods.get(d) == "measured" and d not in lost and d not in uncertain:
+                    uncertain[d] = (f"its counter did not update during this {dur * 1e3:.3g} ms window (it updates "
+                                    f"about every {res * 1e3:.3g} ms): the 0 J it reads is below what it resolves; "
+                                    "measure a longer window")
         for d, why in uncertain.items():
             self._warn(f"{d} uncertain: {why}")
         for d, why in lost.items():  # also a domain lost before this window registered

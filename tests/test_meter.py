@@ -440,3 +440,53 @@ def test_cpu_view_false_reads_the_machine_cpu_times_only_for_a_machine_wide_coun
     with Meter(collectors=[_CountingCounter("machine")], sample_hz=0, split=True, cpu_view=False) as meter:
         _spin(0.02)
     assert len(calls) >= 3  # the hub's first point, the window's start and stop
+
+
+class _StuckCounter(_CountingCounter):
+    """A measured counter (RAPL-like, updates every millisecond) that does not move."""
+
+    method = "measured"
+    resolution_s = 0.001
+
+    def read_j(self) -> float:
+        self.reads += 1
+        return 5.0
+
+    poll = read_j
+
+
+def test_a_measured_counter_that_did_not_update_in_the_window_is_uncertain_not_zero_joules():
+    with Meter(collectors=[_StuckCounter("process", "cpu-stuck")], sample_hz=0) as meter:
+        _spin(0.005)
+    m = meter.measurement
+    assert m.energy_j == {"cpu-stuck": 0.0}
+    assert "did not update" in m.uncertain["cpu-stuck"] and "ms window" in m.uncertain["cpu-stuck"]
+    assert any(w.startswith("cpu-stuck uncertain: its counter did not update") for w in m.warnings)
+    # a counter that moves, or an estimate (no update period), is not flagged
+    moving = _CountingCounter("process", "cpu-moving")
+    moving.method, moving.resolution_s = "measured", 0.001
+    with Meter(collectors=[moving, _CountingCounter("process")], sample_hz=0) as meter:
+        _spin(0.005)
+    assert meter.measurement.uncertain == {}
+
+
+def test_a_window_shorter_than_proc_ticks_counts_its_own_cpu_time(monkeypatch):
+    """/proc counts CPU time in 10 ms ticks: a request of a few milliseconds used to read 0 s of
+    this process's time, so its window claimed other processes used all of the machine."""
+    from greenprof import cpushare
+
+    if not cpushare.CpuTimesReader().available:
+        pytest.skip("needs Linux /proc")
+    col = _CountingCounter("machine")
+    with Meter(collectors=[col], sample_hz=20):  # history for the share of short spans
+        _spin(0.8)
+        with Meter(collectors=[col], sample_hz=20, split=True, cpu_view=False) as meter:
+            _spin(0.004)
+    m = meter.measurement
+    assert m.duration_s < 0.5  # far fewer busy ticks than SHARE_MIN_BUSY_S in the window itself
+    assert m.process_cpu_s is not None and m.process_cpu_s >= 0.002  # the nanosecond clock, not ticks
+    # the share comes from the spans widened around the window, as the attribution charged it
+    assert m.other_cpu_share is not None and 0.0 <= m.other_cpu_share <= 1.0
+    share = m.attributed_energy_j["cpu-test"] / m.energy_j["cpu-test"]
+    assert share == pytest.approx(1.0 - m.other_cpu_share, abs=1e-6)
+    assert not any("0 s of it this process" in w for w in m.warnings)
