@@ -45,7 +45,7 @@ def test_each_request_is_a_genai_span_with_its_energy_and_node_energy_is_hw_ener
         try:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
             r = client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "trace me"}], max_tokens=6, temperature=0,
+                model="tiny", messages=[{"role": "user", "content": "trace me"}], max_tokens=24, temperature=0,
                 extra_body={"ignore_eos": True}, extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
             c = client.completions.create(model="tiny", prompt="and me", max_tokens=3, extra_body={"ignore_eos": True})
             data = _metrics(reader)
@@ -60,8 +60,8 @@ def test_each_request_is_a_genai_span_with_its_energy_and_node_energy_is_hw_ener
     assert a["gen_ai.request.model"] == a["gen_ai.response.model"] == "tiny"
     assert a["gen_ai.response.id"] == r.id
     assert a["gen_ai.usage.input_tokens"] == r.usage.prompt_tokens
-    assert a["gen_ai.usage.output_tokens"] == r.usage.completion_tokens == 6
-    assert a["gen_ai.request.max_tokens"] == 6 and a["gen_ai.request.temperature"] == 0
+    assert a["gen_ai.usage.output_tokens"] == r.usage.completion_tokens == 24
+    assert a["gen_ai.request.max_tokens"] == 24 and a["gen_ai.request.temperature"] == 0
     assert tuple(a["gen_ai.response.finish_reasons"]) == ("length",)
     assert a["greenprof.energy_j"] == r.usage.model_extra["energy_j"] > 0
     assert a["greenprof.co2e_g"] == r.usage.model_extra["co2e_g"]
