@@ -9,7 +9,7 @@
   ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens``,
   ``gen_ai.usage.output_tokens``) plus greenprof's: ``greenprof.energy_j``, ``greenprof.co2e_g``,
   ``greenprof.cost_usd``, ``greenprof.energy_method``, ``greenprof.energy_basis``,
-  ``greenprof.status``, ``greenprof.ttft_s``. A failed request sets ``error.type`` and the span
+  ``greenprof.energy_uncertain``, ``greenprof.energy_partial``, ``greenprof.status``, ``greenprof.ttft_s``. A failed request sets ``error.type`` and the span
   status ERROR.
 * **Node energy** as the hardware semantic conventions' ``hw.energy`` counter (unit ``J``,
   cumulative; attributes ``hw.id`` = the domain, ``hw.type`` = ``cpu`` / ``memory`` / ``gpu`` /
@@ -163,6 +163,8 @@ class Otel:
                     attrs[k] = float(v)
             attrs["greenprof.energy_method"] = e.method
             attrs["greenprof.energy_basis"] = e.basis
+            attrs["greenprof.energy_uncertain"] = e.uncertain
+            attrs["greenprof.energy_partial"] = e.partial
         span = self.tracer.start_span(f"{op} {info.name}", context=job.trace_context, kind=SpanKind.SERVER,
                                       attributes=attrs, start_time=job.arrived_ns)
         if out.status == "failed":

@@ -343,6 +343,8 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
                     h[f"X-Greenprof-{name}"] = repr(float(v))
             h["X-Greenprof-Energy-Method"] = e.method
             h["X-Greenprof-Energy-Basis"] = e.basis
+            h["X-Greenprof-Energy-Uncertain"] = "true" if e.uncertain else "false"
+            h["X-Greenprof-Energy-Partial"] = "true" if e.partial else "false"
         return h
 
     def submit(job: "Job", request: Request):

@@ -103,10 +103,15 @@ class Energy:
     phase_energy_j: dict[str, float]
     gross_energy_j: float
     j_per_token: float | None
+    #: a counter may have missed a wrap or did not update within the request (see `greenprof show`)
+    uncertain: bool = False
+    #: a domain was lost mid-request: its energy until then is counted, the rest is missing
+    partial: bool = False
 
     def usage_fields(self) -> dict[str, Any]:
         return {"energy_j": self.energy_j, "co2e_g": self.co2e_g, "cost_usd": self.cost_usd,
-                "energy_method": self.method, "energy_basis": self.basis}
+                "energy_method": self.method, "energy_basis": self.basis,
+                "energy_uncertain": self.uncertain, "energy_partial": self.partial}
 
 
 @dataclass
@@ -137,7 +142,7 @@ def request_energy(m: Any, prompt_tokens: int, costing: Costing) -> Energy:
     return Energy(energy_j=fig.energy_j, co2e_g=fig.co2e_g, cost_usd=fig.cost_usd,
                   method=accounting.collapse_methods(m.method), basis=basis,
                   phase_energy_j=dict(fig.phase_energy_j), gross_energy_j=m.total_energy_j,
-                  j_per_token=fig.j_per_token)
+                  j_per_token=fig.j_per_token, uncertain=bool(m.uncertain), partial=bool(m.lost))
 
 
 class StoreWriter:

@@ -66,6 +66,7 @@ def test_each_request_is_a_genai_span_with_its_energy_and_node_energy_is_hw_ener
     assert a["greenprof.energy_j"] == r.usage.model_extra["energy_j"] > 0
     assert a["greenprof.co2e_g"] == r.usage.model_extra["co2e_g"]
     assert a["greenprof.energy_method"] == "measured" and a["greenprof.energy_basis"] == "attributed"
+    assert a["greenprof.energy_uncertain"] is False and a["greenprof.energy_partial"] is False
     assert a["greenprof.status"] == "completed"
     # the caller's W3C trace is the parent
     assert format(chat.context.trace_id, "032x") == TRACE_ID

@@ -94,6 +94,7 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     assert u.total_tokens == u.prompt_tokens + 12
     extra = u.model_extra
     assert extra["energy_method"] == "measured" and extra["energy_basis"] == "attributed"
+    assert extra["energy_uncertain"] is False and extra["energy_partial"] is False
     e = extra["energy_j"]
     assert e > 0
     assert extra["co2e_g"] == pytest.approx(e / 3.6e6 * INTENSITY, rel=1e-9)
@@ -102,6 +103,7 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     assert float(raw.headers["X-Greenprof-CO2e-G"]) == extra["co2e_g"]
     assert raw.headers["X-Greenprof-Energy-Method"] == "measured"
     assert raw.headers["X-Greenprof-Energy-Basis"] == "attributed"
+    assert raw.headers["X-Greenprof-Energy-Uncertain"] == raw.headers["X-Greenprof-Energy-Partial"] == "false"
     run = run_of(server["db"], r.id)
     assert (run.kind, run.status, run.model_name) == ("serve", "completed", "tiny")
     assert (run.prompt_tokens, run.new_tokens) == (u.prompt_tokens, 12)
@@ -119,6 +121,33 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     assert serve["request_id"] == r.id and serve["endpoint"] == "chat.completions"
     assert 0 < serve["ttft_s"] < run.duration_s + serve["queue_s"] + 1
     assert serve["finish_reason"] == "length"
+
+
+def test_a_request_whose_counter_did_not_move_is_flagged_uncertain_not_measured_zero(tmp_path, tiny_built,
+                                                                                   monkeypatch):
+    """A counter that does not update within a request (here: never) reads 0 J; the answer says
+    that figure is uncertain, in usage and headers, and the stored run gives the reason."""
+    from greenprof.serve import Server, ServeOptions
+
+    pc = build(tmp_path / "pc", sockets=1, dram=False)  # no writer: the counter stands still
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(pc.root))
+    db = str(tmp_path / "still.db")
+    srv = Server(ServeOptions("tiny", port=0, db=db, idle_run_s=0), say=lambda msg: None).prepare().start()
+    try:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        raw = c.completions.with_raw_response.create(model="tiny", prompt="still", max_tokens=4,
+                                                     extra_body={"ignore_eos": True})
+        r = raw.parse()
+    finally:
+        srv.stop()
+    extra = r.usage.model_extra
+    assert extra["energy_method"] == "measured" and extra["energy_j"] == 0
+    assert extra["energy_uncertain"] is True and extra["energy_partial"] is False
+    assert raw.headers["X-Greenprof-Energy-Uncertain"] == "true"
+    run = run_of(db, r.id)
+    assert run.status == "completed"
+    reason = run.domains[DOMAIN].uncertain_reason
+    assert "did not update" in reason and "ms window" in reason
 
 
 def test_streamed_chat_with_usage_matches_the_plain_answer(server, client):
