@@ -102,6 +102,30 @@ class RunFigures:
         """Cost of ``energy_j`` at the run's price per kWh and PUE."""
         return self.figures.cost_usd
 
+    @property
+    def method(self) -> str:
+        """How the energy was found: ``measured``, ``estimated`` or ``replayed`` (or a mix, e.g.
+        ``measured+estimated``), as in `greenprof runs`."""
+        from greenprof.accounting import collapse_methods
+
+        return collapse_methods(self._m().method)
+
+    @property
+    def basis(self) -> str:
+        """``attributed`` (this run's share of shared counters) or ``gross`` (whole devices)."""
+        return self.figures.basis
+
+    @property
+    def partial(self) -> bool:
+        """A domain was lost mid-run: its energy until then is counted, the rest is missing."""
+        return bool(self._m().lost)
+
+    @property
+    def uncertain(self) -> dict[str, str]:
+        """{domain: reason} where a figure may be wrong: a counter may have missed a wrap, or did
+        not update at all during the run (empty when none)."""
+        return dict(self._m().uncertain)
+
 
 class track(RunFigures):
     """Decorator and context manager measuring one run per call or block.
@@ -130,7 +154,8 @@ class track(RunFigures):
 
     Figures, ready when the call or block ends: ``energy_j`` (joules charged to this run: its
     share of the process's energy), ``gross_energy_j`` (what the counters saw), ``tokens``,
-    ``j_per_token``, ``co2e_g``, ``cost_usd``, ``run_id``, ``measurement``, ``warnings``. On a
+    ``j_per_token``, ``co2e_g``, ``cost_usd``, ``run_id``, ``measurement``, ``warnings``; and
+    what they are: ``method``, ``basis``, ``partial``, ``uncertain`` (as in `greenprof runs`). On a
     decorated function, ``fn.greenprof_track.last`` is the latest call's tracker.
     """
 

@@ -444,6 +444,24 @@ def test_collectors_choose_the_domains(tmp_path, monkeypatch):
     assert rows(db, "select domain from run_domains where run_id = ?", t.run_id) == [("cpu-package-0",)]
 
 
+def test_the_tracker_says_what_its_figures_are(tmp_path, monkeypatch):
+    """method, basis, partial, uncertain on the tracker: a counter that never moved in the call
+    is uncertain with its reason (0 J there is not a measurement), and the CPU estimate is not."""
+    from powercap_fake import build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=False)  # no writer: the counter stands still
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(pc.root))
+    with greenprof.track(model="m", store=False, collectors=["cpu-package-0"]) as t:
+        burn(0.02)
+    assert (t.method, t.basis, t.partial) == ("measured", "attributed", False)
+    assert t.energy_j == 0 and list(t.uncertain) == ["cpu-package-0"]
+    assert "did not update" in t.uncertain["cpu-package-0"]
+    assert any("cpu-package-0 uncertain" in w for w in t.warnings)
+    with greenprof.track(model="m", store=False, collectors="cpu-estimate") as e:
+        burn(0.02)
+    assert (e.method, e.partial, e.uncertain) == ("estimated", False, {}) and e.energy_j > 0
+
+
 # -- one definition of J per token, everywhere -----------------------------------------------------
 def test_tokens_counted_by_track_reach_runs_show_compare_and_export(tmp_path):
     import json
@@ -477,6 +495,8 @@ def test_tokens_counted_by_track_reach_runs_show_compare_and_export(tmp_path):
         assert row["energy_j"] == pytest.approx(tracker.energy_j, rel=1e-9)
         assert row["co2e_g_per_1k_tokens"] is not None and row["usd_per_m_tokens"] is not None
         assert row["phases_marked"] is False  # a block without marks: its whole energy is decode
+        assert (row["method"], row["basis"], row["partial"], row["uncertain"]) == (
+            tracker.method, tracker.basis, tracker.partial, tracker.uncertain)
     shown = json.loads(cli("show", str(t.run_id), "--json"))["summary"]
     assert shown["j_per_token"] == pytest.approx(t.j_per_token, rel=1e-9)
     cmp = json.loads(cli("compare", str(t.run_id), str(u.run_id), "--json"))
