@@ -45,7 +45,9 @@ meets its target, ``inconclusive`` when it does not but its 95 % interval reache
    round). ``weight_bytes_per_token`` is the initializer bytes one decode step must read, from the
    ONNX graph: every MatMul weight (the tied LM head through its Transpose), one embedding row
    and the RMSNorm weights; the KV cache and the rotary rows are not counted (``details`` has the
-   KV bytes).
+   KV bytes). ``op_profile``: where one decode step's time goes at those settings, from
+   onnxruntime's profiler over one generation: kernel time per op type and token, the time inside
+   each Run outside any kernel, and the MatMul kernels' GB/s over their weights beside the probe.
 4. ``tracked_ratio`` (target >= 0.99): tokens/s with a ``Meter(sample_hz=10)`` passed as
    ``meter=`` (one mark per token) over tokens/s without, median over adjacent (untracked,
    tracked) pairs (order alternating). The meter's own measured cost (wall time in ``mark()``
@@ -524,6 +526,63 @@ def settings_section(cfg: dict[str, Any], ours_dir: Path, probe: Any, wbytes: in
 
 
 # -- 4. tracked vs untracked --------------------------------------------------------------------------
+def op_profile_section(cfg: dict[str, Any], ours_dir: Path, ours_facts: dict[str, Any],
+                       bw_gbps: float) -> dict[str, Any]:
+    """Where a decode step's time goes at measure's default settings, from onnxruntime's own
+    profiler over one generation (after a short warm-up): kernel time per op type and token, the
+    time inside each Run outside any kernel, and the MatMul kernels' rate over the weights they
+    read. The profiler slows every node a little, so the step is slower than unprofiled."""
+    import json
+    import tempfile
+
+    from greenprof.measure import MeasureRequest
+    from greenprof.models.loader import load
+    from greenprof.models.runner import generate
+
+    P, N = cfg["prompt_tokens"], cfg["new_tokens"]
+    defaults = MeasureRequest()
+    setting = _setting_key(defaults.threads, defaults.spinning)
+    with tempfile.TemporaryDirectory(prefix="greenprof-ortprof-") as tmp:
+        model = load(ours_dir, threads=defaults.threads, spinning=defaults.spinning,
+                     profile_prefix=Path(tmp) / "decode")
+        generate(model, prompt_tokens=P, new_tokens=min(N, 8))  # warm-up
+        generate(model, prompt_tokens=P, new_tokens=N)
+        events = json.loads(Path(model.session.end_profiling()).read_text())
+        del model
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    steps = runs[-(N - 1):]  # the last generation's decode steps (its first token is the prefill's)
+    lo, hi = steps[0]["ts"], steps[-1]["ts"] + steps[-1]["dur"]
+    kernel_us: Counter = Counter()
+    calls: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and lo <= e["ts"] <= hi:
+            op = e.get("args", {}).get("op_name", "?")
+            kernel_us[op] += e["dur"]
+            calls[op] += 1
+    n = len(steps)
+    run_ms = sum(e["dur"] for e in steps) / n / 1e3
+    kernels_ms = sum(kernel_us.values()) / n / 1e3
+    matmul_ms = kernel_us.get("MatMul", 0) / n / 1e3
+    matmul_bytes = ours_facts["weight_bytes_by_kind"].get("matmul", 0)
+    matmul_gbps = matmul_bytes / (matmul_ms / 1e3) / 1e9 if matmul_ms > 0 else None
+    out = {
+        "settings": setting,
+        "decode_steps": n,
+        "run_ms_per_token": run_ms,
+        "kernel_ms_per_token": kernels_ms,
+        "outside_kernels_ms_per_token": run_ms - kernels_ms,
+        "ops": {op: {"ms_per_token": us / n / 1e3, "calls_per_token": calls[op] / n, "share_of_run": us / n / 1e3 / run_ms}
+                for op, us in kernel_us.most_common()},
+        "matmul_gbps": matmul_gbps,
+        "matmul_gbps_over_probe": matmul_gbps / bw_gbps if matmul_gbps and bw_gbps > 0 else None,
+    }
+    log(f"op profile ({setting}, onnxruntime's profiler, {n} decode steps): a step {run_ms:.2f} ms, kernels "
+        f"{kernels_ms:.2f} ms, of which MatMul {matmul_ms:.2f} ms"
+        + (f" ({matmul_gbps:.2f} GB/s over its weights)" if matmul_gbps else ""))
+    return out
+
+
 def tracked_section(cfg: dict[str, Any], model: Any) -> dict[str, Any]:
     """Adjacent (untracked, tracked) pairs of generations, the order alternating, so that slow
     drift of the machine's speed cancels within each pair; the meter's own cost measured inside
@@ -648,6 +707,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
     probe = make_bandwidth_probe(cfg["bw_mib"])
     st = settings_section(cfg, prep["ours_dir"], probe, wbytes)
     del probe
+    prof = op_profile_section(cfg, prep["ours_dir"], ours_facts, st["bandwidth"]["median_gbps"])
     tracked = tracked_section(cfg, ours)
     fused = (fused_attention_section(cfg, threads, cache_dir, ours, ours_facts)
              if cfg.get("fused_rounds", 0) > 0 else None)
@@ -666,7 +726,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
         "tracked_ratio": ratio_verdict(tracked["tracked_ratio"], tracked["pairs"], TARGET_TRACKED),
     }
     notes = _notes(cfg, threads, quick, wbytes, ours_facts, genai_facts, vs, st, tracked, fused, kv_read_avg,
-                   load_before, load_after)
+                   load_before, load_after, prof)
     return {
         "model": model,
         "precision": "fp32",
@@ -703,6 +763,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
         "meets_all": all(v == MEETS for v in verdicts.values()),
         "vs_genai": vs,
         "settings": st,
+        "op_profile": prof,
         "tracked": tracked,
         "fused_attention": fused,
         "build": prep["build"],
@@ -720,7 +781,7 @@ def run(cfg: dict[str, Any], threads: int, cache_dir: str | None, rebuild_genai:
 def _notes(cfg: dict[str, Any], threads: int, quick: bool, wbytes: int, ours_facts: dict[str, Any],
            genai_facts: dict[str, Any], vs: dict[str, Any], st: dict[str, Any], tracked: dict[str, Any],
            fused: dict[str, Any] | None, kv_read_avg: float, load_before: float | None,
-           load_after: float | None) -> list[str]:
+           load_after: float | None, prof: dict[str, Any]) -> list[str]:
     """Everything a reader needs to judge the figures; the summary prints every one."""
     P, N = cfg["prompt_tokens"], cfg["new_tokens"]
     bw = st["bandwidth"]
@@ -761,6 +822,17 @@ def _notes(cfg: dict[str, Any], threads: int, quick: bool, wbytes: int, ours_fac
         f"({_ci_text(tracked['tracked_ratio_ci95'])}); the meter's own measured cost gives "
         f"{tracked['tracked_ratio_cost']:.5f} (a detail, never a verdict).",
     ]
+    ops = prof["ops"]
+    big = [op for op in ops if op != "MatMul"][:3]
+    other_ms = sum(v["ms_per_token"] for op, v in ops.items() if op != "MatMul" and op not in big)
+    notes.append(
+        f"op_profile: where a decode step goes at {prof['settings']} (onnxruntime's profiler, which slows each "
+        f"node, over {prof['decode_steps']} steps): {prof['run_ms_per_token']:.2f} ms a step; MatMul "
+        f"{ops.get('MatMul', {}).get('ms_per_token', 0.0):.2f} ms"
+        + (f" ({prof['matmul_gbps']:.2f} GB/s over its weights, {prof['matmul_gbps_over_probe']:.3f} of the probe's "
+           "median)" if prof["matmul_gbps"] and prof["matmul_gbps_over_probe"] else "")
+        + "".join(f", {op} {ops[op]['ms_per_token']:.2f} ms (x{ops[op]['calls_per_token']:g})" for op in big)
+        + f", other kernels {other_ms:.2f} ms, outside any kernel {prof['outside_kernels_ms_per_token']:.2f} ms.")
     if ours_facts["weight_bytes_per_token"] != genai_facts["weight_bytes_per_token"]:
         notes.append(f"genai's graph reads {genai_facts['weight_bytes_per_token'] / 1e6:.2f} MB of weights per token "
                      f"vs ours {wbytes / 1e6:.2f} MB")

@@ -181,6 +181,7 @@ def load(
     threads: int | None = None,
     graph_opt: str = "all",
     spinning: bool = False,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Open an ONNX decoder LM for generation.
 
@@ -190,12 +191,17 @@ def load(
     ``threads``: intra-op threads (None = onnxruntime's default, one per physical core).
     ``graph_opt``: one of :data:`GRAPH_OPT_LEVELS`. ``spinning=False`` (the default, and what
     energy measurements want) stops idle worker threads from busy-waiting between ops.
+    ``profile_prefix``: turn on onnxruntime's profiler (per-node kernel times, JSON; it slows every
+    node a little); ``model.session.end_profiling()`` writes the file and returns its path.
     """
     import onnxruntime as ort
 
     model_file, folder, fmt, genai = _resolve(Path(path).expanduser())
     provider_list = _providers(ort, providers)
     options = _session_options(ort, threads, graph_opt, spinning)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     try:
         session = ort.InferenceSession(str(model_file), sess_options=options, providers=provider_list)
     except Exception as exc:  # onnxruntime raises its own pybind exception types

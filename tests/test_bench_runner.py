@@ -63,6 +63,12 @@ def test_runner_speed_quick_json():
     lowest = st["settings"][st["lowest_j_per_token"]]["j_per_token"]
     assert lowest == min(s["j_per_token"] for s in st["settings"].values())
     assert doc["roofline_fraction"] == st["settings"][st["measure_default"]]["roofline_fraction"]
+    # where a decode step goes, from onnxruntime's profiler at measure's default settings
+    prof = doc["op_profile"]
+    assert prof["settings"] == st["measure_default"] and prof["decode_steps"] == doc["new_tokens"] - 1
+    assert prof["ops"]["MatMul"]["ms_per_token"] > 0 and prof["matmul_gbps"] > 0
+    assert 0 < prof["kernel_ms_per_token"] <= prof["run_ms_per_token"]
+    assert any(n.startswith("op_profile: ") for n in doc["notes"])
 
     # verdicts: meets / inconclusive / misses by the documented rule, nothing else
     t = doc["targets"]
