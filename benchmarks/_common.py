@@ -141,7 +141,8 @@ def shout(v: str) -> str:
 def save_result(name: str, doc: dict[str, Any], folder: str | os.PathLike[str] | None = None) -> str:
     """Write ``doc`` as ``benchmarks/results/<name>-<UTC date>.json`` (the folder beside this file
     unless ``folder`` is given), with the date and the machine in it; returns the path. Written to
-    a temp file and renamed, so a reader never sees half a file."""
+    a temp file and renamed, so a reader never sees half a file. A run saved earlier the same day
+    is kept, renamed ``<name>-<date>T<its HHMMSS UTC>.json``: the dated file is the latest run."""
     import json
     from pathlib import Path
 
@@ -152,6 +153,17 @@ def save_result(name: str, doc: dict[str, Any], folder: str | os.PathLike[str] |
     body = {"benchmark": name, "date": day, "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **doc}
     body.setdefault("machine", machine_info())
+    if path.exists():
+        try:
+            stamp = json.loads(path.read_text(encoding="utf-8"))["saved_utc"].split("T")[1].rstrip("Z").replace(":", "")
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+            stamp = time.strftime("%H%M%S", time.gmtime(path.stat().st_mtime))
+        keep = path.with_name(f"{name}-{day}T{stamp}.json")
+        n = 1
+        while keep.exists():
+            n += 1
+            keep = path.with_name(f"{name}-{day}T{stamp}-{n}.json")
+        os.replace(path, keep)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)

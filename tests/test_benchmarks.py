@@ -94,6 +94,12 @@ def test_save_result_writes_a_dated_file(tmp_path):
     assert doc["benchmark"] == "demo_bench" and doc["ratio"] == 0.5
     assert isinstance(doc["machine"]["cpu_count"], int)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    # a second run the same day is the dated file; the first is kept under its own time
+    again = Path(c.save_result("demo_bench", {"ratio": 0.7}, tmp_path))
+    assert again == path and json.loads(path.read_text())["ratio"] == 0.7
+    kept = f"demo_bench-{doc['date']}T{doc['saved_utc'].split('T')[1].rstrip('Z').replace(':', '')}.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, kept])
+    assert json.loads((tmp_path / kept).read_text())["ratio"] == 0.5
 
 
 def test_startup_speed_quick_json():
