@@ -68,6 +68,9 @@ OTHER_LOAD_WARN = 0.10
 SHARE_MIN_BUSY_S = 0.5
 #: How far back before a window the hub's share history is used to widen short spans.
 SHARE_HISTORY_S = 2.0
+#: A measured counter that did not move in a window this many update periods long is not just
+#: too coarse for the window: it may not count at all on this machine (both are flagged uncertain).
+STILL_COUNTER_UPDATES = 20
 
 
 @dataclass(frozen=True)
@@ -1222,9 +1225,15 @@ class Meter:
             for d, e in energy.items():
                 res = hub.resolutions.get(d)
                 if e == 0 and res and hub.methods.get(d) == "measured" and d not in lost and d not in uncertain:
-                    uncertain[d] = (f"its counter did not update during this {dur * 1e3:.3g} ms window (it updates "
-                                    f"about every {res * 1e3:.3g} ms): the 0 J it reads is below what it resolves; "
-                                    "measure a longer window")
+                    if dur < STILL_COUNTER_UPDATES * res:
+                        uncertain[d] = (f"its counter did not update during this {dur * 1e3:.3g} ms window (it "
+                                        f"updates about every {res * 1e3:.3g} ms): the 0 J it reads is below what "
+                                        "it resolves; measure a longer window")
+                    else:  # long enough that it should have moved many times: it may not count here
+                        uncertain[d] = (f"its counter did not move in this {dur:.3g} s window although it updates "
+                                        f"about every {res * 1e3:.3g} ms: it may not count on this machine (some "
+                                        "platforms expose a DRAM or GPU counter that stays still); 0 J is not a "
+                                        "measurement: leave the domain out with --collectors / collectors=")
         for d, why in uncertain.items():
             self._warn(f"{d} uncertain: {why}")
         for d, why in lost.items():  # also a domain lost before this window registered

@@ -470,6 +470,19 @@ def test_a_measured_counter_that_did_not_update_in_the_window_is_uncertain_not_z
     assert meter.measurement.uncertain == {}
 
 
+def test_a_counter_still_over_many_update_periods_is_flagged_as_maybe_not_counting():
+    """A DRAM or GPU counter some platforms expose but never move: over a window of many update
+    periods the reason is not 'too short a window' but 'it may not count here'."""
+    from greenprof.meter import STILL_COUNTER_UPDATES
+
+    stuck = _StuckCounter("process", "dram-stuck")
+    with Meter(collectors=[stuck], sample_hz=0) as meter:
+        _spin(STILL_COUNTER_UPDATES * stuck.resolution_s * 2)
+    why = meter.measurement.uncertain["dram-stuck"]
+    assert "did not move" in why and "may not count on this machine" in why and "collectors" in why
+    assert meter.measurement.energy_j == {"dram-stuck": 0.0}
+
+
 def test_a_window_shorter_than_proc_ticks_counts_its_own_cpu_time(monkeypatch):
     """/proc counts CPU time in 10 ms ticks: a request of a few milliseconds used to read 0 s of
     this process's time, so its window claimed other processes used all of the machine."""
