@@ -258,6 +258,35 @@ class Discovery:
         chosen = {s.domain for s in self.statuses if s.available and s.in_default_set}
         return [c for d, c in self.collectors.items() if d in chosen]
 
+    def check_moving(self, min_s: float = 0.3, max_s: float = 1.0) -> dict[str, float | None]:
+        """Read every available *measured* counter twice, ``min_s`` apart (or three of its update
+        periods, at most ``max_s``): {domain: watts over the check}, 0.0 for a counter that did
+        not move (some platforms list a DRAM or GPU domain that never counts), None where the
+        second read failed."""
+        import time
+
+        counters = {s.domain: self.collectors[s.domain] for s in self.statuses
+                    if s.available and s.method == "measured" and s.domain in self.collectors}
+        if not counters:
+            return {}
+        wait = min(max_s, max([min_s] + [3 * (getattr(c, "resolution_s", None) or 0) for c in counters.values()]))
+        first: dict[str, tuple[float, float]] = {}
+        for d, c in counters.items():
+            try:
+                first[d] = (time.monotonic(), c.poll())
+            except Exception:
+                pass
+        time.sleep(wait)
+        out: dict[str, float | None] = {}
+        for d, (t0, e0) in first.items():
+            try:
+                e1, t1 = counters[d].poll(), time.monotonic()
+            except Exception:
+                out[d] = None
+                continue
+            out[d] = max(0.0, e1 - e0) / (t1 - t0) if t1 > t0 else None
+        return out
+
     def close(self, keep: "list[Collector] | tuple[()]" = ()) -> None:
         """Close every collector except those in ``keep``."""
         kept = {id(c) for c in keep}

@@ -50,20 +50,31 @@ def sensors(
 ) -> None:
     """List every energy source greenprof knows: domain, method, and why not (with the fix).
 
-    The default set (what `Meter()` and `greenprof measure` use) is marked. Exits 0 even when
-    only the CPU estimate is available.
+    The default set (what `Meter()` and `greenprof measure` use) is marked. Every measured
+    counter is read twice, about 0.3 s apart: its power now, or a warning when it did not move
+    (it may not count on this machine). Exits 0 even when only the CPU estimate is available.
     """
     from greenprof.collectors import discover_all
 
     found = discover_all()
-    found.close()
+    try:
+        power = found.check_moving()
+    finally:
+        found.close()
     default = [s.domain for s in found.statuses if s.available and s.in_default_set]
     measured = [s.domain for s in found.statuses
                 if s.available and s.in_default_set and s.method == "measured"]
+    still = [d for d, w in power.items() if w == 0.0]
+    for d in still:
+        sys.stderr.write(f"greenprof sensors: {d}'s counter did not move in the check: it may not count on this "
+                         "machine, and would read 0 J (flagged uncertain); leave it out with --collectors / "
+                         "collectors=\n")
     if as_json:
         doc = {
             "greenprof_version": __version__,
-            "sensors": [s.to_dict() for s in found.statuses],
+            "sensors": [{**s.to_dict(), "power_w": power.get(s.domain),
+                         "moving": None if power.get(s.domain) is None else power[s.domain] > 0}
+                        for s in found.statuses],
             "default_set": default,
             "estimate_only": not measured,
         }
@@ -81,6 +92,10 @@ def sensors(
         else:
             state = "[red]unavailable[/red]"
         note = s.detail
+        w = power.get(s.domain)
+        if w is not None:
+            note = (f"{note}\n[red]did not move in the check: may not count here[/red]" if w == 0.0
+                    else f"{note}\nreads {w:.3g} W now")
         if s.why_not:
             note = f"{note}\n{s.why_not}" if note else s.why_not
         table.add_row(s.source, s.domain, s.method, state, note)

@@ -39,6 +39,24 @@ def test_sensors_json_with_a_powercap_tree_reports_measured(tmp_path):
     assert not by["cpu-estimate"]["in_default_set"]
 
 
+def test_sensors_reads_each_counter_and_names_one_that_does_not_move(tmp_path):
+    """The package counter moves at a known power, the DRAM one stands still (some platforms list
+    a DRAM domain that never counts): sensors says the first's power and warns about the second."""
+    from powercap_fake import CounterWriter
+
+    pc = build(tmp_path, sockets=1, dram=True)
+    with CounterWriter(pc.zone("intel-rapl:0"), 20.0):
+        r = run("sensors", "--json", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
+        t = run("sensors", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
+    assert r.returncode == 0 and t.returncode == 0, r.stderr + t.stderr
+    by = {s["domain"]: s for s in json.loads(r.stdout)["sensors"]}
+    assert by["cpu-package-0"]["moving"] is True and abs(by["cpu-package-0"]["power_w"] - 20.0) < 2.0
+    assert by["dram-0"]["moving"] is False and by["dram-0"]["power_w"] == 0.0
+    assert by["cpu-estimate"]["moving"] is None and by["cpu-estimate"]["power_w"] is None  # not a counter
+    assert "dram-0's counter did not move" in r.stderr and "cpu-package-0" not in r.stderr
+    assert "did not move in the check" in t.stdout and "W now" in t.stdout
+
+
 def test_sensors_table_marks_the_default_set(tmp_path):
     pc = build(tmp_path, sockets=1, dram=False)
     r = run("sensors", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
