@@ -456,7 +456,9 @@ class _StuckCounter(_CountingCounter):
 
 
 def test_a_measured_counter_that_did_not_update_in_the_window_is_uncertain_not_zero_joules():
-    with Meter(collectors=[_StuckCounter("process", "cpu-stuck")], sample_hz=0) as meter:
+    stuck = _StuckCounter("process", "cpu-stuck")
+    stuck.resolution_s = 0.05  # NVML-like: a 5 ms window is far below one update, even on a slow machine
+    with Meter(collectors=[stuck], sample_hz=0) as meter:
         _spin(0.005)
     m = meter.measurement
     assert m.energy_j == {"cpu-stuck": 0.0}
