@@ -551,7 +551,7 @@ def op_profile_section(cfg: dict[str, Any], ours_dir: Path, ours_facts: dict[str
         del model
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])
-    steps = runs[-(N - 1):]  # the last generation's decode steps (its first token is the prefill's)
+    steps = runs[-N:]  # the last generation's N decode passes (generate runs one per token after the prefill)
     lo, hi = steps[0]["ts"], steps[-1]["ts"] + steps[-1]["dur"]
     kernel_us: Counter = Counter()
     calls: Counter = Counter()
