@@ -503,5 +503,8 @@ def test_a_window_shorter_than_proc_ticks_counts_its_own_cpu_time(monkeypatch):
     # the share comes from the spans widened around the window, as the attribution charged it
     assert m.other_cpu_share is not None and 0.0 <= m.other_cpu_share <= 1.0
     share = m.attributed_energy_j["cpu-test"] / m.energy_j["cpu-test"]
-    assert share == pytest.approx(1.0 - m.other_cpu_share, abs=1e-6)
+    # the attribution weights each interval by the counter's joules, this view by its seconds: with
+    # a counter linear in time they differ only by when each read happened against its row's time
+    # (microseconds in a 4 ms window: ~1e-6 here, which the old abs=1e-6 failed 2 runs in 10)
+    assert share == pytest.approx(1.0 - m.other_cpu_share, abs=1e-4)
     assert not any("0 s of it this process" in w for w in m.warnings)
