@@ -1040,11 +1040,10 @@ class Meter:
             v = cpu_share[k]
             if v is None or not (lo < k <= hi) or k - 1 not in points or k not in points:
                 continue
-            a, b = max(points[k - 1].t, t0), min(points[k].t, t1)
-            w = b - a if b > a else 0.0
-            if w <= 0 and t1 > t0:
+            # the interval's time inside the window (a zero-length window: each interval counts once)
+            w = min(points[k].t, t1) - max(points[k - 1].t, t0) if t1 > t0 else 1.0
+            if w <= 0:
                 continue
-            w = w if t1 > t0 else 1.0
             total += v * w
             weight += w
             span = min(span, cpu_span.get(k, math.inf))
@@ -1186,7 +1185,7 @@ class Meter:
                 proc_s = pt_last.cpu.process_s - pt_first.cpu.process_s
             if busy_s >= SHARE_MIN_BUSY_S:
                 # ticks undercount beside the nanosecond clock: this process's part is at most all
-                other = max(0.0, 1.0 - proc_s / max(busy_s, proc_s)) if busy_s > 0 else 0.0
+                other = 1.0 - proc_s / max(busy_s, proc_s)
             else:
                 # too few ticks in the window to divide: the share the attribution used, over
                 # the spans widened around the window's intervals, weighted by their time in it
