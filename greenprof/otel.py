@@ -9,8 +9,8 @@
   ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens``,
   ``gen_ai.usage.output_tokens``) plus greenprof's: ``greenprof.energy_j``, ``greenprof.co2e_g``,
   ``greenprof.cost_usd``, ``greenprof.energy_method``, ``greenprof.energy_basis``,
-  ``greenprof.energy_uncertain``, ``greenprof.energy_partial``, ``greenprof.status``, ``greenprof.ttft_s``. A failed request sets ``error.type`` and the span
-  status ERROR.
+  ``greenprof.energy_uncertain``, ``greenprof.energy_partial``, ``greenprof.status``,
+  ``greenprof.ttft_s``. A failed request sets ``error.type`` and the span status ERROR.
 * **Node energy** as the hardware semantic conventions' ``hw.energy`` counter (unit ``J``,
   cumulative; attributes ``hw.id`` = the domain, ``hw.type`` = ``cpu`` / ``memory`` / ``gpu`` /
   ``enclosure`` (psys), ``greenprof.energy_method``) and ``hw.power`` (gauge, ``W``); plus the
