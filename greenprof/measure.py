@@ -7,6 +7,7 @@ written, so a bad invocation leaves the database as it was.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -307,20 +308,32 @@ class _LazyStore:
             self._store.close()
 
 
-def _install_sigterm() -> Callable[[], None]:
-    """SIGTERM -> Terminated (a BaseException), so runs unwind and are stored as interrupted."""
+def _install_sigterm(state: dict[str, Any]) -> Callable[[], None]:
+    """SIGTERM -> Terminated (a BaseException), so runs unwind and are stored as interrupted.
+
+    The handler also sets ``state["terminated"]``: Python runs a signal handler at whatever line the
+    main thread is on, and where that is a ``__del__`` or a weakref/GC callback the exception is
+    printed as "Exception ignored" and dropped. :func:`_check_terminated`, called between
+    generations and per warm-up token, raises it again there, so one SIGTERM always stops."""
     if not hasattr(signal, "SIGTERM"):
         return lambda: None
     try:
         old = signal.getsignal(signal.SIGTERM)
 
         def handler(signum, frame):  # noqa: ARG001
+            state["terminated"] = True
             raise Terminated()
 
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
         return lambda: None
     return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def _check_terminated(state: dict[str, Any], *_: Any) -> None:
+    """Raise Terminated if a SIGTERM arrived whose exception was swallowed (see _install_sigterm)."""
+    if state.get("terminated"):
+        raise Terminated()
 
 
 def measure_models(req: MeasureRequest, *, settings=None, store=None,
@@ -376,7 +389,8 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
                           "are not what the model does with its own cores")
         say(f"warning: {thread_warning}")
         notes.append(thread_warning)
-    restore_sigterm = _install_sigterm()
+    state: dict[str, Any] = {"run_id": None}
+    restore_sigterm = _install_sigterm(state)
     doc_runs: list[dict] = []
     summaries: list[ModelSummary] = []
 
@@ -391,7 +405,6 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
             "notes": list(notes),
         }
 
-    state: dict[str, Any] = {"run_id": None}
     try:
         for plan in plans:
             summaries.append(_measure_one(plan, req, store, grid, pue, price, threads, say,
@@ -501,10 +514,12 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         state["stage"] = f"the first call of {spec}"
         say(f"{spec}: first call of the new session (1 token, not measured)")
         generate(model, **{**gen_kw, "new_tokens": 1})
+    stop_check = functools.partial(_check_terminated, state)  # per token in the warm-up: never measured
     for w in range(req.warmup):
         state["stage"] = f"the warm-up of {spec}"
+        stop_check()
         say(f"{spec}: warm-up {w + 1}/{req.warmup}")
-        generate(model, **gen_kw)
+        generate(model, on_token=stop_check, **gen_kw)
     per_token, per_token_gross, per_prompt, per_request, tps, methods = [], [], [], [], [], {}
     run_ids, notes, bases, domains = [], [], set(), {}
     partial, uncertain = [], []
@@ -512,6 +527,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
     session = {"spinning": req.spinning, "graph_opt": req.graph_opt, "warmup": req.warmup}
     for r in range(req.runs):
         state["stage"] = f"run {r + 1}/{req.runs} of {spec}"
+        stop_check()
         say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new token{'' if req.new_tokens == 1 else 's'})")
         run_id = store.start_run(
             kind="measure", model_name=rm.name, model_shape=rm.shape, param_count=params,
