@@ -193,10 +193,19 @@ def test_several_processes_measure_into_one_file(tmp_path):
     assert rows(db, "pragma integrity_check") == [("ok",)]
 
 
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT as in a foreground program. A shell starts a background
+    job (`make test &`) with SIGINT ignored, the child inherits that, and Python then leaves it
+    ignored, as it should: the test would wait on a measurement that never sees the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _start_long_measure(db):
     return subprocess.Popen([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "500",
                              "--warmup", "0", "--new-tokens", "1500", "--prompt-tokens", "4", "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
 
 
 def _wait_for_completed_runs(db, n, timeout=120):

@@ -587,25 +587,64 @@ def test_negative_dynamic_energy_is_shown_with_its_interval_and_a_note(capsys, m
 
 def test_sigterm_during_warm_up_does_not_claim_a_stored_run(tmp_path):
     db = tmp_path / "g.db"
-    p = subprocess.Popen([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "1",
-                          "--warmup", "100000", "--new-tokens", "2000", "--prompt-tokens", "4", "--db", str(db)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
+    # faulthandler: a process still running after SIGTERM is aborted with every thread's stack,
+    # which the failure shows; the test never waits on it without a bound
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "greenprof.cli", "measure", "tiny",
+                          "--runs", "1", "--warmup", "100000", "--new-tokens", "2000", "--prompt-tokens", "4",
+                          "--db", str(db)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}))
+    seen, lines = [], []
+    reader = threading.Thread(target=lambda: [lines.append(x) for x in p.stderr], daemon=True)
+    reader.start()
     try:
-        for line in p.stderr:
-            seen.append(line)
-            if "warm-up 1/" in line:
-                break
+        deadline = time.monotonic() + 120
+        while not any("warm-up 1/" in x for x in lines) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = list(lines)
+        assert any("warm-up 1/" in x for x in seen), "".join(seen)
         p.send_signal(signal.SIGTERM)
-        rest = p.stderr.read()
-        p.wait(timeout=60)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)  # faulthandler prints where it was
+            p.wait(timeout=30)
+        reader.join(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
-    err = "".join(seen) + rest
+            p.wait()
+    err = "".join(lines)
     assert p.returncode == 143 and "Traceback" not in err, err
     (line,) = [x for x in err.splitlines() if x.startswith("greenprof: terminated")]
     assert "during the warm-up of tiny; no run was in progress, so none is stored as interrupted" in line
+    assert not db.exists() or sqlite3.connect(db).execute("select count(*) from runs").fetchone() == (0,)
+
+
+def test_a_sigterm_whose_exception_is_swallowed_still_stops_the_measurement(tmp_path, monkeypatch):
+    """Python runs a signal handler wherever the main thread is; in a ``__del__`` the Terminated
+    it raises is printed as "Exception ignored" and dropped. The measurement must stop anyway."""
+    from greenprof.config import load_settings
+    from greenprof.measure import MeasureRequest, Terminated, measure_models
+
+    class KillsInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs inside os.kill, inside __del__
+
+    def progress(msg: str) -> None:
+        if "warm-up 1/" in msg:
+            KillsInDel()  # dropped at once: __del__ runs here and its exception is swallowed
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+    db = tmp_path / "g.db"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated) as ei:
+        measure_models(MeasureRequest(models=["tiny"], runs=1, warmup=3, new_tokens=50, prompt_tokens=4),
+                       settings=load_settings({"db": str(db)}), progress=progress)
+    assert swallowed == [Terminated]  # the handler's own exception was dropped, once
+    assert ei.value.stage == "the warm-up of tiny" and ei.value.interrupted_run_id is None
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     assert not db.exists() or sqlite3.connect(db).execute("select count(*) from runs").fetchone() == (0,)
 
 
