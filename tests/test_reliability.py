@@ -594,15 +594,14 @@ def test_sigterm_during_warm_up_does_not_claim_a_stored_run(tmp_path):
                           "--db", str(db)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}))
-    seen, lines = [], []
+    lines: list[str] = []
     reader = threading.Thread(target=lambda: [lines.append(x) for x in p.stderr], daemon=True)
     reader.start()
     try:
         deadline = time.monotonic() + 120
         while not any("warm-up 1/" in x for x in lines) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        seen = list(lines)
-        assert any("warm-up 1/" in x for x in seen), "".join(seen)
+        assert any("warm-up 1/" in x for x in lines), "".join(lines)
         p.send_signal(signal.SIGTERM)
         try:
             p.wait(timeout=60)
