@@ -686,6 +686,48 @@ def test_postgresql_record_runs(postgres_url):
     record_runs_round_trip(postgres_url)
 
 
+def test_record_runs_ids_are_the_batch_rows_under_concurrent_writers(tmp_path):
+    """SQLite's record_runs inserts a batch in one executemany and takes the newest ids: with
+    two stores (two connections) writing batches at once, every id returned must be the row of
+    the run it was returned for; a deleted newest id is never handed out again."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    m = real_measurement(tokens=2, token_segments=False)
+    got: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            with open_store(url) as store:
+                for b in range(15):
+                    batch = [(dict(kind="serve", model_name=name, extra={"serve": {"request_id": f"{name}-{b}-{k}"}}),
+                              m if k % 2 else None, "completed" if k % 2 else "failed", None) for k in range(7)]
+                    for k, rid in enumerate(store.record_runs(batch)):
+                        got[f"{name}-{b}-{k}"] = rid
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    with open_store(url):
+        pass  # create the schema once, before the writers race
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b", "c")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(got) == len(set(got.values())) == 3 * 15 * 7
+    with open_store(url) as store:
+        for request_id, rid in got.items():
+            run = store.get_run(rid)
+            assert run.extra == {"serve": {"request_id": request_id}}
+            assert run.status == ("completed" if int(request_id.rsplit("-", 1)[1]) % 2 else "failed")
+        newest = max(got.values())
+        store.delete_run(newest)
+        (after,) = store.record_runs([(dict(kind="serve", extra=None), None, "failed", None)])
+        assert after > newest and store.get_run(after).extra is None
+
+
 def test_shared_store_is_reused_and_reopened_when_the_file_is_replaced(tmp_path):
     """track()'s store: one per database in the process, opened again when its file is gone."""
     from greenprof.store import shared_store
