@@ -15,8 +15,11 @@ rounds alternate on/off in ABBA order on the same process, so drift (caches, oth
 on both. Each round, 8 client threads (plain keep-alive HTTP, to keep the client's own CPU use
 small) each send the same number of chat completions (fixed length: ``ignore_eos``).
 
-Per mode: requests/s and output tokens/s over the round's wall time, and the p50/p99 latency of
-single requests (client-side, pooled over rounds). ``ratio`` = on / off throughput: the median
+Per mode: requests/s and output tokens/s over the round's wall time, the p50/p99 latency of
+single requests (client-side, pooled over rounds), and the server process's CPU time per request
+(/proc, read after each round once the store writer has had time to write the round's runs, so
+on a CPU-bound machine ``accounting_cpu_ms_per_request``, on minus off per pair, is what the
+accounting costs each request in CPU, whatever the model). ``ratio`` = on / off throughput: the median
 of the per-pair ratios with a distribution-free 95 % interval. Target >= 0.98: ``meets`` only
 when the median meets it, ``inconclusive`` when it does not but the interval reaches it,
 ``misses`` otherwise.
@@ -41,6 +44,8 @@ from pathlib import Path
 from _common import emit, loadavg_1m, log, machine_info, median_with_ci, ratio_verdict, round_floats, shout
 
 TARGET = 0.98
+#: the pause after each round before the server's CPU time is read (the store writer batches for 0.25 s)
+WRITER_DRAIN_S = 0.5
 CLIENTS = 8
 FULL = {"tiny": dict(rounds=16, per_client=8, max_tokens=64), "smollm-135m": dict(rounds=12, per_client=1, max_tokens=32)}
 QUICK = {"tiny": dict(rounds=4, per_client=2, max_tokens=16), "smollm-135m": dict(rounds=2, per_client=1, max_tokens=4)}
@@ -86,6 +91,11 @@ class ServerProc:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"serve_speed: the server for {model} did not start")
                 time.sleep(0.2)
+
+    def cpu_s(self) -> float:
+        """The server process's CPU time so far (user + system, all threads), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -155,21 +165,26 @@ def bench_model(model: str, cfg: dict, tmp: Path) -> dict:
         for on in (True, False):
             call(port, "POST", "/greenprof/bench/accounting", {"enabled": on})
             one_round(port, model, 1, cfg["max_tokens"], 10_000_000)
-        modes = {True: {"rps": [], "tps": [], "lat": [], "energy": []}, False: {"rps": [], "tps": [], "lat": [], "energy": []}}
+        modes = {on: {"rps": [], "tps": [], "lat": [], "energy": [], "cpu_ms": []} for on in (True, False)}
         pairs: list[float] = []
+        cpu_pairs: list[float] = []
         for r in range(cfg["rounds"]):
             order = (True, False) if r % 2 == 0 else (False, True)  # ABBA
             got = {}
             for on in order:
                 call(port, "POST", "/greenprof/bench/accounting", {"enabled": on})
+                cpu0 = srv.cpu_s()
                 wall, lat, tokens, energy = one_round(port, model, cfg["per_client"], cfg["max_tokens"], r * 100_000)
+                time.sleep(WRITER_DRAIN_S)  # both modes: the store writes an "on" round's runs meanwhile
                 m = modes[on]
+                m["cpu_ms"].append((srv.cpu_s() - cpu0) / len(lat) * 1e3)
                 m["rps"].append(len(lat) / wall)
                 m["tps"].append(sum(tokens) / wall)
                 m["lat"] += lat
                 m["energy"] += energy
                 got[on] = len(lat) / wall
             pairs.append(got[True] / got[False])
+            cpu_pairs.append(modes[True]["cpu_ms"][-1] - modes[False]["cpu_ms"][-1])
             log(f"{model}: round {r + 1}/{cfg['rounds']}: on {got[True]:.2f} req/s, off {got[False]:.2f} req/s, "
                 f"ratio {pairs[-1]:.3f}")
         status = call(port, "GET", "/health")
@@ -178,13 +193,16 @@ def bench_model(model: str, cfg: dict, tmp: Path) -> dict:
     if code != 0:
         raise SystemExit(f"serve_speed: the {model} server exited with {code}")
     ratio = median_with_ci(pairs)
+    cpu = median_with_ci(cpu_pairs)
     out = {"rounds": cfg["rounds"], "clients": CLIENTS, "requests_per_client": cfg["per_client"],
            "max_tokens": cfg["max_tokens"], "pair_ratios": pairs, "ratio": ratio["median"], "ratio_ci95": ratio["ci95"],
-           "target": TARGET, "verdict": ratio_verdict(ratio["median"], pairs, TARGET), "in_flight_at_end": status["in_flight"]}
+           "target": TARGET, "verdict": ratio_verdict(ratio["median"], pairs, TARGET), "in_flight_at_end": status["in_flight"],
+           "accounting_cpu_ms_per_request": cpu["median"], "accounting_cpu_ms_per_request_ci95": cpu["ci95"]}
     for on, name in ((True, "on"), (False, "off")):
         m = modes[on]
         out[name] = {"requests_per_s": statistics.median(m["rps"]), "output_tokens_per_s": statistics.median(m["tps"]),
-                     "p50_latency_s": pct(m["lat"], 0.50), "p99_latency_s": pct(m["lat"], 0.99), "requests": len(m["lat"])}
+                     "p50_latency_s": pct(m["lat"], 0.50), "p99_latency_s": pct(m["lat"], 0.99), "requests": len(m["lat"]),
+                     "cpu_ms_per_request": statistics.median(m["cpu_ms"])}
     e = modes[True]["energy"]
     out["on"]["j_per_request"] = statistics.fmean(e) if e else None
     out["on"]["energy_fields"] = len(e) == out["on"]["requests"]
@@ -218,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (target >= {TARGET}) {shout(r['verdict'])}"
             if ci else f"{model}: ratio {r['ratio']:.3f} (no interval with {len(r['pair_ratios'])} pairs) "
             f"{shout(r['verdict'])}")
+        cci = r["accounting_cpu_ms_per_request_ci95"]
+        log(f"{model}: server CPU per request on {r['on']['cpu_ms_per_request']:.2f} ms, off "
+            f"{r['off']['cpu_ms_per_request']:.2f} ms; accounting costs {r['accounting_cpu_ms_per_request']:.3f} ms"
+            + (f" [{cci[0]:.3f}, {cci[1]:.3f}]" if cci else "") + " of CPU per request")
     emit("serve_speed", doc, save=args.save, as_json=args.json)
     return 0
 
