@@ -334,16 +334,20 @@ def _sampler(rng: np.random.Generator, temperature: float) -> Callable[[np.ndarr
         np.subtract(last, last.max(axis=-1, keepdims=True), out=head, dtype=np.float32)
         head *= inv_t
         np.exp(head, out=head)
-        block_cdf = np.cumsum(w.reshape(rows, nb, b).sum(axis=-1), axis=-1, dtype=np.float64)
+        block_mass = w.reshape(rows, nb, b).sum(axis=-1)
+        block_cdf = np.cumsum(block_mass, axis=-1, dtype=np.float64)
         u = rng.random(rows) * block_cdf[:, -1]
         out = np.empty(rows, dtype=np.int64)
         for r in range(rows):
-            k = min(int(np.searchsorted(block_cdf[r], u[r], side="right")), nb - 1)
+            k = int(np.searchsorted(block_cdf[r], u[r], side="right"))
+            if k >= nb:  # u rounded up to the total: the last block with mass
+                k = int(np.flatnonzero(block_mass[r])[-1])
             rest = u[r] - (block_cdf[r, k - 1] if k else 0.0)
-            inner = np.cumsum(w[r, k * b:(k + 1) * b], dtype=np.float64)
-            j = int(np.searchsorted(inner, rest, side="right"))
-            # rounding between the block's sum and its running sum may point just past its end
-            out[r] = min(k * b + min(j, b - 1), v - 1)
+            block = w[r, k * b:(k + 1) * b]
+            j = int(np.searchsorted(np.cumsum(block, dtype=np.float64), rest, side="right"))
+            if j >= b:  # the block's float32 sum and its float64 running sum differ by rounding
+                j = int(np.flatnonzero(block)[-1])
+            out[r] = k * b + j
         return out
 
     return pick

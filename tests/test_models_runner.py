@@ -236,6 +236,17 @@ def test_sampling_follows_softmax(vocab: int) -> None:
         for row, expect in ((0, want), (1, want[::-1])):
             freq = np.array([(draws[:, row] == i).mean() for i in where])
             np.testing.assert_allclose(freq, expect, atol=0.015 if vocab == 3 else 0.03)
+    # the ends of the uniform draw pick the first and the last token with mass, never one without
+    class Fixed:
+        def __init__(self, u: float) -> None:
+            self.u = u
+
+        def random(self, n: int) -> np.ndarray:
+            return np.full(n, self.u)
+
+    if vocab > 3:
+        lowest, highest = _sampler(Fixed(0.0), 1.0)(logits), _sampler(Fixed(np.nextafter(1.0, 0.0)), 1.0)(logits)
+        assert lowest.tolist() == [where[0], where[0]] and highest.tolist() == [where[-1], where[-1]]
     # a near-zero temperature is greedy
     scores = np.random.default_rng(1).standard_normal((3, vocab)).astype(np.float32)
     np.testing.assert_array_equal(_sampler(np.random.default_rng(2), 1e-6)(scores), scores.argmax(axis=-1))
