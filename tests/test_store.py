@@ -688,7 +688,7 @@ def test_postgresql_record_runs(postgres_url):
 
 def test_record_runs_ids_are_the_batch_rows_under_concurrent_writers(tmp_path):
     """SQLite's record_runs inserts a batch in one executemany and takes the newest ids: with
-    two stores (two connections) writing batches at once, every id returned must be the row of
+    three stores (three connections) writing batches at once, every id returned must be the row of
     the run it was returned for; a deleted newest id is never handed out again."""
     import threading
 

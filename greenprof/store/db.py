@@ -299,11 +299,8 @@ class Store:
         sql, order = self._samples_insert()
         for row, (_, m, status, error) in zip(rows, runs):
             row.update(self._finish_values(m, status, error, ended))
-        # one INSERT for the batch, ids in the rows' order (see _insert_runs)
-        keys = sorted(set().union(*rows)) if rows else []
-        params = [{k: row.get(k) for k in keys} for row in rows]
         with self._write() as conn:
-            ids = self._insert_runs(conn, keys, params)
+            ids = self._insert_runs(conn, rows)  # one INSERT for the batch, ids in the rows' order
             for rid, row, (_, m, _, _) in zip(ids, rows, runs):
                 if m is not None:
                     for into, more in zip(children, self._result_rows(rid, m, {}, row.get("prompt_tokens"))):
@@ -315,28 +312,31 @@ class Store:
                 conn.exec_driver_sql(sql, chunk)
         return ids
 
-    def _insert_runs(self, conn: Connection, keys: list[str], params: list[dict[str, Any]]) -> list[int]:
-        """Insert whole run rows (write transaction open) and return their ids in order.
+    def _insert_runs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert whole run rows (write transaction open) and return their ids in order; a
+        column some rows lack is NULL in those.
 
         SQLite: one ``executemany`` of tuples converted by the columns' own bind processors
-        (the conversions Core applies), then the newest ``len(params)`` ids. That is exact
+        (the conversions Core applies), then the newest ``len(rows)`` ids. That is exact
         because the write transaction (BEGIN IMMEDIATE) holds the database's only write lock and
         ``runs`` is AUTOINCREMENT, so ids only grow. SQLAlchemy would run one INSERT ... RETURNING
         per row here (SQLite does not promise RETURNING's order for several rows): on 60 served
         runs in batches of 30, record_runs took 0.22-0.28 ms a run that way and 0.17-0.18 ms
         this way. Other databases: one INSERT ... RETURNING for the batch, ids in parameter order.
         """
-        if not params:
+        if not rows:
             return []
+        cols = tuple(sorted(set().union(*rows)))
         if self._engine.dialect.name != "sqlite":
             stmt = insert(S.runs).returning(S.runs.c.id, sort_by_parameter_order=True)
+            params = [{c: row.get(c) for c in cols} for row in rows]
             return [int(x) for x in conn.execute(stmt, params).scalars().all()]
-        cols = tuple(keys)
         sql, order = self._driver_insert(S.runs, cols)
-        procs = self._bind_processors(S.runs, order or cols)
-        conn.exec_driver_sql(sql, [tuple(row[c] if p is None else p(row[c]) for c, p in zip(order or cols, procs))
-                                   for row in params])
-        got = conn.exec_driver_sql("SELECT id FROM runs ORDER BY id DESC LIMIT ?", (len(params),)).all()
+        order = order or cols
+        procs = self._bind_processors(S.runs, order)
+        conn.exec_driver_sql(sql, [tuple(row.get(c) if p is None else p(row.get(c)) for c, p in zip(order, procs))
+                                   for row in rows])
+        got = conn.exec_driver_sql("SELECT id FROM runs ORDER BY id DESC LIMIT ?", (len(rows),)).all()
         return [int(r[0]) for r in reversed(got)]
 
     def _bind_processors(self, table: Any, cols: tuple[str, ...]) -> list[Any]:
