@@ -74,6 +74,7 @@ def call(port: int, method: str, path: str, body: dict | None = None, conn: http
 class ServerProc:
     def __init__(self, model: str, tmp: Path) -> None:
         self.port = free_port()
+        self._cpu = None  # a greenprof.cpushare.CpuTimesReader on the server's /proc/PID/stat
         self.log = open(tmp / f"{model}.err", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "greenprof.cli", "serve", model, "--port", str(self.port), "--db",
@@ -94,10 +95,18 @@ class ServerProc:
 
     def cpu_s(self) -> float:
         """The server process's CPU time so far (user + system, all threads), from /proc."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if self._cpu is None:
+            from greenprof.cpushare import CpuTimesReader
+
+            self._cpu = CpuTimesReader(self_stat_path=f"/proc/{self.proc.pid}/stat")
+        times = self._cpu.read()
+        if times is None:
+            raise SystemExit(f"serve_speed: cannot read the server's CPU time: {self._cpu.why_not}")
+        return times.process_s
 
     def stop(self) -> int:
+        if self._cpu is not None:
+            self._cpu.close()
         self.proc.terminate()
         try:
             return self.proc.wait(120)
