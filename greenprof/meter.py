@@ -696,6 +696,21 @@ class Meter:
                 or isinstance(collectors, (list, tuple))):
             raise UsageError(f"collectors must be \"auto\", a comma-separated string or a list of domain "
                              f"names (got {collectors!r})")
+        if isinstance(collectors, (list, tuple)):
+            for c in collectors:
+                if not (isinstance(c, str) or (isinstance(getattr(c, "domain", None), str)
+                                               and callable(getattr(c, "read_j", None)))):
+                    raise UsageError(f"collectors lists domain names such as \"cpu-package-0\" (see "
+                                     f"`greenprof sensors`) or collector objects with a domain and "
+                                     f"read_j(); got {c!r}")
+        if not callable(clock):
+            raise UsageError(f"clock must be a function returning seconds, such as time.perf_counter "
+                             f"(got {clock!r}); pass the other settings by name: Meter(split=True, ...)")
+        unknown = sorted(set(discover_kwargs) - {"powercap_root", "nvml", "env"})
+        if unknown:
+            raise UsageError(f"Meter() got unknown argument(s) {', '.join(unknown)}; it takes collectors, "
+                             "sample_hz, idle_s, clock, split, token_segments, cpu_view, and for finding "
+                             "sensors powercap_root, nvml, env")
         self._spec = collectors
         self.sample_hz = float(sample_hz)
         self.idle_s = float(idle_s)
@@ -713,6 +728,7 @@ class Meter:
         self._acc: list[float] = []
         self._pending: list[tuple[list[float], list[float]]] = []  # marks awaiting their share
         self._warnings: list[str] = []
+        self._raised: set[str] = set()  # warnings already raised as GreenprofWarning
         self._t0 = 0.0
         self._first_point = 0
         self._tid = threading.get_ident()
@@ -845,7 +861,7 @@ class Meter:
             raise UsageError("mark() works between start() and stop(): use it inside "
                              "`with greenprof.Meter() as meter:`" if self._state == "new" else
                              "mark() after the window stopped: the measurement is closed; start a new Meter")
-        if type(label) is not str or not label or label in ("start", "end"):
+        if type(label) is not str or not label.strip() or label in ("start", "end"):
             raise UsageError(f"mark() takes a non-empty text label other than 'start'/'end' (got {label!r})")
         hub = self._hub
         if not self.token_segments and TOKEN_LABEL.match(label):
@@ -1067,6 +1083,7 @@ class Meter:
             else:
                 continue
             self._warn(msg)
+            self._raised.add(msg)
             warnings.warn(msg, GreenprofWarning, stacklevel=4)
 
     def _take_idle_baseline(self, hub: _Hub) -> None:

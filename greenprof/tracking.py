@@ -159,6 +159,12 @@ class track(RunFigures):
     decorated function, ``fn.greenprof_track.last`` is the latest call's tracker.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # ``@greenprof.track`` without parentheses: the function arrives as the only argument
+        if len(args) == 1 and not kwargs and callable(args[0]) and not isinstance(args[0], str):
+            return cls()(args[0])
+        return super().__new__(cls)
+
     def __init__(self, model: str | None = None, tokens: Callable[[Any], int] | None = None, *,
                  precision: str | None = None, params: int | None = None, db: str | None = None,
                  collectors: Any = "auto", sample_hz: float | None = None, idle_s: float = 0.0,
@@ -167,10 +173,20 @@ class track(RunFigures):
         if tokens is not None and not callable(tokens):
             raise UsageError("tokens= must be a function of the decorated function's result, e.g. "
                              "tokens=lambda out: len(out)")
+        if model is not None and not (isinstance(model, str) and model.strip() and len(model) <= 255):
+            raise UsageError(f"model= names the model in text of 1 to 255 characters, e.g. "
+                             f"model=\"llama-3-8b\" (got {reprlib.repr(model)})")
+        if precision is not None and not (isinstance(precision, str) and precision.strip()
+                                          and len(precision) <= 16):
+            raise UsageError(f"precision= is a short text of 1 to 16 characters such as \"fp16\" or "
+                             f"\"int8\" (got {reprlib.repr(precision)})")
+        if params is not None and _whole(params) is None:
+            raise UsageError(f"params= is the model's parameter count, a whole number >= 0 such as "
+                             f"params=135_000_000 (got {reprlib.repr(params)})")
         self.model = model
         self._tokens_fn = tokens
         self.precision = precision
-        self.params = params
+        self.params = _whole(params) if params is not None else None
         self._overrides = {"db": db, "region": region, "intensity_g_per_kwh": intensity, "pue": pue,
                            "price_usd_per_kwh": price_kwh, "sample_hz": sample_hz}
         self._collectors = collectors
@@ -194,6 +210,7 @@ class track(RunFigures):
         self._note = None
         self._warnings: list[str] = []
         self._store_warned = False
+        self._last_mark: str | None = None
 
     # -- decorator -------------------------------------------------------------------------
     def __call__(self, fn: Callable) -> Callable:
@@ -253,17 +270,21 @@ class track(RunFigures):
             return stop.value
         while True:
             self._count(item)
+            self._leave()
             try:
                 sent = yield item
             except GeneratorExit:
+                self._resume()
                 gen.close()
                 raise
             except BaseException as exc:
+                self._resume()
                 try:
                     item = gen.throw(exc)
                 except StopIteration as stop:
                     return stop.value
             else:
+                self._resume()
                 try:
                     item = gen.send(sent)
                 except StopIteration as stop:
@@ -281,17 +302,21 @@ class track(RunFigures):
                 else:
                     while True:
                         t._count(item)
+                        t._leave()
                         try:
                             sent = yield item
                         except GeneratorExit:
+                            t._resume()
                             await agen.aclose()
                             raise
                         except BaseException as exc:
+                            t._resume()
                             try:
                                 item = await agen.athrow(exc)
                             except StopAsyncIteration:
                                 break
                         else:
+                            t._resume()
                             try:
                                 item = await agen.asend(sent)
                             except StopAsyncIteration:
@@ -303,7 +328,19 @@ class track(RunFigures):
     def _over_iteration(self):
         """This tracker's run over a generator's whole iteration (sync or async): a consumer
         that stops early (GeneratorExit) closes a complete run; anything else raised ends it as
-        ``__exit__`` says (failed, or interrupted) and propagates."""
+        ``__exit__`` says (failed, or interrupted) and propagates.
+
+        A generator runs in its consumer's context, and the run's window would stay the current
+        one there while the generator is suspended: a window the consumer opens meanwhile (a
+        second tracked generator consumed in turn, a ``with track()`` block) would then nest
+        inside it instead of splitting the energy with it, and both would be charged the same
+        joules. So the window is current only while the generator's own code runs: each
+        ``yield`` gives the consumer back its own current window (:meth:`_leave`), each
+        resumption takes the run's back (:meth:`_resume`)."""
+        from greenprof.meter import _CURRENT
+
+        self._outside = _CURRENT.get()
+        self._inside = None
         self.__enter__()
         try:
             yield self
@@ -313,7 +350,24 @@ class track(RunFigures):
         except BaseException as e:
             self.__exit__(type(e), e, e.__traceback__)
             raise
-        self.__exit__(None, None, None)
+        else:
+            self.__exit__(None, None, None)
+        finally:
+            _CURRENT.set(self._outside)
+
+    def _leave(self) -> None:
+        """The generator yields: its consumer's current window is current again."""
+        from greenprof.meter import _CURRENT
+
+        self._inside = _CURRENT.get()
+        _CURRENT.set(self._outside)
+
+    def _resume(self) -> None:
+        """The generator runs again (in whichever context resumed it): its window is current."""
+        from greenprof.meter import _CURRENT
+
+        self._outside = _CURRENT.get()
+        _CURRENT.set(self._inside)
 
     def _fresh(self) -> "track":
         """A tracker per call, so recursive or concurrent calls never share a run; it becomes
@@ -349,7 +403,12 @@ class track(RunFigures):
                    f"unknown (the result is returned unchanged)")
 
     def add_tokens(self, n: int) -> None:
-        """Count generated tokens for the per-token figures (call as often as you like)."""
+        """Count generated tokens for the per-token figures (call as often as you like, inside
+        the running block: the run's count is stored when the block ends)."""
+        if not self._active:
+            raise UsageError("add_tokens() works inside a running `with greenprof.track(...)` block: "
+                             "count the tokens before the block ends"
+                             + (" (this run has ended)" if self.measurement is not None else ""))
         k = _whole(n)
         if k is None:
             raise UsageError(f"add_tokens() takes a whole number >= 0 (got {n!r})")
@@ -420,10 +479,16 @@ class track(RunFigures):
             raise UsageError(f"mark() takes a non-empty text label such as 'prefill' or 'token-1', "
                              f"other than 'start'/'end' (got {label!r})")
         self._meter.mark(label)
+        self._last_mark = label
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._active = False
         try:
+            if self._last_mark == "prefill" and (self._tokens or self._tokens_unknown):
+                # tokens counted after mark("prefill") with no decode marks: the work from that
+                # mark to the end of the block is their decode (not a teardown, which would leave
+                # the tokens with no energy and J/token at zero)
+                self._meter.mark("decode")
             self._meter.__exit__(exc_type, exc, tb)
             self.measurement = self._meter.measurement
         except BaseException as e:
@@ -436,8 +501,14 @@ class track(RunFigures):
         return False  # the user's exception propagates unchanged
 
     def _keep_warnings(self) -> None:
-        """Add the tracker's warnings (a failing tokens=) to the measurement, so they are stored."""
+        """Add the tracker's warnings (a failing tokens=) to the measurement, so they are stored,
+        and raise the measurement's own (other processes' load, a lost domain, a possible missed
+        counter wrap) as :class:`GreenprofWarning` too, so they reach stderr as `measure`'s do."""
         m = self.measurement
+        raised = getattr(self._meter, "_raised", ())
+        for w in m.warnings:
+            if w not in self._warnings and w not in raised:
+                self._warn(f"greenprof.track(model={self.model!r}): {w}", keep=False)
         extra = [w for w in self._warnings if w not in m.warnings]
         if extra:
             try:
@@ -471,12 +542,12 @@ class track(RunFigures):
         self._warn(f"greenprof.track(model={self.model!r}): {what} ({why}); this run's figures "
                    f"are kept on the tracker only (energy_j, j_per_token, co2e_g, ...), not stored")
 
-    def _warn(self, msg: str) -> None:
+    def _warn(self, msg: str, keep: bool = True) -> None:
         import warnings
 
         from greenprof.meter import GreenprofWarning
 
-        if msg not in self._warnings:
+        if keep and msg not in self._warnings:
             self._warnings.append(msg)
         # point at the user's code: the first frame outside this file
         level, f = 1, sys._getframe(0)

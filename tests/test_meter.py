@@ -287,6 +287,17 @@ def test_meter_misuse_is_a_usage_error():
         Meter(idle_s=-2)
 
 
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((), dict(collectors=[123]), "collectors lists domain names"),
+    ((), dict(collectors=["cpu-estimate", object()]), "collectors lists domain names"),
+    ((), dict(smaple_hz=3), "unknown argument.*smaple_hz"),
+    (("auto", 10, 0, "x"), {}, "clock must be a function"),
+])
+def test_meter_arguments_are_checked_when_it_is_made(args, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        Meter(*args, **kwargs)
+
+
 def test_overlapping_domains_are_refused():
     a = ReplayCounterCollector(PowerTrace("x", [0.0, 1.0], [1.0, 1.0]), domain="psys")
     b = ReplayCounterCollector(PowerTrace("y", [0.0, 1.0], [1.0, 1.0]), domain="cpu-package-0")
@@ -319,7 +330,7 @@ def test_mark_misuse_is_a_usage_error_at_the_call_and_loses_nothing():
     with pytest.raises(UsageError, match="between start"):
         meter.mark("early")
     with meter:
-        for bad in (123, "", None, "end"):
+        for bad in (123, "", " ", None, "end"):
             with pytest.raises(UsageError, match="label"):
                 meter.mark(bad)
         meter.mark("ok")
