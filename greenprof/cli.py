@@ -188,8 +188,9 @@ def measure(
             doc = measure_models(req, settings=settings, progress=status, build_progress=on_build)
     except BaseException as e:
         partial = getattr(e, "partial_doc", None)
-        if partial is not None and partial["summary"]:
-            _print_result(partial, as_json, error=e)  # what completed first, then the error
+        if partial is not None and (partial["summary"] or (as_json and partial["runs"])):
+            # what completed first (with --json, every stored run too), then the error
+            _print_result(partial, as_json, error=e)
         if isinstance(e, (KeyboardInterrupt, Terminated)):
             raise _stopped(e, partial) from None
         raise

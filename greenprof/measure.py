@@ -309,31 +309,51 @@ class _LazyStore:
 
 
 def _install_sigterm(state: dict[str, Any]) -> Callable[[], None]:
-    """SIGTERM -> Terminated (a BaseException), so runs unwind and are stored as interrupted.
+    """SIGTERM -> Terminated (a BaseException), so runs unwind and are stored as interrupted;
+    Ctrl-C (SIGINT) -> KeyboardInterrupt, as Python's own handler does, under the same rules.
 
-    The handler also sets ``state["terminated"]``: Python runs a signal handler at whatever line the
-    main thread is on, and where that is a ``__del__`` or a weakref/GC callback the exception is
-    printed as "Exception ignored" and dropped. :func:`_check_terminated`, called between
-    generations and per warm-up token, raises it again there, so one SIGTERM always stops."""
+    The handler records the signal in ``state["stop"]`` and raises at once, except while
+    ``state["hold"]`` is set: a run's rows are being written (its start, its end), and an
+    exception there would leave the run ``running`` with no energy while the message says it was
+    stored as interrupted. Held, the signal is raised by the next :func:`_check_terminated`
+    (before the next run, per warm-up token, after the last run). The check also catches a signal
+    whose exception Python dropped: a handler runs at whatever line the main thread is on, and
+    where that is a ``__del__`` or a GC callback the exception is printed as "Exception ignored"
+    and lost."""
     if not hasattr(signal, "SIGTERM"):
         return lambda: None
+    kinds = {signal.SIGTERM: Terminated, signal.SIGINT: KeyboardInterrupt}
+    old: dict[int, Any] = {}
+
+    def handler(signum, frame):  # noqa: ARG001
+        exc = kinds[signum]
+        state.setdefault("stop", exc)
+        if not state.get("hold"):
+            raise exc()
+
     try:
-        old = signal.getsignal(signal.SIGTERM)
-
-        def handler(signum, frame):  # noqa: ARG001
-            state["terminated"] = True
-            raise Terminated()
-
-        signal.signal(signal.SIGTERM, handler)
+        for sig in kinds:
+            before = signal.getsignal(sig)
+            if sig == signal.SIGINT and before is not signal.default_int_handler:
+                continue  # ignored (a background job) or the program's own: left as it is
+            old[sig] = before
+            signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, old)
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
 
 
 def _check_terminated(state: dict[str, Any], *_: Any) -> None:
-    """Raise Terminated if a SIGTERM arrived whose exception was swallowed (see _install_sigterm)."""
-    if state.get("terminated"):
-        raise Terminated()
+    """Raise the SIGTERM (Terminated) or Ctrl-C (KeyboardInterrupt) that arrived while a run was
+    being written, or whose exception was dropped (see _install_sigterm)."""
+    exc = state.get("stop")
+    if exc is not None:
+        raise exc()
 
 
 def measure_models(req: MeasureRequest, *, settings=None, store=None,
@@ -527,8 +547,10 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
     session = {"spinning": req.spinning, "graph_opt": req.graph_opt, "warmup": req.warmup}
     for r in range(req.runs):
         state["stage"] = f"run {r + 1}/{req.runs} of {spec}"
+        state["hold"] = False
         stop_check()
         say(f"{spec}: run {r + 1}/{req.runs} ({req.new_tokens} new token{'' if req.new_tokens == 1 else 's'})")
+        state["hold"] = True  # a signal while the run's row is inserted waits for state["run_id"]
         run_id = store.start_run(
             kind="measure", model_name=rm.name, model_shape=rm.shape, param_count=params,
             precision=precision, model_file_hash=rm.file_hash, provider=provider, threads=threads,
@@ -542,9 +564,13 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         meter = Meter(collectors=collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
         gen = None
         try:
+            state["hold"] = False
+            stop_check()  # a signal held while the run was started: it is stored as interrupted
             with meter:
                 gen = generate(model, meter=meter, **gen_kw)
+                state["hold"] = True  # from here to the end of this run, a signal waits (see _install_sigterm)
         except BaseException as e:
+            state["hold"] = True
             status = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
             try:
                 m = meter.measurement  # what was measured until the interruption
@@ -610,6 +636,8 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
             "process_cpu_s": m.process_cpu_s, "machine_busy_cpu_s": m.machine_busy_cpu_s,
             "warnings": m.warnings,
         }))
+    state["hold"] = False
+    stop_check()  # a signal held while the last run was written: every run is stored
     iv = accounting.interval95(per_token)
     j_prompt_mean = statistics.fmean(per_prompt) if all(v is not None for v in per_prompt) else None
     j_req = statistics.fmean(per_request)

@@ -201,9 +201,10 @@ def _default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _start_long_measure(db):
+def _start_long_measure(db, *extra):
     return subprocess.Popen([sys.executable, "-m", "greenprof.cli", "measure", "tiny", "--runs", "500",
-                             "--warmup", "0", "--new-tokens", "1500", "--prompt-tokens", "4", "--db", str(db)],
+                             "--warmup", "0", "--new-tokens", "1500", "--prompt-tokens", "4", "--db", str(db),
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_signals)
 
@@ -248,6 +249,20 @@ def test_interrupted_run_is_stored_as_interrupted(tmp_path, sig):
     # what was measured until the signal is there
     assert rows(db, f"select count(*) from run_domains where run_id = {rid}")[0][0] >= 1
     assert rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def test_json_output_of_a_terminated_measurement_lists_the_stored_runs(tmp_path):
+    db = tmp_path / "g.db"
+    p = _start_long_measure(db, "--json")
+    _wait_for_completed_runs(db, 1)
+    _wait_for_running_run(db)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "Traceback" not in err, err
+    doc = json.loads(out)
+    assert doc["complete"] is False and "error" in doc and doc["summary"] == []
+    stored = dict(rows(db, "select id, status from runs"))
+    assert doc["runs"] and all(stored[r["run_id"]] == "completed" for r in doc["runs"])
 
 
 def test_killed_process_leaves_running_row_reported_interrupted(tmp_path):

@@ -752,3 +752,45 @@ def test_help_has_clean_metavars(gp):
         assert "[[" not in r.stdout
     usage = gp("measure", "--help").stdout
     assert "[MODEL]..." in usage and "--threads" in usage and "--name" in usage
+
+
+@pytest.mark.parametrize("during", ["start_run", "finish_run"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_run_is_written_never_leaves_it_running(tmp_path, during, sig):
+    """A signal that lands while a run's row is inserted or its energy written waits until that
+    write is done: the run ends stored (interrupted, or completed), never ``running`` with no
+    energy while the message claims it was stored."""
+    from greenprof.config import load_settings
+    from greenprof.measure import MeasureRequest, Terminated, measure_models
+
+    db = tmp_path / "g.db"
+    store = open_store(str(db))
+    calls = {"n": 0}
+
+    class SignalsMidWrite:
+        def __getattr__(self, name):
+            real = getattr(store, name)
+            if name != during:
+                return real
+
+            def write(*a, **k):
+                calls["n"] += 1
+                if calls["n"] == 2:  # the second run's write: one run is already stored
+                    os.kill(os.getpid(), sig)  # the handler runs here, inside the write
+                return real(*a, **k)
+
+            return write
+
+    expect = Terminated if sig == signal.SIGTERM else KeyboardInterrupt
+    with pytest.raises(expect) as ei:
+        measure_models(MeasureRequest(models=["tiny"], runs=4, warmup=0, new_tokens=3, prompt_tokens=4),
+                       settings=load_settings({"db": str(db)}), store=SignalsMidWrite())
+    rows = sqlite3.connect(db).execute("select id, status from runs order by id").fetchall()
+    assert "running" not in [s for _, s in rows], rows
+    claimed = ei.value.interrupted_run_id
+    if during == "start_run":  # the second run was started, then stopped before any work
+        assert rows == [(rows[0][0], "completed"), (rows[1][0], "interrupted")] and claimed == rows[1][0]
+    else:  # the second run's energy was being written: it completes, and no run is claimed
+        assert rows == [(rows[0][0], "completed"), (rows[1][0], "completed")] and claimed is None
+        assert [r["run_id"] for r in ei.value.partial_doc["runs"]] == [i for i, _ in rows]
+    store.close()
