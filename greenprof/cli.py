@@ -300,7 +300,7 @@ def _print_summary(doc: dict) -> None:
 
     dynamic = any(s.get("dynamic_j_per_token") is not None for s in doc["summary"])
     if dynamic:
-        table.add_column("dynamic J/gen token (95% CI)", justify="right")
+        table.add_column("dynamic J/gen token, gross above idle (95% CI)", justify="right")
     for s in doc["summary"]:
         ci = s["j_per_token_ci95"]
         jt = f"{s['j_per_token']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else f"{s['j_per_token']:.4g} [n/a]"

@@ -81,7 +81,9 @@ def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
         yield store
 
 
-from greenprof.accounting import Costing as _Costing, div_or_none, fsum_or_none, run_summary as summarize  # noqa: E402
+from greenprof.accounting import (  # noqa: E402
+    Costing as _Costing, clean_json, div_or_none, fsum_or_none, run_summary as summarize,
+)
 
 
 def _flush(costing: _Costing) -> None:
@@ -256,6 +258,19 @@ def show_cmd(
     _flush(costing)
 
 
+def record_document(run: "RunRecord") -> dict[str, Any]:
+    """A stored run's own fields as JSON-ready data (show --json, export -f json), without its
+    segments: with no idle baseline its domains have no dynamic energy (runs stored before that
+    rule hold the gross there, which is not dynamic)."""
+    doc = run.to_dict()
+    doc.pop("segments", None)
+    if not run.idle_window_s:
+        for d in (doc.get("domains") or {}).values():
+            if isinstance(d, dict):
+                d["dynamic_energy_j"] = None
+    return doc
+
+
 def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, Any]:
     """Everything `show` says about a run, as one JSON-ready document (no printing)."""
     s = summarize(run, costing)
@@ -265,12 +280,12 @@ def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, 
         e = fsum_or_none((p.attributed_energy_j if attributed else p.energy_j).values())
         phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
                         "energy_j": e, "gross_energy_j": fsum_or_none(p.energy_j.values()),
-                        "dynamic_energy_j": fsum_or_none(p.dynamic_energy_j.values()),
+                        "dynamic_energy_j": (fsum_or_none(p.dynamic_energy_j.values())
+                                             if run.idle_window_s else None),
                         "j_per_token": div_or_none(e, p.tokens),
                         "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
                         "gross_energy_j_by_domain": p.energy_j}
-    doc = run.to_dict()
-    doc.pop("segments", None)
+    doc = record_document(run)
     doc["phases"] = phases
     doc["segment_count"] = len(run.segments)
     doc["sample_count"] = n_samples
@@ -333,8 +348,9 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
         add("warning", w)
     add("energy figures", energy_cell(s))
     if s["energy_j"] is not None:
+        dyn = f"; dynamic {_num(s['dynamic_energy_j'])} J above idle" if s["dynamic_energy_j"] is not None else ""
         add("energy", f"{_num(s['energy_j'])} J charged ({s['basis']}); the counters saw "
-                      f"{_num(s['gross_energy_j'])} J (gross; dynamic {_num(s['dynamic_energy_j'])} J)")
+                      f"{_num(s['gross_energy_j'])} J (gross{dyn})")
         if s["other_cpu_share"] is not None:
             add("other load", f"other processes used {s['other_cpu_share']:.0%} of the machine's busy CPU time")
         add("CO2e", f"{_num(s['co2e_g'])} g")
@@ -369,7 +385,8 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
                                      f"uncertain: {r.uncertain_reason}" if r.uncertain_reason else "",
                                      r.share_note or "") if x)
         dom.add_row(d, r.method or "-", r.scope or "-", _num(r.energy_j), _num(r.attributed_energy_j),
-                    _num(r.share, ".3f"), _num(r.idle_power_w), _num(r.dynamic_energy_j), note)
+                    _num(r.share, ".3f"), _num(r.idle_power_w),
+                    _num(r.dynamic_energy_j if run.idle_window_s else None), note)
     out.print(dom)
     if phases:
         ph = Table(title="Phases", title_justify="left")
@@ -457,13 +474,13 @@ def export_cmd(
     else:
         runs = []
         for r in records:
-            d = r.to_dict()
-            d.pop("segments", None)
+            d = record_document(r)
             d["summary"] = summarize(r, costing)
             runs.append(d)
         doc = {"greenprof_version": __version__, "db": where,
                "exported_at": datetime.now(timezone.utc).isoformat(), "runs": runs}
-        buf.write(json.dumps(doc, indent=2, default=str) + "\n")
+        # JSON has no NaN or infinity (an overflowing figure is null, as in runs --json)
+        buf.write(json.dumps(clean_json(doc), indent=2, default=str, allow_nan=False) + "\n")
     text = buf.getvalue()
     if target is None:
         sys.stdout.write(text)

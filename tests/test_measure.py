@@ -332,6 +332,45 @@ def test_idle_baseline_gives_dynamic_figures(tmp_path):
     assert json.loads(r.stdout)["summary"][0]["dynamic_j_per_token"] is None
 
 
+def _strict_json(text):
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_without_an_idle_baseline_no_surface_shows_a_dynamic_figure(tmp_path):
+    """Dynamic = gross above the idle baseline: with none taken it is empty in runs, show and
+    export alike (it was the gross again there, while measure said null)."""
+    db = str(tmp_path / "g.db")
+    r = cli("measure", *FAST, "--db", db, "--json")
+    assert r.returncode == 0, r.stderr
+    run_id = _strict_json(r.stdout)["runs"][0]["run_id"]
+    (row,) = [x for x in _strict_json(cli("runs", "--db", db, "--json").stdout)["runs"] if x["id"] == run_id]
+    assert row["dynamic_j_per_token"] is None and row["dynamic_energy_j"] is None
+    show = _strict_json(cli("show", str(run_id), "--db", db, "--json").stdout)
+    assert show["summary"]["dynamic_j_per_token"] is None and show["summary"]["dynamic_energy_j"] is None
+    assert all(d["dynamic_energy_j"] is None for d in show["domains"].values())
+    assert all(p["dynamic_energy_j"] is None for p in show["phases"].values())
+    exported = _strict_json(cli("export", "-f", "json", "--db", db).stdout)
+    (run,) = [x for x in exported["runs"] if x["id"] == run_id]
+    assert all(d["dynamic_energy_j"] is None for d in run["domains"].values())
+    assert run["summary"]["dynamic_j_per_token"] is None
+    text = cli("show", str(run_id), "--db", db).stdout
+    assert "dynamic" not in text.split("Domains")[0]  # the summary says no dynamic energy either
+
+
+def test_export_json_never_writes_infinity(tmp_path):
+    db = str(tmp_path / "g.db")
+    r = cli("measure", "tiny", "--runs", "1", "--warmup", "0", "--new-tokens", "2", "--prompt-tokens", "4",
+            "--intensity", "1e308", "--pue", "1e300", "--db", db)
+    assert r.returncode == 0, r.stderr
+    e = cli("export", "-f", "json", "--db", db)
+    assert e.returncode == 0, e.stderr
+    (run,) = _strict_json(e.stdout)["runs"]
+    assert run["summary"]["co2e_g"] is None  # overflowed: null, as runs --json has it
+
+
 def test_batch_counts_every_sequence_token(tmp_path):
     db = tmp_path / "g.db"
     r = cli("measure", *FAST, "--batch", "3", "--db", str(db), "--json")

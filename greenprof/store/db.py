@@ -437,7 +437,8 @@ class Store:
         domains = [
             {"run_id": run_id, "domain": d, "method": m.method.get(d), "source": m.sources.get(d),
              "energy_j": _num(e), "idle_power_w": _num(m.idle_power_w.get(d)),
-             "dynamic_energy_j": _num(e - m.idle_power_w.get(d, 0.0) * m.duration_s),
+             # gross above the idle baseline; none without one (it is not the gross again)
+             "dynamic_energy_j": _num(e - m.idle_power_w[d] * m.duration_s) if d in m.idle_power_w else None,
              "resolution_s": _num(m.resolution_s.get(d)), "lost_reason": m.lost.get(d),
              "attributed_energy_j": _num(attributed.get(d)),
              "share": _num(attributed[d] / e) if d in attributed and e and e > 0 else None,
@@ -468,7 +469,7 @@ class Store:
             dyn = s.dynamic_energy_j
             att = getattr(s, "attributed_energy_j", None) or {}
             seg_energy += [{"run_id": run_id, "idx": idx, "domain": d, "energy_j": _num(e),
-                            "dynamic_energy_j": _num(dyn.get(d)),
+                            "dynamic_energy_j": _num(dyn.get(d)) if d in m.idle_power_w else None,
                             "attributed_energy_j": _num(att.get(d))} for d, e in s.energy_j.items()]
         return domains, segs, seg_energy
 
