@@ -6,6 +6,7 @@ A user mistake prints one line (no traceback) and exits 2; a runtime failure exi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -434,6 +435,15 @@ def _tidy_help(cmd) -> None:
         _tidy_help(sub)
 
 
+def _drop_stdout() -> None:
+    """After stdout failed: point it at /dev/null, so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: every error is one line on stderr (exit 2 for a usage error)."""
     exc = _click_exceptions()
@@ -456,6 +466,18 @@ def main(argv: list[str] | None = None) -> None:
     except (getattr(exc, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt):
         sys.stderr.write("greenprof: interrupted\n")
         sys.exit(130)
+    except BrokenPipeError:  # the reader of stdout went away (`greenprof runs | head`)
+        _drop_stdout()
+        sys.exit(141)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS, errno.EBADF):
+            raise
+        _drop_stdout()
+        sys.stderr.write(f"greenprof: error: cannot write the output: {e.strerror or e} (free some space or "
+                         "write elsewhere, e.g. with -o FILE where the command has it)\n")
+        sys.exit(1)
     if isinstance(rv, int) and not isinstance(rv, bool) and rv:
         sys.exit(rv)
 

@@ -97,6 +97,10 @@ class ModelSummary:
         return clean_json(dict(self.__dict__))
 
 
+#: More intra-op threads than any machine gives one process (onnxruntime takes a C int).
+MAX_THREADS = 4096
+
+
 def check_request(req: MeasureRequest) -> None:
     """Reject bad numbers before anything is built or written."""
     def positive_int(name: str, v: Any, allow_zero: bool = False) -> None:
@@ -112,6 +116,9 @@ def check_request(req: MeasureRequest) -> None:
         positive_int("--prompt-tokens", req.prompt_tokens)
     if req.threads is not None:
         positive_int("--threads", req.threads)
+        if req.threads > MAX_THREADS:
+            raise UsageError(f"--threads {req.threads} is more than {MAX_THREADS} intra-op threads; use at most "
+                             "the CPUs this process may use (the default)")
     if req.precision is not None and (not isinstance(req.precision, str) or not req.precision.strip()):
         raise UsageError(f"--precision must be fp32, int8 or int4 (got {req.precision!r})")
     if req.name is not None:
@@ -211,6 +218,9 @@ def plan_model(spec: str, req: MeasureRequest) -> ModelPlan:
             raise UsageError(f"--precision: {e}") from None
         plan = ModelPlan(spec, (req.name or target.name).strip(), True, precision, target.max_position,
                          shape=target)
+        # a model (or a batch) this machine cannot hold is refused before any model is measured
+        n_tokens = (req.prompt_tokens or (128 if req.prompt is None else 1)) + req.new_tokens
+        builder.check_memory(target, precision, batch=req.batch, tokens=min(n_tokens, target.max_position))
     if plan.context_length:
         n_prompt = req.prompt_tokens or (128 if req.prompt is None else 1)
         if n_prompt + req.new_tokens > plan.context_length:
@@ -245,7 +255,8 @@ def _check_collectors(spec: Any) -> None:
     names = [n for n in ([x.strip() for x in spec.split(",")] if isinstance(spec, str) else spec)
              if isinstance(n, str) and n]
     if not names:
-        return
+        raise UsageError(f"--collectors names no energy domain (got {spec!r}): give domain names such as "
+                         "cpu-package-0,gpu-0 (see `greenprof sensors`), or leave it out for auto")
     try:
         chosen = col.select(names)
     except UsageError as e:
@@ -340,10 +351,24 @@ def _install_sigterm(state: dict[str, Any]) -> Callable[[], None]:
             signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         return lambda: None
+    import sys
+
+    hook = sys.unraisablehook
+
+    def quiet(u: Any) -> None:
+        # the handler's exception raised in a __del__ or GC callback: Python would print it with
+        # a traceback and drop it; it is raised again by the next check, so say nothing here
+        if u.exc_type in kinds.values() and state.get("stop") is u.exc_type:
+            return
+        hook(u)
+
+    sys.unraisablehook = quiet
 
     def restore() -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+        if sys.unraisablehook is quiet:
+            sys.unraisablehook = hook
 
     return restore
 
@@ -383,8 +408,9 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     carbon.check_price(price)
     threads = req.threads if req.threads is not None else settings.threads
     threads_name = "--threads" if req.threads is not None else settings.describe("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
-        raise UsageError(f"{threads_name} must be a whole number > 0 (got {threads!r})")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0
+                                or threads > MAX_THREADS):
+        raise UsageError(f"{threads_name} must be a whole number from 1 to {MAX_THREADS} (got {threads!r})")
     # every model is checked (names, paths, files, context) before anything is built or written
     plans = [plan_model(spec, req) for spec in req.models]
     if req.collectors not in (None, "auto") and isinstance(req.collectors, (str, list, tuple)):
@@ -523,6 +549,11 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
                 f"a text prompt was given but {rm.path} has no tokenizer.json: put the model's "
                 "tokenizer.json beside the .onnx file, or use --prompt-tokens N for a synthetic prompt")
         n_prompt = len(model.tokenizer.encode(req.prompt).ids)
+        ctx = model.context_length
+        if ctx is not None and n_prompt + req.new_tokens > ctx:  # before any warm-up or run
+            raise UsageError(f"the prompt ({n_prompt} tokens of {spec}'s tokenizer) + --new-tokens "
+                             f"{req.new_tokens} exceeds its context length ({ctx} tokens): shorten "
+                             "--prompt/--prompt-file or generate fewer tokens")
         gen_kw: dict[str, Any] = dict(prompt=req.prompt, new_tokens=req.new_tokens, batch=req.batch)
     else:
         n_prompt = req.prompt_tokens or 128

@@ -677,16 +677,19 @@ _RUNTIME_BYTES = 256 << 20  # onnxruntime itself, activations and logits of a pr
 _MEMORY_CONTEXT = 2048  # tokens of KV cache (batch 1) counted in the need
 
 
-def memory_needed_bytes(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa") -> int:
+def memory_needed_bytes(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa",
+                        batch: int = 1, tokens: int | None = None) -> int:
     """Memory this model needs to run here: its weights as onnxruntime holds them once loaded
-    (``_RESIDENT_PER_WEIGHT_BYTE`` x the bytes on disk), a float32 KV cache of up to 2048 tokens
-    (batch 1) and 256 MiB for the runtime and activations."""
+    (``_RESIDENT_PER_WEIGHT_BYTE`` x the bytes on disk), a float32 KV cache per sequence of
+    ``tokens`` (default: up to 2048), float32 logits per sequence, and 256 MiB for the runtime
+    and activations."""
     shape = _resolve(name)
     precision = check_precision(precision)
     weights = planned_bytes(shape, precision, attention=attention)
-    context = min(shape.max_position, MAX_CONTEXT, _MEMORY_CONTEXT)
-    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * context
-    return int(weights * _RESIDENT_PER_WEIGHT_BYTE[precision]) + kv + _RUNTIME_BYTES
+    context = tokens if tokens is not None else min(shape.max_position, MAX_CONTEXT, _MEMORY_CONTEXT)
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * context * batch
+    logits = 4 * shape.vocab * batch if batch > 1 else 0  # batch 1's are in the runtime allowance
+    return int(weights * _RESIDENT_PER_WEIGHT_BYTE[precision]) + kv + logits + _RUNTIME_BYTES
 
 
 def machine_memory_bytes() -> int:
@@ -704,14 +707,22 @@ def machine_memory_bytes() -> int:
     return total
 
 
-def check_memory(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa") -> None:
-    """GreenprofError (one line) when this machine has less memory than the model needs to run."""
+def check_memory(name: str | ModelShape, precision: str = "fp32", *, attention: str = "gqa",
+                 batch: int = 1, tokens: int | None = None) -> None:
+    """GreenprofError (one line) when this machine has less memory than the model needs to run
+    (with ``batch`` sequences of ``tokens`` each, when given)."""
     shape = _resolve(name)
     precision = check_precision(precision)
-    need = memory_needed_bytes(shape, precision, attention=attention)
+    need = memory_needed_bytes(shape, precision, attention=attention, batch=batch, tokens=tokens)
     have = machine_memory_bytes()
     if need <= have:
         return
+    if batch > 1 and memory_needed_bytes(shape, precision, attention=attention, tokens=tokens) <= have:
+        per_seq = 2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * (tokens or 1) + 4 * shape.vocab
+        fits = max(1, (have - memory_needed_bytes(shape, precision, attention=attention, tokens=0)) // per_seq)
+        raise GreenprofError(f"{shape.name} {precision} with --batch {batch} needs {need / 2**30:.1f} GiB of memory "
+                             f"(its KV cache and logits for {batch} sequences) and this machine has "
+                             f"{have / 2**30:.1f} GiB: use --batch {min(fits, batch - 1)} or fewer")
     fits = [p for p in PRECISIONS if memory_needed_bytes(shape, p, attention=attention) <= have]
     ladder = "`greenprof ladder` extrapolates its figures from the model sizes measured here"
     if fits:

@@ -19,6 +19,7 @@ The schema is created and upgraded only by the Alembic migrations in ``migration
 from __future__ import annotations
 
 import math
+import operator
 import os
 import threading
 import uuid
@@ -66,6 +67,8 @@ STALE_NOTE = "process ended without closing the run (killed?)"
 _PG_MIGRATION_LOCK = 0x67726E70  # "grnp"
 
 # Columns a caller may set in start_run; the store owns id, status, ended_at and the results.
+#: Ids and counts fit a signed 64-bit integer (SQLite's INTEGER, PostgreSQL's BIGINT).
+_MAX_ID = 2 ** 63
 _STORE_OWNED = {"id", "status", "ended_at", "duration_s", "sample_hz", "idle_window_s", "warnings",
                 "process_cpu_s", "machine_busy_cpu_s", "other_cpu_share", "concurrent_windows"}
 RUN_FIELDS = tuple(c.name for c in S.runs.c if c.name not in _STORE_OWNED)
@@ -579,7 +582,7 @@ class Store:
             q = q.where(S.runs.c.batch_id == batch_id)
         if since is not None:
             q = q.where(S.runs.c.started_at >= _to_utc_naive(since))
-        if limit is not None:
+        if limit is not None and limit < _MAX_ID:  # beyond a 64-bit count is every run
             q = q.limit(limit)
         with self._read() as conn:
             records = [self._record(r) for r in conn.execute(q).mappings()]
@@ -588,6 +591,13 @@ class Store:
 
     def get_run(self, run_id: int) -> RunRecord:
         """One run with its domains, phase summaries and every segment."""
+        try:
+            valid = 0 < operator.index(run_id) < _MAX_ID
+        except TypeError:
+            valid = False
+        if not valid:  # no such row can exist
+            raise RunNotFound(f"no run {run_id} in {self._errors.where}: run ids are whole numbers from 1 "
+                              "(see `greenprof runs`)")
         with self._read() as conn:
             row = conn.execute(select(S.runs).where(S.runs.c.id == run_id)).mappings().first()
             if row is None:
