@@ -421,8 +421,9 @@ class _Hub:
         return t, vals, idx
 
     # -- windows -------------------------------------------------------------------------------
-    def add(self, w: "Meter") -> None:
-        """Register ``w`` (lock held): a share point opens its first row."""
+    def add(self, w: "Meter", cut: "tuple[Meter, str] | None" = None) -> None:
+        """Register ``w`` (lock held): a share point opens its first row. ``cut=(window, label)``:
+        that open window's row at the same reading is a mark ``label`` (see Meter.start)."""
         tid = w._tid
         if tid not in self.thread_clocks:
             from greenprof.cpushare import thread_cpu_clock
@@ -433,7 +434,7 @@ class _Hub:
         self.windows.append(w)
         idx = self._share_point(t, w.cpu_view)
         for o in self.windows:
-            o._row(t, "start" if o is w else None, vals, idx)
+            o._row(t, "start" if o is w else cut[1] if cut is not None and o is cut[0] else None, vals, idx)
         for o in self.windows:
             if o is not w:
                 o._overlaps += 1
@@ -821,7 +822,10 @@ class Meter:
         timer.name = "greenprof-hub-linger"
         timer.start()
 
-    def start(self) -> "Meter":
+    def start(self, *, _cut: "tuple[Meter, str] | None" = None) -> "Meter":
+        """Open the window. ``_cut=(window, label)`` (greenprof.metrics' renewed node window):
+        that running window on the same hub is marked ``label`` at this window's very first
+        reading, so one ends where the other begins, with no joule between them or in both."""
         if self._state != "new":
             raise UsageError("a Meter measures one window: create a new Meter for the next one")
         hub = self._open_hub()
@@ -837,7 +841,9 @@ class Meter:
             self._acc = [0.0] * len(hub.collectors)
             with hub.lock:
                 self._state = "running"
-                hub.add(self)
+                if _cut is not None and (_cut[0]._hub is not hub or _cut[0]._state != "running"):
+                    raise UsageError("a cut needs a running window on the same collectors")
+                hub.add(self, _cut)
                 # after the window's first read: a stale start read is not this window's doubt
                 self._uncertain0 = [int(getattr(c, "uncertain_count", 0) or 0) for c in hub.collectors]
                 self._t0 = self._rows[0][0]

@@ -4,9 +4,10 @@
 process-wide hub (the one the served requests' ``split=True`` windows share), so it sees the
 process's whole energy, idle or busy. A window that stayed open for days would keep every
 sampler row, so the window is *renewed*: every ``roll_s`` seconds and at each scrape (at most
-every ``min_roll_s``), the old window is cut with a mark, a new one started, and the old one
-stopped; its segments are added to running totals. The few microseconds between the cut and the
-new window's first read are counted in neither (a renewal never counts a joule twice).
+every ``min_roll_s``), the new window is started and the old one is cut with a mark at that same reading (one ends
+exactly where the other begins: no joule is counted in neither, or in both), and the old one is
+stopped; its segments are added to running totals. A scrape within ``min_roll_s`` (20 ms) of the
+last renewal reads the totals as of that renewal.
 
 While serving, the window is also marked at every change between *idle* (no request in flight)
 and *busy* (at least one): the mark ``idle`` closes an idle span when the first request starts,
@@ -73,7 +74,7 @@ class NodeMeter:
     """
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0, *,
-                 roll_s: float = 5.0, min_roll_s: float = 0.2,
+                 roll_s: float = 5.0, min_roll_s: float = 0.02,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.collectors = collectors
         self.sample_hz = sample_hz
@@ -125,14 +126,14 @@ class NodeMeter:
                 self._account(ctx.run(old.stop))
         return self.totals()
 
-    def _open(self) -> tuple[Any, contextvars.Context]:
+    def _open(self, cut: "tuple[Any, str] | None" = None) -> tuple[Any, contextvars.Context]:
         from greenprof.meter import Meter
 
         m = Meter(collectors=self.collectors, sample_hz=self.sample_hz, split=False)
         # started in a context of its own: it is never the current window of a request's
         # context, so no request window takes it as its parent
         ctx = contextvars.Context()
-        ctx.run(m.start)
+        ctx.run(m.start, _cut=cut)
         return m, ctx
 
     def _renew_loop(self) -> None:
@@ -176,10 +177,11 @@ class NodeMeter:
             if self._meter is None:
                 return
             if not force and self._clock() - self._last_roll < self.min_roll_s and self._totals.method:
-                return  # renewed a moment ago (a second scraper): the counters are current
+                return  # renewed a moment ago (a second scraper): the totals are 20 ms old at most
             old, old_ctx = self._meter, self._ctx
-            old.mark(self._state())  # the cut: what follows it in `old` is not counted
-            self._meter, self._ctx = self._open()
+            # the cut: `old` is marked at the new window's first reading, so the two meet
+            # exactly (what follows the cut in `old` is not counted; the new window counts it)
+            self._meter, self._ctx = self._open(cut=(old, self._state()))
             self._last_roll = self._clock()
             m = old_ctx.run(old.stop)
             self._account(m)

@@ -289,3 +289,44 @@ def test_back_to_back_windows_reuse_the_counters_then_they_close(monkeypatch):
     assert b.measurement.energy_j["cpu-package-0"] == pytest.approx(30.0 * b.measurement.duration_s, rel=0.02)
     time.sleep(0.8)
     assert hub.closed and M._HUBS.get(hub.key) is None
+
+
+class CountingCounter(CounterCollector):
+    """A counter that advances by exactly 1 J at every read: a joule lost or counted twice
+    between two windows shows as a whole number."""
+
+    source = "test"
+    method = "measured"
+    domain = "ticks"
+    scope = "process"
+
+    def __init__(self):
+        self.n = 0.0
+
+    def read_j(self):
+        self.n += 1.0
+        return self.n
+
+
+def test_a_renewed_node_window_counts_every_joule_once():
+    """NodeMeter renews its window at every scrape: the new window starts at the very reading
+    where the old one is cut, so the totals are the counter's advance, exactly (a cut read apart
+    from the new window's start lost what came between: up to a third of a request's energy at
+    four scrapes a second)."""
+    from greenprof.metrics import NodeMeter
+
+    counter = CountingCounter()
+    node = NodeMeter([counter], sample_hz=0, min_roll_s=0.0).start()
+    first = node._meter._rows[0][2][0]  # the first window's start reading
+    try:
+        for i in range(50):
+            if i % 5 == 0:
+                node.request_started()
+                node.request_finished()
+            node.renew(force=True)
+        now = node._meter._rows[0][2][0]  # the open window's start = the last cut
+        t = node.totals()
+        assert t.gross_j["ticks"] == now - first
+        assert 0 < t.idle_gross_j["ticks"] < t.gross_j["ticks"]  # the idle spans are part of it
+    finally:
+        node.close()
