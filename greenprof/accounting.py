@@ -183,15 +183,18 @@ def div_or_none(a: float | None, b: float | int | None) -> float | None:
 def run_figures(phase_energy_j: Mapping[str, float] | None, *, basis: str, phases_marked: bool = True,
                 prompt_tokens: int | None = None, generated_tokens: int | None = None, requests: int = 1,
                 intensity_g_per_kwh: float | None = None, pue: float = 1.0,
-                price_usd_per_kwh: float | None = None) -> RunFigures:
-    """Figures of one run from its phase energies (on ``basis``) and token counts."""
+                price_usd_per_kwh: float | None = None, energy_j: float | None = None) -> RunFigures:
+    """Figures of one run from its phase energies (on ``basis``) and token counts.
+
+    A run that is no inference (``greenprof serve``'s idle periods) has no phases: pass
+    ``phase_energy_j=None`` with its ``energy_j``, and ``requests=0`` (no per-request figures)."""
     if phase_energy_j is None:
         phases: dict[str, float] = {}
-        total = None
+        total = energy_j
     else:
         phases = {p: float(phase_energy_j.get(p, 0.0)) for p in PHASES}
         total = math.fsum(phases.values())
-    requests = max(1, int(requests or 1))
+    requests = max(0, int(requests if requests is not None else 1))
     j_tok = div_or_none(phases.get("decode") if phases else None, generated_tokens)
     j_prompt = div_or_none(phases.get("prefill") if phases and phases_marked else None, prompt_tokens)
     j_req = div_or_none(total, requests)
@@ -247,6 +250,12 @@ def record_basis(run: Any) -> str:
     return "gross"
 
 
+def is_idle_record(run: Any) -> bool:
+    """A stored run that is ``greenprof serve``'s energy between requests (model "(idle)")."""
+    serve = (getattr(run, "extra", None) or {}).get("serve")
+    return isinstance(serve, dict) and serve.get("idle") is True
+
+
 def record_figures(run: Any, *, intensity_g_per_kwh: float | None, pue: float,
                    price_usd_per_kwh: float | None, basis: str | None = None) -> RunFigures:
     """Figures of a stored run (a ``greenprof.store.RunRecord``) from its stored joules."""
@@ -258,6 +267,10 @@ def record_figures(run: Any, *, intensity_g_per_kwh: float | None, pue: float,
         vals = [v for v in src.values() if v is not None]
         by_kind[kind] = math.fsum(vals) if vals else (0.0 if src else None)
         tokens[kind] = ph.tokens
+    if is_idle_record(run):  # a server's idle period: its energy, and no phase, token or request
+        return run_figures(None, basis=basis, phases_marked=False, requests=0,
+                           energy_j=fsum_or_none(by_kind.values()), intensity_g_per_kwh=intensity_g_per_kwh,
+                           pue=pue, price_usd_per_kwh=price_usd_per_kwh)
     if not by_kind:
         phases, marked = None, False
     else:

@@ -209,6 +209,7 @@ class Server:
             engine_box.append(self.engine)
             if self.otel is not None:
                 self.otel.watch_node(lambda: self.engine.node if self.engine is not None else None)
+            self.engine.stopping = self._stopping
             self.app = build_app(self.engine, registry=registry, stopping=self._stopping,
                                  bench_toggle=o.bench_toggle, warn=self.say)
         except BaseException:

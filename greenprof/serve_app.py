@@ -134,6 +134,7 @@ def _unsupported(body: dict, endpoint: str) -> None:
         ("presence_penalty", lambda v: v in (None, 0), "penalties are not supported"),
         ("logit_bias", lambda v: not v, "logit_bias is not supported"),
         ("logprobs", lambda v: v in (None, False, 0) and v is not True, "logprobs are not supported"),
+        ("top_logprobs", lambda v: v in (None, 0) and not isinstance(v, bool), "logprobs are not supported"),
         ("tools", lambda v: not v, "tools are not supported"),
         ("functions", lambda v: not v, "functions are not supported"),
         ("response_format", lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
@@ -146,6 +147,11 @@ def _unsupported(body: dict, endpoint: str) -> None:
     for name, ok, why in checks:
         if name in body and not ok(body[name]):
             raise ApiError(400, f"'{name}': {why} by greenprof serve", param=name, code="unsupported_parameter")
+
+
+#: A prompt longer than this many characters per token of context is first counted over such a
+#: prefix (see Admission.job).
+PREFIX_CHARS_PER_TOKEN = 32
 
 
 class Admission:
@@ -198,6 +204,23 @@ class Admission:
         if max_tokens is not None and ctx is not None and max_tokens > ctx:
             raise ApiError(400, f"'{name}' is {max_tokens}, above this model's limit of {ctx} tokens "
                            "(its context length)", param=name, code="invalid_value")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800"): not text the tokenizer takes
+            raise ApiError(400, f"the {'messages hold' if endpoint == 'chat.completions' else 'prompt holds'} "
+                           f"a character that is not valid Unicode ({e.object[e.start:e.end]!r} at "
+                           f"{e.start}): send UTF-8 text", param="messages" if endpoint == "chat.completions"
+                           else "prompt", code="invalid_value") from None
+        if ctx is not None and len(prompt) > ctx * PREFIX_CHARS_PER_TOKEN:
+            # a prompt far longer than the context: tokenizing it whole would hold the
+            # interpreter (the tokenizer keeps the GIL) for seconds; a prefix settles it
+            head = prompt[:ctx * PREFIX_CHARS_PER_TOKEN]
+            n_head = len(self.tokenizer.encode(head).ids)
+            if n_head >= 2 * ctx:  # twice the context in a prefix: the whole is over it
+                raise ApiError(400, f"this model's maximum context length is {ctx} tokens, and the prompt's first "
+                               f"{len(head)} characters alone are {n_head}: shorten it",
+                               param="messages" if endpoint == "chat.completions" else "prompt",
+                               code="context_length_exceeded")
         ids = self.tokenizer.encode(prompt).ids
         n_prompt = len(ids)
         if n_prompt == 0:
@@ -318,14 +341,22 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
                 return error(500, f"internal error: {type(e).__name__}: {e}", type_="server_error")
         return endpoint
 
-    async def read_json(request: Request) -> Any:
+    async def read_body(request: Request) -> bytes:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB")
+        return raw
+
+    async def read_json(request: Request) -> Any:
+        return parse_json(await read_body(request))
+
+    def parse_json(raw: bytes) -> Any:
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "the request body is JSON nested too deeply", code="invalid_json") from None
 
     def usage(job: "Job", out: "Outcome") -> dict:
         u = {"prompt_tokens": job.prompt_tokens, "completion_tokens": len(out.token_ids),
@@ -354,15 +385,21 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
             job.trace_context = engine.otel.context_from(dict(request.headers))
         return engine.submit(job)
 
+    def admit(raw: bytes, endpoint: str) -> "Job":
+        return admission.job(parse_json(raw), endpoint)
+
     async def completion(request: Request, endpoint: str):
-        body = await read_json(request)
-        job = admission.job(body, endpoint)
+        # parsing and tokenizing a long prompt takes a while: off the event loop, so other
+        # clients (and /health) are answered meanwhile
+        job = await run_in_threadpool(admit, await read_body(request), endpoint)
         if job.stream:
             return stream(job, endpoint, request)
         fut = submit(job, request)
         try:
             out = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
+            if stopping():  # the graceful timeout: no queued request may start in the place this one frees
+                engine.interrupt_queued(INTERRUPTED_SERVER)
             job.cancel(INTERRUPTED_SERVER if stopping() else INTERRUPTED_CLIENT)
             if stopping():  # uvicorn's graceful timeout: answer rather than die with a traceback
                 return error(503, f"the request was interrupted: {INTERRUPTED_SERVER}", type_="server_error",
@@ -406,7 +443,9 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
             except asyncio.CancelledError:
                 if not stopping():
                     raise
-                # uvicorn's graceful timeout: tell the client, end the response (no traceback)
+                # uvicorn's graceful timeout: tell the client, end the response (no traceback);
+                # queued requests first, so none starts in the place this one frees
+                engine.interrupt_queued(INTERRUPTED_SERVER)
                 self._cancel()
                 await self._interrupted(send, bool(started))
             finally:

@@ -167,9 +167,10 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._loop, name="greenprof-store", daemon=True)
         self._thread.start()
 
-    def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None) -> None:
-        """Queue one finished run (see :meth:`greenprof.store.Store.record_runs`)."""
-        self._q.put((fields, m, status, error))
+    def record(self, fields: dict[str, Any], m: Any, status: str, error: str | None,
+               ended_at: datetime | None = None) -> None:
+        """Queue one finished run, ended at ``ended_at`` (see :meth:`greenprof.store.Store.record_runs`)."""
+        self._q.put((fields, m, status, error, ended_at))
 
     def _loop(self) -> None:
         while True:
@@ -254,6 +255,10 @@ class Engine:
         self._stop = threading.Event()
         self._idle_thread: threading.Thread | None = None
         self._in_flight = 0
+        self._queued: dict[int, tuple[Future, Job]] = {}  # submitted, not yet taken by a worker
+        self._refusing: str | None = None  # set by interrupt_queued(): no queued job starts after it
+        #: the server's "stopping" state (SIGTERM): a queued request cancelled then was not the client's doing
+        self.stopping: Callable[[], bool] = lambda: False
         self.closed = False
 
     # -- life -------------------------------------------------------------------------------
@@ -324,13 +329,29 @@ class Engine:
             self._in_flight += 1
         if self.metrics is not None:
             self.metrics.child(self.metrics.in_flight, self.info.name).inc()
-        fut = self._pool.submit(self._run, job)
+        with self._lock:
+            fut = self._pool.submit(self._run, job)
+            self._queued[id(job)] = (fut, job)
         fut.add_done_callback(lambda f, job=job: self._done(f, job))
         return fut
+
+    def interrupt_queued(self, reason: str = INTERRUPTED_SERVER) -> None:
+        """Interrupt every request still waiting for a worker (stored interrupted, with no energy)
+        and let no queued one start from now on: at the end of the graceful shutdown, before the
+        running ones are interrupted, so a worker they free never starts one that is about to go."""
+        with self._lock:
+            self._refusing = reason
+            queued = list(self._queued.values())
+        for fut, job in queued:
+            job.cancel(reason)
+            fut.cancel()
 
     def _done(self, fut: Future, job: Job) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._queued.pop(id(job), None)
+        if fut.cancelled() and not job.cancelled.is_set():  # the future was cancelled, not the job
+            job.cancel(INTERRUPTED_SERVER if self.stopping() else INTERRUPTED_CLIENT)
         if self.metrics is not None:
             self.metrics.child(self.metrics.in_flight, self.info.name).dec()
         if fut.cancelled():  # never started
@@ -343,11 +364,17 @@ class Engine:
         of its own; the queue's time is the other requests' or idle)."""
         if self.writer is None or not self._accounting:
             return
-        out = Outcome("interrupted", [], None, error=f"{job.cancel_reason} before the request started")
+        why = "the client disconnected" if job.cancel_reason == INTERRUPTED_CLIENT else job.cancel_reason
+        out = Outcome("interrupted", [], None, error=f"{why} before the request started")
         self._record(job, out, None, time.time())
 
     def _run(self, job: Job) -> Outcome:
         started_s = time.perf_counter()
+        with self._lock:
+            self._queued.pop(id(job), None)
+            refusing = self._refusing
+        if refusing is not None:
+            job.cancel(refusing)
         if job.cancelled.is_set():
             out = Outcome("interrupted", [], None, started=False, error=job.cancel_reason,
                           queue_s=started_s - job.arrived_s, end_ns=time.time_ns())
@@ -455,7 +482,8 @@ class Engine:
         fields.update(model_name=self.info.name, prompt_tokens=job.prompt_tokens, new_tokens=n,
                       batch_size=1, started_at=datetime.fromtimestamp(started_wall, timezone.utc),
                       extra={"serve": self._extra(job, out), "requested_new_tokens": job.max_tokens})
-        self.writer.record(fields, m, out.status, out.error)
+        end = out.end_ns / 1e9 if out.end_ns else time.time()  # when the request ended, not the write
+        self.writer.record(fields, m, out.status, out.error, datetime.fromtimestamp(end, timezone.utc))
 
     @staticmethod
     def _extra(job: Job, out: Outcome | None = None) -> dict[str, Any]:
@@ -491,7 +519,7 @@ class Engine:
                                        "requests": requests,
                                        "busy_gross_energy_j": math.fsum(period.gross_j.values())
                                        - math.fsum(period.idle_gross_j.values())}})
-        self.writer.record(fields, m, "completed", None)
+        self.writer.record(fields, m, "completed", None, datetime.fromtimestamp(t1, timezone.utc))
 
 
 __all__ = ["ClientGone", "Costing", "Energy", "Engine", "Job", "ModelInfo", "Outcome", "StoreWriter",

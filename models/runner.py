@@ -165,7 +165,7 @@ def generate(
     rng_prompt, rng_sample = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     prompt_ids = _prompt_ids(model, prompt, prompt_tokens, batch, rng_prompt)
     _check_args(model, prompt_ids.shape[1], new_tokens, batch, greedy, temperature, stop_at_eos)
-    if greedy:
+    if greedy or temperature < _GREEDY_BELOW_T:
         pick: Callable[[np.ndarray], np.ndarray] = _argmax
     else:
         pick = _sampler(rng_sample, temperature)
@@ -305,6 +305,12 @@ def _argmax(last: np.ndarray) -> np.ndarray:
 _SAMPLE_BLOCK = 256
 #: up to this many vocabulary entries the sampler uses the Gumbel-max trick (fewer numpy calls)
 _GUMBEL_MAX_VOCAB = 2048
+
+
+#: Below this temperature sampling is greedy: float32 logits a step apart differ by at least about
+#: 1e-7 of their size, divided by T that is a gap of 1e23 or more, so every token but the top one
+#: has probability exp(-1e23) = 0 in floating point (and 1 / T would overflow float32 below 3e-39).
+_GREEDY_BELOW_T = 1e-30
 
 
 def _sampler(rng: np.random.Generator, temperature: float) -> Callable[[np.ndarray], np.ndarray]:

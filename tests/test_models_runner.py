@@ -215,6 +215,14 @@ def test_seeded_sampling_is_reproducible(toy: LoadedModel) -> None:
     cold = generate(toy, prompt_tokens=4, new_tokens=30, greedy=False, seed=3, temperature=1e-6)
     greedy = generate(toy, prompt_tokens=4, new_tokens=30, greedy=True, seed=3)
     np.testing.assert_array_equal(cold.token_ids, greedy.token_ids)
+    # so small that 1 / T overflows: still greedy, with no overflow warning
+    import warnings
+
+    for t in (1e-40, 1e-310):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tiny_t = generate(toy, prompt_tokens=4, new_tokens=30, greedy=False, seed=3, temperature=t)
+        np.testing.assert_array_equal(tiny_t.token_ids, greedy.token_ids)
 
 
 @pytest.mark.parametrize("vocab", [3, 49152])  # the Gumbel-max path and the CDF path

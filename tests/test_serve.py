@@ -118,6 +118,8 @@ def test_chat_completion_carries_its_energy_and_is_stored(server, client):
     assert run.phases["decode"].tokens == 12
     assert stored_energy(run) == pytest.approx(e, rel=1e-9)
     serve = run.extra["serve"]
+    # ended when the request ended (not when the batch of runs was written, up to 0.25 s later)
+    assert (run.ended_at - run.started_at).total_seconds() == pytest.approx(run.duration_s, abs=0.05)
     assert serve["request_id"] == r.id and serve["endpoint"] == "chat.completions"
     assert 0 < serve["ttft_s"] < run.duration_s + serve["queue_s"] + 1
     assert serve["finish_reason"] == "length"
@@ -264,6 +266,11 @@ BAD = [
     ("negative seed", {"model": "tiny", "prompt": "x", "seed": -1}, 400, "seed"),
     ("temperature above 2", {"model": "tiny", "prompt": "x", "temperature": 5}, 400, "temperature"),
     ("not an object", [1, 2], 400, None),
+    ("a lone surrogate in the prompt", {"model": "tiny", "prompt": "hi \ud800"}, 400, "prompt"),
+    ("a lone surrogate in a message", {"model": "tiny", "messages": [{"role": "user", "content": "\udfff"}]}, 400,
+     "messages"),
+    ("top_logprobs", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400,
+     "top_logprobs"),
 ]
 
 
@@ -281,6 +288,8 @@ def test_bad_requests_get_openai_errors_and_store_nothing(server, client):
         assert doc["error"]["message"], what
     code, doc, _ = http("POST", base + "/v1/chat/completions", '{"model": "tiny", "messages": [')
     assert code == 400 and doc["error"]["code"] == "invalid_json"
+    code, doc, _ = http("POST", base + "/v1/completions", "[" * 100_000 + "]" * 100_000)  # deeper than Python's stack
+    assert code == 400 and doc["error"]["code"] == "invalid_json"
     code, doc, _ = http("GET", base + "/v1/chat/completions")
     assert code == 405 and "error" in doc
     code, doc, _ = http("GET", base + "/v2/nothing")
@@ -293,13 +302,22 @@ def test_bad_requests_get_openai_errors_and_store_nothing(server, client):
     assert e.value.code == "context_length_exceeded"
     m1 = metrics(base)
     assert (metric(m1, "greenprof_requests_total", model="tiny", status="rejected")
-            - metric(m0, "greenprof_requests_total", model="tiny", status="rejected")) == len(BAD) + 3  # + bad JSON, 2 via the client
+            - metric(m0, "greenprof_requests_total", model="tiny", status="rejected")) == len(BAD) + 4  # + 2 bad JSON, 2 via the client
     assert metric(m1, "greenprof_requests_total", model="tiny", status="completed") == \
         metric(m0, "greenprof_requests_total", model="tiny", status="completed")
     # nothing was stored, the server kept serving, and said nothing on stderr
     assert len(settled_serve_runs(server["db"])) == n_before
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).usage.completion_tokens >= 1
     assert "Traceback" not in server["proc"].stderr()
+
+
+def test_a_prompt_far_over_the_context_is_refused_by_its_prefix(server):
+    """A prompt of a few MB is not tokenized whole (seconds with the interpreter held, every
+    other client waiting): its first 32 characters per token of context settle it."""
+    body = json.dumps({"model": "tiny", "prompt": "word " * 600_000})  # 3 MB
+    code, doc, _ = http("POST", server["base"] + "/v1/completions", body, timeout=120)
+    assert code == 400 and doc["error"]["code"] == "context_length_exceeded"
+    assert "first 65536 characters alone are 65536" in doc["error"]["message"]  # 2048 tokens x 32
 
 
 def test_metrics_count_tokens_energy_and_idle(server, client):
@@ -332,6 +350,14 @@ def test_idle_energy_is_stored_as_runs_at_the_counter_power(server):
         time.sleep(0.5)
     assert idle, "no idle period of 1 s or more was stored"
     run = max(idle, key=lambda r: r.duration_s)  # the longest: the fewest span boundaries per second
+    # an idle period is energy between requests: no phase, token or per-request figure
+    from greenprof.accounting import Costing, run_summary
+    from greenprof.config import load_settings
+
+    s = run_summary(run, Costing(load_settings({})))
+    assert s["energy_j"] == pytest.approx(stored_energy(run), rel=1e-9) and s["energy_j"] > 0
+    assert s["phase_energy_j"] == {} and s["decode_energy_j"] is None and s["j_per_token"] is None
+    assert s["j_per_request"] is None and s["co2e_g_per_request"] is None and s["usd_per_request"] is None
     serve = run.extra["serve"]
     assert serve["idle"] is True and serve["served_model"] == "tiny"
     assert run.duration_s == pytest.approx(serve["idle_s"])
@@ -395,6 +421,48 @@ def test_sigterm_interrupts_what_is_in_flight_and_exits_0(tmp_path, tiny_built):
     for r in runs:
         if r.status == "interrupted":
             assert "stopping" in r.error
+
+
+def test_sigterm_never_starts_a_queued_request_and_says_the_server_stopped(tmp_path, tiny_built):
+    """One worker, six long requests (plain and streamed, alternating): at the graceful timeout
+    the queued ones are stored interrupted with no energy and "the server was stopping" as the
+    reason, the plain ones as well as the streamed ones; none starts in the place the running
+    one frees."""
+    db = str(tmp_path / "term.db")
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", db, "--max-batch", "1", "--graceful-timeout", "0.3",
+              "--idle-run-s", "0"], env_with(), tmp_path / "term.err")
+    base = f"http://127.0.0.1:{port}"
+    answers = []
+    try:
+        p.wait_http(base + "/health")
+
+        def send(k):
+            body = {"model": "tiny", "prompt": f"long {k}", "max_tokens": 2000, "ignore_eos": True,
+                    "stream": k % 2 == 1}
+            answers.append(http("POST", base + "/v1/completions", json.dumps(body), timeout=60)[0])
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while http("GET", base + "/health")[1]["in_flight"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code = p.terminate()
+        for t in threads:
+            t.join(30)
+    finally:
+        code = p.terminate()
+    assert code == 0 and "Traceback" not in p.stderr(), p.stderr()
+    runs = serve_runs(db)
+    assert len(runs) == 6
+    unstarted = [r for r in runs if r.status == "interrupted" and not r.domains]
+    assert len(unstarted) >= 4  # one ran (to the end or interrupted); no queued one started later
+    for r in runs:
+        if r.status == "interrupted":
+            assert "the server was stopping" in r.error, (r.extra["serve"]["stream"], r.error)
+            if not r.domains:
+                assert r.new_tokens == 0 and "before the request started" in r.error
 
 
 def test_a_model_without_a_tokenizer_is_refused(tmp_path, tiny_built):

@@ -285,26 +285,28 @@ class Store:
             row["hardware_fingerprint"] = fingerprint(row["hardware"])
         return row
 
-    def record_runs(self, runs: Sequence[tuple[Mapping[str, Any], "Measurement | None", str, str | None]]
-                    ) -> list[int]:
+    def record_runs(self, runs: Sequence[tuple[Any, ...]]) -> list[int]:
         """Store whole finished runs in one transaction: each item is ``(fields, measurement,
-        status, error)``, ``fields`` as for :meth:`start_run`. Returns their ids in order.
+        status, error)`` or ``(fields, measurement, status, error, ended_at)``, ``fields`` as for
+        :meth:`start_run`; ``ended_at`` (an aware datetime) is when the run's work ended, which
+        defaults to now (the write). Returns their ids in order.
 
         For work that is stored once it has ended (``greenprof serve``'s requests, written in
         batches): all of a batch is there or none of it, and no run is ever seen ``running``.
         """
-        for _, _, status, _ in runs:
-            _check_finished(status)
+        for r in runs:
+            _check_finished(r[2])
         rows = [self._run_row(r[0]) for r in runs]
-        ended = _utcnow()
+        now = _utcnow()
         children: tuple[list, list, list] = ([], [], [])
         samples: list[Any] = []
         sql, order = self._samples_insert()
-        for row, (_, m, status, error) in zip(rows, runs):
-            row.update(self._finish_values(m, status, error, ended))
+        for row, r in zip(rows, runs):
+            ended = _to_utc_naive(r[4]) if len(r) > 4 and r[4] is not None else now
+            row.update(self._finish_values(r[1], r[2], r[3], ended))
         with self._write() as conn:
             ids = self._insert_runs(conn, rows)  # one INSERT for the batch, ids in the rows' order
-            for rid, row, (_, m, _, _) in zip(ids, rows, runs):
+            for rid, row, (_, m, *_rest) in zip(ids, rows, runs):
                 if m is not None:
                     for into, more in zip(children, self._result_rows(rid, m, {}, row.get("prompt_tokens"))):
                         into.extend(more)
