@@ -900,7 +900,7 @@ def clean_json(x: Any) -> Any:
 
 __all__ = [
     "J_PER_KWH", "PHASES", "Attribution", "AttributionError", "Interval", "RunFigures", "attribute",
-    "clean_json", "co2e_g", "co2e_g_per_1k_tokens", "collapse_methods", "cost_usd", "energy_label",
+    "clean_json", "co2e_g", "co2e_g_per_1k_tokens", "collapse_methods", "cost_usd", "energy_label", "is_idle_record",
     "interval95", "measurement_basis", "measurement_phases", "phase_energy", "record_basis",
     "record_figures", "run_figures", "segment_phases", "t_quantile", "usd_per_m_tokens",
     "PowerLawFit", "PowerLawPrediction", "fit_power_law", "predict",

@@ -319,7 +319,8 @@ def _print_summary(doc: dict) -> None:
             d, dci = s.get("dynamic_j_per_token"), s.get("dynamic_j_per_token_ci95")
             row.append("-" if d is None else f"{d:.4g} [{dci[0]:.4g}, {dci[1]:.4g}]" if dci else f"{d:.4g} [n/a]")
         table.add_row(*row)
-    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000).print(table)  # piped: never wrapped
+    # piped: never wrapped; data, never markup (a "[n/a]" interval, a model named "x [bold]")
+    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, markup=False).print(table)
     notes = list(doc.get("notes", []))
     for s in doc["summary"]:
         notes.extend(s.get("notes", []))

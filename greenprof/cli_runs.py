@@ -82,7 +82,7 @@ def _open_marking_stale(settings: "Settings") -> Iterator["Store"]:
 
 
 from greenprof.accounting import (  # noqa: E402
-    Costing as _Costing, clean_json, div_or_none, fsum_or_none, run_summary as summarize,
+    Costing as _Costing, clean_json, div_or_none, fsum_or_none, is_idle_record, run_summary as summarize,
 )
 
 
@@ -146,7 +146,8 @@ def _console(stderr: bool = False):
     if stderr:
         return Console(stderr=True, soft_wrap=True)
     # piped or redirected: no wrapped cells (a table is as wide as its content)
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False)
+    # data, never markup: a run named "x [bold]", a warning quoting "[...]", is printed as it is
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False, markup=False)
 
 
 def _echo_json(doc: Any) -> None:
@@ -218,10 +219,12 @@ def runs_cmd(
     cols += [("energy", False), ("J", True), ("J/gen token", True), (co2_head, True), ("region", False)]
     for col, right in cols:
         table.add_column(col, justify="right" if right else "left", overflow="fold")
+    from rich.text import Text
+
     colour = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
     for s in rows:
         st = s["status"]
-        cells = [str(s["id"]), _local(s["started_at"]), f"[{colour.get(st, 'white')}]{st}[/]",
+        cells = [str(s["id"]), _local(s["started_at"]), Text(st, style=colour.get(st, "white")),
                  s["model"] or "-", s["precision"] or "-", _params(s["params"]), tokens_cell(s)]
         if settings_col:
             cells.append(session_cell(s) or "-")
@@ -370,7 +373,9 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
             dyn if s["dynamic_j_per_token"] > 0 else f"{dyn} ({dynamic_note(s['dynamic_j_per_token'], None)})")
     add("J / prompt token", _num(s["j_per_prompt_token"]))
     add("J / request (all phases)", _num(s["j_per_request"]))
-    if not s["phases_marked"] and s["energy_j"] is not None:
+    if is_idle_record(run):
+        add("phases", "none: an idle period of `greenprof serve` (its energy between requests, no request's)")
+    elif not s["phases_marked"] and s["energy_j"] is not None:
         add("phases", "no phase marks: the whole run counts as decode")
     add("tokens / s", _num(s["tokens_per_s"]))
     add("g CO2e / 1k tokens", _num(s["co2e_g_per_1k_tokens"]))

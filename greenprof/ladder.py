@@ -643,7 +643,8 @@ def print_ladder(doc: dict) -> None:
     from greenprof.fmt import human_params
 
     # as measure prints: piped tables are never wrapped, notes one line each
-    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False)
+    # data, never markup: a "[n/a]" interval or a model named "x [bold]" is printed as it is
+    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000, highlight=False, markup=False)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     st, grid, mc = doc["settings"], doc["grid"], doc["machine"]
 
@@ -665,7 +666,7 @@ def print_ladder(doc: dict) -> None:
         t.add_column(col, justify=just)
     for m in measured:
         runs = f"{m['runs']}" + (" (reused)" if m["reused"] else "")
-        t.add_row(escape(m["model"]), human_params(m["params"]), m["precision"],
+        t.add_row(m["model"], human_params(m["params"]), m["precision"],
                   energy_label(m["method"], m["basis"]) + (" uncertain" if m["uncertain_run_ids"] else ""),
                   runs, num(m["tokens_per_s"], 3), ci(m["j_per_token"], m["j_per_token_ci95"]),
                   num(m["co2e_g_per_1k_tokens"]), num(m["usd_per_m_tokens"]))

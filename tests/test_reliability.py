@@ -849,3 +849,16 @@ def test_a_text_prompt_longer_than_the_context_is_refused_before_the_warm_up(gp,
     msg = one_error(r)
     assert "--new-tokens 4 exceeds its context length" in msg and "--prompt" in msg
     assert "warm-up" not in r.stderr
+
+
+def test_tables_print_data_as_it_is_never_as_markup(gp, tmp_path):
+    """Rich reads "[...]" in a cell as a style tag: one run's "[n/a]" interval and a name with
+    brackets vanished from the tables."""
+    db = tmp_path / "g.db"
+    name = "x [bold]y[/bold] [n/a]"
+    r = gp("measure", "tiny", "--name", name, "--db", db, *TINY)
+    assert r.code == 0, r.stderr
+    assert "[n/a]" in r.stdout and name in r.stdout
+    r = gp("runs", "--db", db)
+    assert r.code == 0 and name in r.stdout and "completed" in r.stdout
+    assert name in gp("show", "1", "--db", db).stdout
