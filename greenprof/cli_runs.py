@@ -311,7 +311,7 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
     add("status", run.status)
     add("error", run.error)
     add("kind", run.kind)
-    add("batch", run.batch_id)
+    add("batch id", run.batch_id)
     add("started", _local(s["started_at"]))
     add("ended", _local(s["ended_at"]))
     add("duration", f"{run.duration_s:.4g} s" if run.duration_s is not None else None)
@@ -508,6 +508,8 @@ _COMPARE = (
     ("precision", "precision", False),
     ("spinning", "onnxruntime spinning", False),
     ("graph_opt", "graph optimisation", False),
+    ("warmup", "warm-up passes", False),
+    ("batch_size", "batch size (sequences)", True),
     ("method", "method", False),
     ("basis", "basis", False),
     ("domains", "domains", False),
@@ -527,7 +529,7 @@ _COMPARE = (
 
 
 #: rows left out of the table when neither run has a value (track runs have no model session)
-_COMPARE_OPTIONAL = {"params", "precision", "spinning", "graph_opt", "prompt_tokens"}
+_COMPARE_OPTIONAL = {"params", "precision", "spinning", "graph_opt", "warmup", "batch_size", "prompt_tokens"}
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -566,8 +568,16 @@ def compare_cmd(
     if sa["method"] != sb["method"] or sa["basis"] != sb["basis"]:
         notes.append(f"A is {sa['method']} ({sa['basis']}), B is {sb['method']} ({sb['basis']}): the "
                      "ratios compare different kinds of figure")
-    if sa["spinning"] != sb["spinning"] or sa["graph_opt"] != sb["graph_opt"]:
-        notes.append("A and B ran with different onnxruntime settings (spinning / graph optimisation)")
+    differ = [what for key, what in (("spinning", "spinning"), ("graph_opt", "graph optimisation"),
+                                     ("warmup", "warm-up passes")) if sa[key] != sb[key]]
+    if differ:
+        notes.append(f"A and B ran with different settings ({', '.join(differ)})")
+    if (sa["batch_size"] or 1) != (sb["batch_size"] or 1):
+        notes.append(f"A ran batches of {sa['batch_size'] or 1} sequences and B of {sb['batch_size'] or 1}: "
+                     "per-token figures count every sequence's tokens")
+    if sa["status"] == "completed" and sb["status"] == "completed" and is_idle_record(a) != is_idle_record(b):
+        notes.append("one of them is an idle period of `greenprof serve`, not a request: its energy is "
+                     "no request's")
     for x in (sa, sb):
         if x["partial"]:
             notes.append(f"run {x['id']} lost {', '.join(x['lost_domains'])} mid-run: its energy is partial")

@@ -30,8 +30,8 @@ CODECARBON_VERSION_WRITTEN = "3.3.2"
 #: Columns of `greenprof export --format csv` (one row per run).
 EXPORT_COLUMNS = (
     "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
-    "params", "precision", "model_file_hash", "provider", "threads", "spinning", "graph_opt",
-    "prompt_tokens", "new_tokens", "batch_size", "collectors", "domains", "method", "methods", "basis",
+    "params", "precision", "model_file_hash", "provider", "threads", "spinning", "graph_opt", "warmup",
+    "prompt_tokens", "new_tokens", "requested_new_tokens", "batch_size", "collectors", "domains", "method", "methods", "basis",
     "duration_s", "energy_j", "gross_energy_j", "energy_j_by_domain", "gross_energy_j_by_domain", "share",
     "dynamic_energy_j", "setup_energy_j", "prefill_energy_j", "decode_energy_j", "teardown_energy_j",
     "phases_marked", "prefill_tokens", "decode_tokens", "j_per_prompt_token", "j_per_token",

@@ -604,7 +604,7 @@ def run_ladder(req: LadderRequest, *, settings=None, progress: Callable[[str], N
                     "cpu_logical": hw.get("cpu_logical"), "memory_gib": hw.get("memory_gib"),
                     "gpus": hw.get("gpus")},
         "settings": {"prompt_tokens": req.prompt_tokens, "new_tokens": req.new_tokens, "runs": req.runs,
-                     "warmup": req.warmup, "batch": 1, "threads": threads, "provider": "cpu",
+                     "warmup": req.warmup, "batch_size": 1, "threads": threads, "provider": "cpu",
                      "spinning": False, "graph_opt": "all", "fresh": req.fresh},
         "grid": {"region": grid.region, "name": grid.name, "intensity_g_per_kwh": grid.intensity_g_per_kwh,
                  "source": grid.source, "year": grid.year},

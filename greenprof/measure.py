@@ -656,7 +656,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
             "share": m.share, "scope": m.scope, "phase_energy_j": fig.phase_energy_j, "basis": fig.basis,
             "prefill_energy_j": fig.phase_energy_j["prefill"],
             "decode_energy_j": fig.phase_energy_j["decode"],
-            "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens, "batch": req.batch,
+            "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens, "batch_size": req.batch,
             "method": accounting.collapse_methods(m.method), "methods": m.method,
             "j_per_token": fig.j_per_token, "j_per_prompt_token": fig.j_per_prompt_token,
             "j_per_request": fig.j_per_request, "co2e_g": fig.co2e_g, "cost_usd": fig.cost_usd,

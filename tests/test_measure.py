@@ -376,7 +376,7 @@ def test_batch_counts_every_sequence_token(tmp_path):
     r = cli("measure", *FAST, "--batch", "3", "--db", str(db), "--json")
     assert r.returncode == 0, r.stderr
     run = json.loads(r.stdout)["runs"][0]
-    assert run["batch"] == 3
+    assert run["batch_size"] == 3
     # per-token energy is per sequence token: decode energy / (new tokens x batch)
     assert run["j_per_token"] == pytest.approx(run["decode_energy_j"] / (8 * 3))
     rid = run["run_id"]
@@ -396,3 +396,23 @@ def test_session_options_are_stored_with_each_run(tmp_path):
     (rid,) = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
     assert json.loads(rows(db, f"select extra from runs where id = {rid}")[0][0])["session"] == {
         "spinning": False, "graph_opt": "all", "warmup": 1}
+
+
+def test_compare_and_export_show_warm_up_and_batch(tmp_path):
+    import csv
+    import io
+
+    db = str(tmp_path / "g.db")
+    base = ["tiny", "--runs", "1", "--new-tokens", "4", "--prompt-tokens", "4", "--db", db]
+    assert cli("measure", *base, "--warmup", "1").returncode == 0
+    assert cli("measure", *base, "--warmup", "0", "--batch", "2").returncode == 0
+    r = cli("compare", "1", "2", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "warm-up passes" in r.stdout and "batch size (sequences)" in r.stdout
+    doc = json.loads(cli("compare", "1", "2", "--db", db, "--json").stdout)
+    assert (doc["a"]["warmup"], doc["b"]["warmup"], doc["ratios_b_over_a"]["batch_size"]) == (1, 0, 2.0)
+    assert any("warm-up passes" in n for n in doc["notes"])
+    assert any("batches of 1 sequences and B of 2" in n for n in doc["notes"])
+    rows = list(csv.DictReader(io.StringIO(cli("export", "--db", db).stdout)))
+    assert [(r["warmup"], r["requested_new_tokens"], r["batch_size"]) for r in rows] == [("1", "4", "1"),
+                                                                                          ("0", "4", "2")]
