@@ -55,11 +55,12 @@ def codecarbon_row(run: "RunRecord", s: dict[str, Any]) -> dict[str, Any]:
     for d, j in s["energy_j_by_domain"].items():  # the energy charged to the run
         if j is None:
             continue
-        if d.startswith("cpu-package-") or d in ("cpu-estimate", "psys"):
+        d = d.split(":", 1)[1] if d.startswith("replay:") else d  # a replayed trace's "replay:cpu"
+        if d.startswith("cpu") or d == "psys":  # cpu-package-N, cpu-estimate
             groups["cpu"] += j
-        elif d.startswith("gpu-"):
+        elif d.startswith("gpu"):
             groups["gpu"] += j
-        elif d.startswith("dram-"):
+        elif d.startswith(("dram", "ram")):
             groups["ram"] += j
     dur = run.duration_s
     total = s["energy_j"] or 0.0

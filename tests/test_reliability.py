@@ -662,6 +662,10 @@ def test_the_sensors_replay_hint_names_a_flag_that_works(gp, tmp_path, monkeypat
     assert r.code == 0, r.stderr
     (run,) = r.json()["runs"]
     assert run["domains"] == ["replay:cpu"] and run["method"] == "replayed"
+    # in CodeCarbon's columns the replayed CPU is CPU energy: the parts add up to the total
+    row = next(csv.DictReader(io.StringIO(gp("export", "--codecarbon", "--db", tmp_path / "g.db").stdout)))
+    assert float(row["cpu_energy"]) == pytest.approx(float(row["energy_consumed"]), rel=1e-9)
+    assert float(row["cpu_energy"]) > 0
 
 
 def test_a_model_given_by_path_is_named_after_its_folder(gp, tmp_path, export):
