@@ -100,7 +100,7 @@ def sensors(
         if s.why_not:
             note = f"{note}\n{s.why_not}" if note else s.why_not
         table.add_row(s.source, s.domain, s.method, state, note)
-    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000)  # piped: never wrapped
     out.print(table)
     if not measured:
         Console(stderr=True, soft_wrap=True).print(

@@ -94,6 +94,8 @@ def _flush(costing: _Costing) -> None:
 
 def energy_cell(s: dict[str, Any]) -> str:
     """How a run's energy figures are labelled in tables: method, basis, and any flag."""
+    if s["energy_j"] is None and s["gross_energy_j"] is None:
+        return "no energy recorded"  # e.g. a run that failed before its meter started
     flags = [f for f, on in (("partial", s["partial"]), ("uncertain", bool(s["uncertain"]))) if on]
     return f"{s['method']}, {s['basis']}" + (f" ({', '.join(flags)})" if flags else "")
 
@@ -440,7 +442,7 @@ def export_cmd(
 
     fmt = fmt.strip().lower()
     if fmt not in ("csv", "json"):
-        raise UsageError(f"--format must be csv or json (got {fmt!r})")
+        raise UsageError(f"--format/-f must be csv or json (got {fmt!r})")
     if codecarbon and fmt != "csv":
         raise UsageError("--codecarbon writes CodeCarbon's emissions.csv: use it with --format csv")
     target: Path | None = None

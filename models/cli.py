@@ -125,7 +125,7 @@ def list_models(
                 cells.append(f"[green]{need}[/green]" if info["built"] else f"[dim]{need}[/dim]")
         table.add_row(m["name"], _human_count(m["params"]), str(s["layers"]), str(s["hidden"]),
                       f"{s['heads']}/{s['kv_heads']}", str(s["vocab"]), *cells)
-    console = Console()
+    console = _out()
     console.print(table)
     console.print("[dim]fp32/int8/int4: memory needed to run it (weights as loaded, KV cache of 2048 tokens, "
                   "runtime), [green]green[/green] when built (sizes on disk: --json). "
@@ -133,6 +133,15 @@ def list_models(
     if too_big:
         console.print(f"[red]![/red] [dim]more than this machine's {_human_bytes(have)}: not built or measured here; "
                       "`greenprof ladder` extrapolates it from the sizes measured here[/dim]")
+
+
+def _out() -> "Console":
+    """stdout: as wide as the terminal, or, piped to a file, as wide as the content (never wrapped)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000)
 
 
 @app.command("build")
@@ -254,7 +263,7 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
     table.add_column(overflow="fold")
     for key, value in rows:
         table.add_row(key, "-" if value is None else str(value))
-    Console().print(table)
+    _out().print(table)
 
 
 _FORMATS = {"optimum": "optimum export", "genai": "onnxruntime-genai folder"}

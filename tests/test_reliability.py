@@ -866,3 +866,20 @@ def test_tables_print_data_as_it_is_never_as_markup(gp, tmp_path):
     r = gp("runs", "--db", db)
     assert r.code == 0 and name in r.stdout and "completed" in r.stdout
     assert name in gp("show", "1", "--db", db).stdout
+
+
+def test_tables_piped_to_a_file_are_never_wrapped(tmp_path):
+    import re
+
+    assert cli("models", "build", "tiny").code == 0
+    info = cli("models", "info", "tiny")
+    assert info.code == 0, info.stderr
+    assert re.search(r"model sha256\s+[0-9a-f]{64}\s*$", info.stdout, re.M), info.stdout
+    listing = cli("models", "list").stdout
+    assert "Build: greenprof models build NAME --precision int4" in listing  # the footer on one line
+    sensors = cli("sensors")
+    rows = [line for line in sensors.stdout.splitlines() if "cpu-estimate" in line]
+    assert rows and all("W" in line or "estimate" in line for line in rows)
+    # every table row of sensors is one line: as many row lines as rows in its JSON
+    n = len(cli("sensors", "--json").json()["sensors"])
+    assert len([line for line in sensors.stdout.splitlines() if line.startswith("│")]) == n
