@@ -319,7 +319,7 @@ def test_export_csv_and_json(db, tmp_path, measurements):
     assert doc["runs"][0]["hardware"] and doc["runs"][0]["domains"]["gpu-0"]["method"] == "replayed"
 
     bad = cli("export", "--format", "xml", "--db", str(db))
-    assert bad.code == 2 and "--format must be csv or json" in bad.stderr
+    assert bad.code == 2 and "--format/-f must be csv or json" in bad.stderr
 
 
 def test_export_output_file_refused_without_force(db, tmp_path):
