@@ -265,14 +265,19 @@ def show_cmd(
 
 def record_document(run: "RunRecord") -> dict[str, Any]:
     """A stored run's own fields as JSON-ready data (show --json, export -f json), without its
-    segments: with no idle baseline its domains have no dynamic energy (runs stored before that
+    segments. Each domain's counter reading is ``gross_energy_j`` beside its
+    ``attributed_energy_j``, as everywhere in the JSON (``energy_j`` alone is the energy charged
+    to a run). With no idle baseline a domain has no dynamic energy (runs stored before that
     rule hold the gross there, which is not dynamic)."""
     doc = run.to_dict()
     doc.pop("segments", None)
-    if not run.idle_window_s:
-        for d in (doc.get("domains") or {}).values():
-            if isinstance(d, dict):
+    domains = doc.get("domains") or {}
+    for name, d in list(domains.items()):
+        if isinstance(d, dict):
+            d = {("gross_energy_j" if k == "energy_j" else k): v for k, v in d.items()}
+            if not run.idle_window_s:
                 d["dynamic_energy_j"] = None
+            domains[name] = d
     return doc
 
 

@@ -261,7 +261,8 @@ def test_show_json_has_everything(db, measurements):
     assert doc["sample_count"] == len(m.samples) > 0
     assert set(doc["domains"]) == {"cpu-package-0", "gpu-0", "dram-0"}
     dom = doc["domains"]["gpu-0"]
-    assert dom["energy_j"] == m.energy_j["gpu-0"] and dom["idle_power_w"] == m.idle_power_w["gpu-0"]
+    assert dom["gross_energy_j"] == m.energy_j["gpu-0"] and dom["idle_power_w"] == m.idle_power_w["gpu-0"]
+    assert "energy_j" not in dom  # energy_j alone is always the energy charged to the run
     assert dom["dynamic_energy_j"] == pytest.approx(m.dynamic_energy_j["gpu-0"], rel=1e-9)
     assert doc["phases"]["decode"]["tokens"] == 8
     assert doc["phases"]["decode"]["j_per_token"] == pytest.approx(decode_j(m) / 8, rel=1e-9)
