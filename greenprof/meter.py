@@ -57,7 +57,10 @@ from greenprof.errors import SensorLost, UsageError
 
 
 class GreenprofWarning(UserWarning):
-    """Something the user should know about a measurement (a possible missed wrap, a lost domain)."""
+    """Something the user should know about a measurement. ``greenprof.track`` raises every
+    warning of its run this way when the run ends (other processes' load, a lost domain, a
+    possibly missed wrap); a bare :class:`Meter` raises only the sampler-rate one at its start
+    and keeps the rest in ``measurement.warnings``."""
 
 
 #: Other processes' share of the machine's busy CPU time above which a run is warned about.
