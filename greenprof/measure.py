@@ -218,9 +218,12 @@ def plan_model(spec: str, req: MeasureRequest) -> ModelPlan:
             raise UsageError(f"--precision: {e}") from None
         plan = ModelPlan(spec, (req.name or target.name).strip(), True, precision, target.max_position,
                          shape=target)
-        # a model (or a batch) this machine cannot hold is refused before any model is measured
-        n_tokens = (req.prompt_tokens or (128 if req.prompt is None else 1)) + req.new_tokens
-        builder.check_memory(target, precision, batch=req.batch, tokens=min(n_tokens, target.max_position))
+        # a model (or a batch) this machine cannot hold is refused before any model is measured;
+        # batch 1 with the figure `models list` and the build give (a KV cache of 2048 tokens)
+        builder.check_memory(target, precision)
+        if req.batch > 1:
+            n_tokens = (req.prompt_tokens or (128 if req.prompt is None else 1)) + req.new_tokens
+            builder.check_memory(target, precision, batch=req.batch, tokens=min(n_tokens, target.max_position))
     if plan.context_length:
         n_prompt = req.prompt_tokens or (128 if req.prompt is None else 1)
         if n_prompt + req.new_tokens > plan.context_length:

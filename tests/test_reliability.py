@@ -477,7 +477,7 @@ def test_spinning_and_graph_opt_show_in_runs_show_compare_and_csv(gp, tmp_path):
     r = gp("compare", "1", "2", "--db", db)
     spin = next(line for line in r.stdout.splitlines() if "onnxruntime spinning" in line)
     assert re.search(r"\boff\b.*\bon\b", spin), spin
-    assert "different onnxruntime settings" in r.stderr
+    assert "different settings (spinning, graph optimisation, warm-up passes)" in r.stderr
     rows = list(csv.DictReader(io.StringIO(gp("export", "--db", db).stdout)))
     assert [(x["spinning"], x["graph_opt"]) for x in rows] == [("False", "all"), ("True", "basic")]
 

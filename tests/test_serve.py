@@ -367,6 +367,22 @@ def test_idle_energy_is_stored_as_runs_at_the_counter_power(server):
     assert 0 <= dom.attributed_energy_j <= dom.energy_j * (1 + 1e-9)
 
 
+def terminate_when_admitted(p: Proc, base: str, client, n: int, started: threading.Event | None = None) -> None:
+    """Run ``client(k)`` for k < n in threads; once the server has admitted all n (and ``started``
+    is set, when given), SIGTERM it and wait for the clients."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    if started is not None:
+        assert started.wait(30)
+    deadline = time.monotonic() + 30
+    while http("GET", base + "/health")[1]["in_flight"] < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    p.terminate()
+    for t in threads:
+        t.join(30)
+
+
 def test_sigterm_interrupts_what_is_in_flight_and_exits_0(tmp_path, tiny_built):
     """One worker, four long streams: on SIGTERM the one generating is interrupted (or
     finishes), the queued ones are stored interrupted, and the process exits 0."""
@@ -399,16 +415,8 @@ def test_sigterm_interrupts_what_is_in_flight_and_exits_0(tmp_path, tiny_built):
             except OSError as e:
                 results.append(repr(e).encode())
 
-        threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        assert started.wait(30)
-        deadline = time.monotonic() + 30  # all four admitted (one generating, three queued)
-        while http("GET", base + "/health")[1]["in_flight"] < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        code = p.terminate()
-        for t in threads:
-            t.join(30)
+        # all four admitted (one generating, three queued), then SIGTERM
+        terminate_when_admitted(p, base, stream, 4, started)
     finally:
         code = p.terminate()
     err = p.stderr()
@@ -442,15 +450,7 @@ def test_sigterm_never_starts_a_queued_request_and_says_the_server_stopped(tmp_p
                     "stream": k % 2 == 1}
             answers.append(http("POST", base + "/v1/completions", json.dumps(body), timeout=60)[0])
 
-        threads = [threading.Thread(target=send, args=(k,)) for k in range(6)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 30
-        while http("GET", base + "/health")[1]["in_flight"] < 6 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        code = p.terminate()
-        for t in threads:
-            t.join(30)
+        terminate_when_admitted(p, base, send, 6)
     finally:
         code = p.terminate()
     assert code == 0 and "Traceback" not in p.stderr(), p.stderr()
