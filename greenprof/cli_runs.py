@@ -595,7 +595,8 @@ def compare_cmd(
         notes.append("A and B ran on different hardware")
     for s in (sa, sb):
         if s["status"] != "completed":
-            notes.append(f"run {s['id']} is {s['status']}: its figures cover part of the work")
+            notes.append(f"run {s['id']} is {s['status']}: " + ("its figures cover part of the work"
+                         if s["gross_energy_j"] is not None else "it has no energy recorded, so no ratio"))
     if as_json:
         _echo_json({"a": sa, "b": sb, "ratios_b_over_a": ratios, "summary": sentences, "notes": notes})
     else:

@@ -883,3 +883,15 @@ def test_tables_piped_to_a_file_are_never_wrapped(tmp_path):
     # every table row of sensors is one line: as many row lines as rows in its JSON
     n = len(cli("sensors", "--json").json()["sensors"])
     assert len([line for line in sensors.stdout.splitlines() if line.startswith("│")]) == n
+
+
+def test_a_run_with_no_energy_says_so_in_runs_and_compare(gp, tmp_path):
+    db = tmp_path / "g.db"
+    assert gp("measure", "tiny", "--db", db, *TINY).code == 0
+    with open_store(str(db)) as store:
+        rid = store.start_run(kind="measure", model_name="tiny")
+        store.finish_run(rid, None, status="failed", error="RuntimeError: before the meter started")
+    rows = gp("runs", "--db", db).stdout
+    assert "no energy recorded" in rows and "none, gross" not in rows
+    r = gp("compare", "1", str(rid), "--db", db)
+    assert r.code == 0 and f"run {rid} is failed: it has no energy recorded" in r.stderr
