@@ -134,11 +134,25 @@ def _ids(ids: Sequence[int], limit: int = 10) -> str:
 
 
 def write_report(html: str, path: str | os.PathLike) -> str:
-    """Write ``html`` to ``path`` (atomically: a reader never sees half a file); returns the path."""
+    """Write ``html`` to ``path`` (atomically: a reader never sees half a file); returns the path.
+
+    A symlink is written through (the file it points to is replaced, the link stays); a device or
+    a FIFO (``/dev/stdout``, a pipe) is written into, never replaced by a regular file."""
+    import stat
     import tempfile
     from pathlib import Path
 
     target = Path(path)
+    if target.is_symlink():
+        target = target.resolve()
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(html)
+        return os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=".greenprof-report-", suffix=".html", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -153,7 +167,7 @@ def write_report(html: str, path: str | os.PathLike) -> str:
         except OSError:
             pass
         raise
-    return os.fspath(target)
+    return os.fspath(path)
 
 
 __all__ = ["build_report", "write_report", "contrasting_grids", "DEFAULT_GRIDS"]

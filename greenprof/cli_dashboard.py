@@ -47,10 +47,13 @@ def dashboard_cmd(
     target = Path(output).expanduser()
     if output.strip() in ("", "-"):
         raise UsageError("-o needs a file name (the report is one HTML file)")
-    if target.is_dir():
-        raise UsageError(f"-o {output} is a directory: give a file name, e.g. {target / DEFAULT_OUTPUT}")
-    if not target.parent.is_dir():
-        raise UsageError(f"-o {output}: directory {target.parent} does not exist")
+    try:
+        if target.is_dir():
+            raise UsageError(f"-o {output} is a directory: give a file name, e.g. {target / DEFAULT_OUTPUT}")
+        if not target.parent.is_dir():
+            raise UsageError(f"-o {output}: directory {target.parent} does not exist")
+    except OSError as e:  # a name too long for the file system, a loop of links, ...
+        raise UsageError(f"-o {output[:80]}{'...' if len(output) > 80 else ''}: {e.strerror or e}") from None
     if run is not None and run < 1:
         raise UsageError(f"--run must be a run id from `greenprof runs` (got {run})")
     regions = list(region or [])

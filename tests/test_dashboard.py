@@ -529,6 +529,34 @@ def test_output_must_be_a_file_in_an_existing_directory(report_db, tmp_path):
     assert cli("dashboard", "--db", str(path), "-o", str(tmp_path / "no" / "r.html"))[0] == 2
 
 
+def test_output_through_a_link_or_into_a_pipe_is_never_replaced(report_db, tmp_path):
+    """-o writes through a symlink and into a FIFO (a device the same way): replacing them with a
+    regular file once turned /dev/null into one."""
+    import threading
+
+    path, _ = report_db
+    real = tmp_path / "real.html"
+    real.write_text("old")
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    assert cli("dashboard", "--db", str(path), "-o", str(link))[0] == 0
+    assert link.is_symlink() and "<html" in real.read_text(encoding="utf-8")
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert cli("dashboard", "--db", str(path), "-o", str(fifo))[0] == 0
+    reader.join(60)
+    assert fifo.is_fifo() and got and b"<html" in got[0]
+
+
+def test_an_output_name_too_long_is_one_line(report_db, tmp_path):
+    path, _ = report_db
+    code, _, stderr = cli("dashboard", "--db", str(path), "-o", str(tmp_path / ("a" * 300 + ".html")))
+    assert code == 2 and "File name too long" in stderr and "Traceback" not in stderr
+
+
 def test_run_option_draws_that_run(report_db, tmp_path):
     path, facts = report_db
     out = tmp_path / "r.html"
