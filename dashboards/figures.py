@@ -62,8 +62,18 @@ def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
     base = [f"{m.model_name if m.model_name is not None else '(unnamed)'} · {m.precision or '?'}"
             + (f" · batch {m.batch_size}" if m.batch_size and m.batch_size > 1 else "")
             + (" · gross" if m.basis == "gross" else "")
+            + (f" · {m.kind}" if m.kind not in (None, "measure") else "")
             for m in models]
     counts: dict[str, int] = {}
+    for b in base:
+        counts[b] = counts.get(b, 0) + 1
+    # the same model measured on other prompt / generation lengths: say which
+    workloads: dict[str, set] = {}
+    for b, m in zip(base, models):
+        workloads.setdefault(b, set()).add(m.workload)
+    base = [f"{b} · {m.workload[0]}+{m.workload[1]} tokens" if len(workloads[b]) > 1 and m.workload else b
+            for b, m in zip(base, models)]
+    counts = {}
     for b in base:
         counts[b] = counts.get(b, 0) + 1
     hosts = {m.host for m in models}

@@ -13,8 +13,10 @@ so the dashboard and the CLI cannot disagree:
   settings' fallback grid, and counted as ``unpriced``);
 * tokens/s: generated tokens over the decode phase's duration.
 
-Runs are then grouped in Python by (model, precision, batch size, hardware fingerprint, **basis**):
-attributed and gross runs are never averaged together, as different batch sizes never are. Only
+Runs are then grouped in Python by (model, precision, batch size, hardware fingerprint, host,
+**basis**, **kind**, and for measure runs the prompt and generation lengths): attributed and gross
+runs are never averaged together, as different batch sizes never are, nor a server's requests
+with measured generations, nor generations of other lengths. Only
 completed runs with a J per token count, and **partial runs** (a domain lost mid-run: their
 energy stops at the loss) are left out of every group; the page lists them separately and says
 how many. Runs with an **uncertain** domain (a counter may have wrapped unseen) stay in their
@@ -123,6 +125,11 @@ class ModelAggregate:
     pue_min: float | None = None
     pue_max: float | None = None
     price_usd_per_kwh: float | None = None
+    #: how the runs were made: measure, track or serve; never averaged together
+    kind: str | None = None
+    #: measure runs: (prompt tokens, generated tokens) of each generation; None for track and
+    #: serve runs, whose requests differ one from the next
+    workload: tuple[int | None, int | None] | None = None
 
     @property
     def j_per_token(self) -> float:
@@ -258,8 +265,11 @@ def _per_request(x: float | int | None, fig: "RunFigures") -> float | None:
 
 
 def _key(row: RunRow) -> tuple:
+    """The group of a run: one model, precision, batch, machine, host and basis, made the same way
+    (measure, track, serve) and, for measure runs, on the same prompt and generation lengths."""
     r = row.run
-    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, r.host, row.basis)
+    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, r.host, row.basis, r.kind,
+            (r.prompt_tokens, r.new_tokens) if r.kind == "measure" else None)
 
 
 def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
@@ -274,7 +284,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
             partial.setdefault(_key(row), []).append(row.id)
     out: list[ModelAggregate] = []
     for key, members in groups.items():
-        model_name, precision, batch, fingerprint, host, basis = key
+        model_name, precision, batch, fingerprint, host, basis, kind, workload = key
         latest = max(members, key=lambda r: r.id)
         lr = latest.run
         pues = [r.pue for r in members]
@@ -303,6 +313,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
             model_shape=lr.model_shape, region=lr.region, intensity_g_per_kwh=lr.intensity_g_per_kwh,
             intensity_source=lr.intensity_source, intensity_year=lr.intensity_year,
             pue_min=min(pues), pue_max=max(pues), price_usd_per_kwh=lr.price_usd_per_kwh,
+            kind=kind, workload=workload,
         ))
     out.sort(key=lambda m: (m.param_count is None, m.param_count or 0, str(m.model_name),
                             str(m.precision), m.batch_size or 0, str(m.hardware_fingerprint), str(m.host),
@@ -391,12 +402,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 # -- J per token vs size: the fit per precision and machine --------------------------------------------
 #: Models fitted together: one precision on one machine, one energy basis and method, one batch size.
-FIT_KEY = ("precision", "hardware_fingerprint", "basis", "method", "batch_size")
+FIT_KEY = ("precision", "hardware_fingerprint", "basis", "method", "batch_size", "kind", "workload")
 
 
 @dataclass
 class SizeFit:
-    """accounting.fit_power_law over the groups of one FIT_KEY (one point per model: its mean J per
+    """accounting.fit_power_law over the groups of one FIT_KEY (one point per model size: its mean J per
     generated token), the seed shapes it extrapolates and the smallest vs largest measured model."""
 
     precision: str | None
@@ -442,14 +453,22 @@ def size_fits(models: Sequence[ModelAggregate], *, intensity_g_per_kwh: float, p
     groups: dict[tuple, list[ModelAggregate]] = {}
     for m in models:
         if m.param_count and m.param_count > 0 and m.j_per_token > 0:
-            # runs stored without a batch size generated one sequence: batch 1
-            key = (m.precision, m.hardware_fingerprint, m.basis, m.method, m.batch_size or 1)
+            # runs stored without a batch size generated one sequence: batch 1; one kind of run
+            # and one workload per fit
+            key = (m.precision, m.hardware_fingerprint, m.basis, m.method, m.batch_size or 1, m.kind, m.workload)
             groups.setdefault(key, []).append(m)
     out: list[SizeFit] = []
-    for (precision, fp, basis, method, batch), members in groups.items():
-        if len({m.param_count for m in members}) < 2:
+    for (precision, fp, basis, method, batch, _kind, _workload), members in groups.items():
+        # one point per size: a model measured under several names is one size, not several
+        # (the one with the most runs, then the latest, stands for it)
+        by_size: dict[int, ModelAggregate] = {}
+        for m in members:
+            best = by_size.get(m.param_count)
+            if best is None or (m.runs, m.latest_run_id) > (best.runs, best.latest_run_id):
+                by_size[m.param_count] = m
+        if len(by_size) < 2:
             continue
-        members = sorted(members, key=lambda m: (m.param_count, str(m.model_name)))
+        members = sorted(by_size.values(), key=lambda m: (m.param_count, str(m.model_name)))
         fit = accounting.fit_power_law([m.param_count for m in members], [m.j_per_token for m in members])
         rows, _ = extrapolate(fit, str(precision), [str(m.model_name).lower() for m in members],
                               intensity_g_per_kwh=intensity_g_per_kwh, pue=pue,

@@ -913,3 +913,28 @@ def test_without_ecologits_the_chart_has_no_band_and_the_page_says_how(tmp_path,
     figs = json.loads(html.split('id="greenprof-figures">', 1)[1].split("</script>", 1)[0])
     assert not any(t.get("fill") == "toself" for t in figs["fig-params"]["data"])
     assert any("$0.60/M" in t.get("name", "") for t in figs["fig-cost"]["data"])  # the price stays
+
+
+def test_one_size_under_several_names_is_one_fit_point_and_kinds_are_never_averaged(tmp_path):
+    """Three names for the 135M model and one 360M: a fit over two sizes (not four), and a
+    server's requests of the same model stay a group of their own, labelled serve."""
+    from greenprof.dashboards import queries
+    from greenprof.dashboards.figures import model_labels
+    from greenprof.store import open_store
+
+    with open_store(str(tmp_path / "d.db")) as store:
+        for name in ("alias-a", "alias-b", "alias-c"):
+            store_run(store, name, 134_515_008, "fp32", as_measured(replay_measurement(0.5)))
+        store_run(store, "SmolLM-360M", 361_821_120, "fp32", as_measured(replay_measurement(1.0)))
+        m = as_measured(replay_measurement(0.5))
+        rid = store.start_run(kind="serve", model_name="alias-a", param_count=134_515_008, precision="fp32",
+                              prompt_tokens=5, new_tokens=8, pue=1.2, price_usd_per_kwh=0.2)
+        store.finish_run(rid, m)
+        models = queries.model_aggregates(store, fallback_intensity=475.0, fallback_price=0.2)
+    alias_a = [x for x in models if x.model_name == "alias-a"]
+    assert sorted(x.kind for x in alias_a) == ["measure", "serve"] and all(x.runs == 1 for x in alias_a)
+    labels = dict(zip([id(x) for x in models], model_labels(models)))
+    assert [labels[id(x)] for x in alias_a if x.kind == "serve"] == ["alias-a · fp32 · serve"]
+    (fit,) = queries.size_fits(models, intensity_g_per_kwh=475.0, pue=1.0, price_usd_per_kwh=0.2)
+    assert [x.param_count for x in fit.models] == [134_515_008, 361_821_120]
+    assert all(x.kind == "measure" for x in fit.models)
