@@ -384,6 +384,8 @@ def full_page(*, where: str, ov: "Overview", grids: Sequence["GridIntensity"], f
     ]
     if timeline is not None:
         flags = []
+        if timeline.status and timeline.status != "completed":
+            flags.append(f"{timeline.status}: it covers part of the work")
         if timeline.lost:
             flags.append("partial: " + ", ".join(f"{d} lost" for d in sorted(timeline.lost)))
         if timeline.uncertain:

@@ -159,7 +159,8 @@ def measure(
     price_kwh: float = typer.Option(None, "--price-kwh", metavar="USD",
                                     help="Electricity price in USD/kWh (default: US commercial average)."),
     db: str = typer.Option(None, "--db", metavar="URL",
-                           help="SQLAlchemy URL or SQLite path (default ./greenprof.db or GREENPROF_DB)."),
+                           help="SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, "
+                                "./greenprof.db)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (runs and summary) on stdout."),
 ) -> None:
     """Measure joules, CO2e and cost per token for one or more models.

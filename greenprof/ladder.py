@@ -176,6 +176,7 @@ class RunSettings:
     collectors: str = "cpu (auto)"
     spinning: bool = False
     graph_opt: str = "all"
+    warmup: int | None = None  # None: any (a run stored before warm-ups were recorded counts too)
 
 
 def built_model_hash(name: str, precision: str) -> str | None:
@@ -202,6 +203,7 @@ def matches(run: Any, name: str, precision: str, s: RunSettings, model_file_hash
             and run.collectors == s.collectors
             and bool(session.get("spinning", False)) == s.spinning
             and session.get("graph_opt", "all") == s.graph_opt
+            and (s.warmup is None or session.get("warmup", s.warmup) == s.warmup)
             and tuple(sorted(run.domains)) == s.domains
             and not any(d.lost_reason for d in run.domains.values())
             and accounting.record_basis(run) == "attributed"
@@ -529,7 +531,8 @@ def run_ladder(req: LadderRequest, *, settings=None, progress: Callable[[str], N
     if threads is None:
         threads = default_threads()
     base = RunSettings(hardware_fingerprint=fingerprint, domains=tuple(sorted(collectors_for_device("cpu"))),
-                       prompt_tokens=req.prompt_tokens, new_tokens=req.new_tokens, threads=threads)
+                       prompt_tokens=req.prompt_tokens, new_tokens=req.new_tokens, threads=threads,
+                       warmup=req.warmup)
 
     from greenprof.store import open_store, preflight
 
@@ -731,7 +734,8 @@ def ladder_cmd(
     intensity: Optional[float] = typer.Option(None, "--intensity", help="Grid intensity in g CO2e/kWh."),
     pue: Optional[float] = typer.Option(None, "--pue", help="Data-centre PUE (default 1.0)."),
     price_kwh: Optional[float] = typer.Option(None, "--price-kwh", help="Electricity price in USD/kWh."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default ./greenprof.db)."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default: GREENPROF_DB, "
+                                     "\\[tool.greenprof] db, ./greenprof.db)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """The model-size ladder: measure, fit J/token = a x params^b, extrapolate the seed shapes.

@@ -292,7 +292,8 @@ class Server:
 
 
 # -- commands -----------------------------------------------------------------------------------
-_DB_HELP = "Database for the runs: SQLAlchemy URL or SQLite path (default ./greenprof.db or GREENPROF_DB)."
+_DB_HELP = ("Database for the runs: SQLAlchemy URL or SQLite path (default: GREENPROF_DB, \\[tool.greenprof] db, "
+            "./greenprof.db).")
 
 
 def serve_cmd(

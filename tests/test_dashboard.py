@@ -565,6 +565,20 @@ def test_run_option_draws_that_run(report_db, tmp_path):
     assert f"Power timeline: run {tiny_run} (tiny · fp32)" in out.read_text(encoding="utf-8")
 
 
+def test_the_timeline_of_a_run_that_did_not_complete_says_so(tmp_path):
+    from greenprof.store import open_store
+
+    db = tmp_path / "d.db"
+    with open_store(str(db)) as store:
+        store_run(store, "tiny", 106_816, "fp32", replay_measurement(0.5))  # a page needs a completed run
+        rid = store.start_run(model_name="tiny", precision="fp32", prompt_tokens=16, new_tokens=8)
+        store.finish_run(rid, replay_measurement(0.5), status="interrupted")
+    out = tmp_path / "r.html"
+    assert cli("dashboard", "--db", str(db), "-o", str(out), "--run", str(rid))[0] == 0
+    assert f"Power timeline: run {rid} (tiny · fp32) [interrupted: it covers part of the work]" in \
+        out.read_text(encoding="utf-8")
+
+
 def test_aggregates_match_the_per_run_summaries(report_db):
     """The model figures equal `greenprof runs`' per-run figures (greenprof.cli_runs.summarize)
     averaged in Python, the interval is greenprof.accounting.interval95 over the runs' J per

@@ -388,3 +388,20 @@ def test_without_models_the_default_ladder_is_measured(tmp_path, monkeypatch):
     assert any(n.startswith("smollm-1.7b fp32 left out of the default ladder") for n in doc["notes"])
     (big,) = [m for m in doc["models"] if m["model"] == "smollm-1.7b"]  # extrapolated instead
     assert big["origin"] == "extrapolated" and big["params"] == ladder.shape_params("smollm-1.7b")
+
+
+def test_runs_with_another_warm_up_are_not_reused(tmp_path):
+    """A run made with a different number of warm-up passes is another measurement: measured
+    again, so the JSON's settings.warmup is the warm-up of every run it averages."""
+    db = tmp_path / "warm.db"
+    code, out, err = cli("tiny", *FAST, "--db", str(db), "--json")
+    assert code == 0, err
+    (first,) = [m for m in json.loads(out)["models"] if m["origin"] == "measured"]
+    warm = json.loads(out)["settings"]["warmup"]
+    code, out, err = cli("tiny", *FAST, "--warmup", str(warm + 1), "--db", str(db), "--json")
+    assert code == 0, err
+    (again,) = [m for m in json.loads(out)["models"] if m["origin"] == "measured"]
+    assert not again["reused"] and not set(again["run_ids"]) & set(first["run_ids"])
+    code, out, err = cli("tiny", *FAST, "--warmup", str(warm + 1), "--db", str(db), "--json")
+    (third,) = [m for m in json.loads(out)["models"] if m["origin"] == "measured"]
+    assert third["reused"] and third["run_ids"] == again["run_ids"]
