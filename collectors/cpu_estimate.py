@@ -615,6 +615,54 @@ class CpuEstimateCollector(CounterCollector):
         return (self._clock() - self._t0) * self._w
 
 
+#: The machine-wide estimate's domain (``greenprof exporter`` on a machine without RAPL).
+MACHINE_DOMAIN = "cpu-estimate-machine"
+
+
+class MachineCpuEstimateCollector(CounterCollector):
+    """Cumulative estimated joules of the whole machine's busy CPU time (every process, from
+    /proc/stat's tick counters: 10 ms resolution), at the same power per busy thread as
+    :class:`CpuEstimateCollector`. For ``greenprof exporter``: a node exporter's own CPU time says
+    nothing of the machine, whose inference runs in other processes."""
+
+    source = "cpu-estimate"
+    method = "estimated"
+    domain = MACHINE_DOMAIN
+    scope = "machine"
+    resolution_s = 0.01
+
+    def __init__(self, model: CpuPowerModel, reader=None) -> None:
+        from greenprof.cpushare import CpuTimesReader
+
+        self.model = model
+        self._w = model.w_per_thread
+        self._reader = reader if reader is not None else CpuTimesReader()
+        first = self._reader.read()
+        if first is None:
+            raise ConfigError(f"the machine-wide CPU estimate needs /proc/stat: {self._reader.why_not}")
+        self._t0 = first.machine_busy_s
+        self._last = 0.0
+
+    def read_j(self) -> float:
+        t = self._reader.read()
+        if t is None:
+            from greenprof.errors import SensorLost
+
+            raise SensorLost(self._reader.why_not or "/proc/stat could not be read")
+        self._last = max(self._last, (t.machine_busy_s - self._t0) * self._w)  # never backwards
+        return self._last
+
+    def close(self) -> None:
+        close = getattr(self._reader, "close", None)
+        if close is not None:
+            close()
+
+
+def machine_estimate(env: Mapping[str, str] | None = None) -> MachineCpuEstimateCollector:
+    """The machine-wide CPU estimate (see :class:`MachineCpuEstimateCollector`)."""
+    return MachineCpuEstimateCollector(power_model(env))
+
+
 def discover(env: Mapping[str, str] | None = None) -> Discovery:
     pm = power_model(env)
     status = SensorStatus(

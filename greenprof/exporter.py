@@ -4,7 +4,9 @@ For machines that run their own inference code (or none): a :class:`greenprof.me
 keeps reading the collectors (the same meter, wrap tracking and sampler as every measurement)
 and prometheus-client's own HTTP server answers ``GET /metrics``:
 
-* ``greenprof_energy_joules_total{domain,method}``: what each counter saw (gross), in joules;
+* ``greenprof_energy_joules_total{domain,method}``: what each counter saw (gross), in joules; on a
+  machine with no measured source (a VM), ``cpu-estimate-machine``: every process's busy CPU time
+  (/proc/stat) x the estimate's power per busy thread, labelled ``estimated``;
 * ``greenprof_power_watts{domain}``: average power over the last few seconds.
 
 Each scrape renews the node window, so the counters are exact as of the scrape. No ``host``
@@ -25,6 +27,33 @@ def _say(msg: str) -> None:
     sys.stderr.flush()
 
 
+def _node_collectors(spec):
+    """The exporter's collectors: the measured sources of ``spec``, and where the machine has
+    none (a VM), the machine-wide CPU estimate (every process's busy CPU time) instead of the
+    per-process one, which would count only the exporter's own CPU time."""
+    from greenprof.collectors import select
+    from greenprof.collectors.cpu_estimate import DOMAIN, MACHINE_DOMAIN, machine_estimate
+
+    if spec == "auto":
+        chosen = select("auto")
+        if chosen and all(c.domain == DOMAIN for c in chosen):
+            for c in chosen:
+                c.close()
+            return [machine_estimate()]
+        return chosen
+    if DOMAIN in spec:
+        raise UsageError(f"--collectors {DOMAIN} would export this exporter's own CPU time, not the machine's: "
+                         f"use {MACHINE_DOMAIN} (every process's busy CPU time x the same W per thread)")
+    objects = [machine_estimate()] if MACHINE_DOMAIN in spec else []
+    names = [n for n in spec if n != MACHINE_DOMAIN]
+    try:
+        return (select(names) if names else []) + objects
+    except UsageError as e:
+        for c in objects:
+            c.close()
+        raise UsageError(f"--collectors: {e}") from None
+
+
 def start_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = "auto",
                    sample_hz: float | None = None):
     """Start the node window and the HTTP server (a daemon thread). Returns (httpd, node)."""
@@ -35,7 +64,7 @@ def start_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = 
         raise UsageError(f"--port must be 0..65535 (got {port!r})")
     settings = load_settings({"sample_hz": sample_hz})
     spec = collectors if collectors in (None, "auto") else [c.strip() for c in collectors.split(",") if c.strip()]
-    node = NodeMeter(spec or "auto", settings.sample_hz).start()
+    node = NodeMeter(_node_collectors(spec or "auto"), settings.sample_hz).start()
     try:
         from prometheus_client import start_http_server
 

@@ -272,7 +272,8 @@ class NodeCollector:
         else:  # accounting switched off (benchmark): the last totals, counters never go back
             t = self._last or NodeTotals()
         energy = CounterMetricFamily("greenprof_energy_joules", "Energy the counters saw per domain "
-                                     "(gross: the whole device, every process), in joules.",
+                                     "(gross: the whole device, every process; cpu-estimate, the CPU "
+                                     "time estimate of this process alone), in joules.",
                                      labels=["domain", "method"])
         for d, j in sorted(t.gross_j.items()):
             energy.add_metric([d, t.method.get(d, "unknown")], j)

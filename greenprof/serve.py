@@ -344,7 +344,8 @@ def exporter_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(9464, "--port", help="Port to listen on (0: any free port)."),
     collectors: str = typer.Option("auto", "--collectors", help="Energy domains to export, comma-separated "
-                                   "(default: every measured source here, else the CPU estimate)."),
+                                   "(default: every measured source here, else cpu-estimate-machine: every "
+                                   "process's busy CPU time x the estimate's W per thread)."),
     sample_hz: float = typer.Option(None, "--sample-hz", help="Sampler rate (default 10, or GREENPROF_SAMPLE_HZ)."),
 ) -> None:
     """Export this machine's energy counters to Prometheus at GET /metrics.

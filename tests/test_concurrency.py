@@ -330,3 +330,32 @@ def test_a_renewed_node_window_counts_every_joule_once():
         assert 0 < t.idle_gross_j["ticks"] < t.gross_j["ticks"]  # the idle spans are part of it
     finally:
         node.close()
+
+
+def test_the_exporter_on_a_machine_without_sensors_counts_every_process(tmp_path, monkeypatch):
+    """A node exporter's own CPU time says nothing of the machine: without RAPL it exports the
+    machine-wide estimate, which sees another process's busy CPU time."""
+    import resource
+    import subprocess
+    import sys
+
+    from greenprof.errors import UsageError
+    from greenprof.exporter import _node_collectors
+
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(tmp_path / "no-powercap"))
+    (col,) = _node_collectors("auto")
+    try:
+        assert (col.domain, col.method, col.scope) == ("cpu-estimate-machine", "estimated", "machine")
+        before = col.read_j()
+        child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", "import time\nt=time.process_time()\n"
+                        "while time.process_time()-t<0.5: pass"], check=True)
+        child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after = col.read_j()
+        child_s = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+        # every process's busy time: the child's 0.5 s at least (10 ms ticks), at the W per thread
+        assert after - before >= (child_s - 0.05) * col.model.w_per_thread > 0
+    finally:
+        col.close()
+    with pytest.raises(UsageError, match="cpu-estimate-machine"):
+        _node_collectors(["cpu-estimate"])
