@@ -57,12 +57,12 @@ def _node_collectors(spec):
 def start_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = "auto",
                    sample_hz: float | None = None):
     """Start the node window and the HTTP server (a daemon thread). Returns (httpd, node)."""
-    from greenprof.config import load_settings
+    from greenprof.config import CLI_FLAGS, load_settings
     from greenprof.metrics import NodeMeter, node_registry
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0..65535 (got {port!r})")
-    settings = load_settings({"sample_hz": sample_hz})
+    settings = load_settings({"sample_hz": sample_hz}, names=CLI_FLAGS)
     spec = collectors if collectors in (None, "auto") else [c.strip() for c in collectors.split(",") if c.strip()]
     node = NodeMeter(_node_collectors(spec or "auto"), settings.sample_hz).start()
     try:
@@ -99,12 +99,14 @@ def run_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = "a
         while not stop.wait(0.5):
             pass
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        httpd.shutdown()
-        httpd.server_close()
-        node.close()
-        _say("stopped")
+        try:  # a second signal while stopping is the same request: the handlers go back after
+            httpd.shutdown()
+            httpd.server_close()
+            node.close()
+            _say("stopped")
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 __all__ = ["run_exporter", "start_exporter"]

@@ -43,6 +43,59 @@ def hw_type(domain: str) -> str:
     return "cpu"  # packages, core, uncore, the CPU estimate
 
 
+#: One OTLP export's time limit (the SDK's default is 10 s per try, retried for 30 s or more).
+EXPORT_TIMEOUT_S = 2.0
+#: The most a stopping server waits for the last spans and metrics to go out.
+SHUTDOWN_TIMEOUT_S = 3.0
+
+
+def _check_endpoint(base: str, given: str, where: str) -> None:
+    """A UsageError unless ``base`` is an http(s) URL with a host and a valid port."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(base)
+        ok = u.scheme in ("http", "https") and bool(u.hostname)
+        _ = u.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"{where} must be an http(s) URL such as http://localhost:4318 (got {given!r})")
+
+
+def _quiet_sdk_logs() -> None:
+    """The OTLP exporters log every failed try (retries, timeouts) through ``logging``, which
+    prints them bare on stderr: one prefixed line per kind of failure instead, saying that
+    serving goes on."""
+    import logging
+    import sys
+
+    log = logging.getLogger("opentelemetry")
+    if any(getattr(h, "greenprof_once", False) for h in log.handlers):
+        return
+
+    class Once(logging.Handler):
+        greenprof_once = True
+
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.seen: set[str] = set()
+
+        def emit(self, record: logging.LogRecord) -> None:
+            kind = f"{record.name}:{record.levelno}:{str(record.msg)[:24]}"
+            if kind in self.seen:
+                return
+            self.seen.add(kind)
+            try:
+                sys.stderr.write(f"greenprof: OpenTelemetry export: {record.getMessage().splitlines()[0][:300]} "
+                                 "(serving goes on; repeats are not shown)\n")
+            except Exception:
+                pass
+
+    log.addHandler(Once())
+    log.propagate = False
+
+
 class Otel:
     """Spans and metrics of one server, on the given SDK providers."""
 
@@ -81,15 +134,24 @@ class Otel:
         from greenprof import __version__
         from greenprof.hostinfo import host
 
+        import os
+
+        where = "--otlp-endpoint"
+        if not endpoint and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            endpoint, where = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"], "OTEL_EXPORTER_OTLP_ENDPOINT"
         base = endpoint.rstrip("/") if endpoint else None
-        if base is not None and not base.startswith(("http://", "https://")):
-            raise UsageError(f"--otlp-endpoint must be an http(s) URL such as http://localhost:4318 (got {endpoint!r})")
+        if base is not None:
+            _check_endpoint(base, endpoint, where)
+        _quiet_sdk_logs()
+        ms = int(EXPORT_TIMEOUT_S * 1000)
         resource = Resource.create({"service.name": "greenprof", "service.version": __version__, "host.id": host()})
         tp = TracerProvider(resource=resource)
         tp.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"{base}/v1/traces") if base else OTLPSpanExporter()))
+            OTLPSpanExporter(endpoint=f"{base}/v1/traces" if base else None, timeout=EXPORT_TIMEOUT_S),
+            export_timeout_millis=ms))
         reader = PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=f"{base}/v1/metrics") if base else OTLPMetricExporter())
+            OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None, timeout=EXPORT_TIMEOUT_S),
+            export_timeout_millis=ms)
         mp = MeterProvider(resource=resource, metric_readers=[reader])
         return cls(tp, mp, owned=True)
 
@@ -177,15 +239,30 @@ class Otel:
         if out.ttft_s is not None:
             self._ttft.record(out.ttft_s, metric_attrs)
 
-    def shutdown(self) -> None:
-        """Flush and stop the providers this object created (not ones passed in)."""
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Flush and stop the providers this object created (not ones passed in), waiting at most
+        ``timeout_s`` in all (an unreachable collector must not hold a stopping server); False
+        when what was pending could not be sent in time (it is dropped)."""
         if not self.owned:
-            return
-        for p in (self.tracer_provider, self.meter_provider):
+            return True
+        import threading
+
+        def stop(p: Any) -> None:
             try:
                 p.shutdown()
             except Exception:
                 pass
+
+        threads = [threading.Thread(target=stop, args=(p,), name="greenprof-otel-stop", daemon=True)
+                   for p in (self.tracer_provider, self.meter_provider)]
+        for t in threads:
+            t.start()
+        import time
+
+        end = time.monotonic() + timeout_s
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
 
 __all__ = ["Otel", "hw_type"]

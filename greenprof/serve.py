@@ -126,7 +126,7 @@ class Server:
 
     def prepare(self) -> "Server":
         from greenprof import carbon
-        from greenprof.config import load_settings, resolve_intensity
+        from greenprof.config import CLI_FLAGS, load_settings, resolve_intensity
         from greenprof.measure import check_model_spec, collectors_for_device, resolve_model
         from greenprof.metrics import serve_registry
         from greenprof.models import builder
@@ -137,7 +137,7 @@ class Server:
         o = self.opts
         settings = load_settings({"db": o.db, "region": o.region, "intensity_g_per_kwh": o.intensity,
                                   "pue": o.pue, "price_usd_per_kwh": o.price_kwh, "threads": o.threads,
-                                  "sample_hz": o.sample_hz})
+                                  "sample_hz": o.sample_hz}, names=CLI_FLAGS)
         grid, note = resolve_intensity(settings)
         price = settings.price_usd_per_kwh if settings.price_usd_per_kwh is not None \
             else carbon.DEFAULT_PRICE_USD_PER_KWH
@@ -261,9 +261,15 @@ class Server:
         try:
             self.uvicorn.run(sockets=[self.sock])
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            self.close()
+            try:
+                # a second SIGTERM (a supervisor's, `timeout`'s to the process group) must not
+                # kill the process while the last runs are written: handlers go back after
+                signal.signal(signal.SIGTERM, note)
+                signal.signal(signal.SIGINT, note)
+                self.close()
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
 
     def start(self) -> "Server":
         """Serve from a background thread (no signal handling); :meth:`stop` ends it."""
@@ -284,7 +290,8 @@ class Server:
         if self.engine is not None and not self.engine.closed:
             self.engine.close()
             if self.otel is not None:
-                self.otel.shutdown()
+                if not self.otel.shutdown():
+                    self.say("OpenTelemetry: the last spans and metrics could not be sent in time; dropped")
             self.say("stopped")
         if self.sock is not None:
             self.sock.close()

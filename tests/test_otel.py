@@ -96,3 +96,25 @@ def test_hw_types_and_a_bad_endpoint():
     o = Otel.from_endpoint("http://127.0.0.1:4318")  # builds the OTLP exporters; nothing is sent yet
     assert o.owned
     o.shutdown()
+
+
+@pytest.mark.parametrize("bad", ["localhost:4318", "http://", "ftp://x", "http://[::1", "http://127.0.0.1:99999",
+                                 "http://host:port"])
+def test_endpoints_that_cannot_work_are_refused_at_the_start(bad):
+    from greenprof.errors import UsageError
+
+    with pytest.raises(UsageError, match="must be an http"):
+        Otel.from_endpoint(bad)
+
+
+def test_failed_exports_are_one_line_each_not_every_retry(capsys):
+    import logging
+
+    o = Otel.from_endpoint("http://127.0.0.1:4318")  # installs the one-line handler
+    log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    for _ in range(5):
+        log.warning("Transient error %s encountered while exporting spans batch, retrying in %ss.", "refused", 1.1)
+    log.error("Failed to export spans batch due to timeout, max retries or shutdown.")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("greenprof: OpenTelemetry export: ") for line in err), err
+    assert o.shutdown(timeout_s=5.0)  # nothing pending: stopped in time

@@ -895,3 +895,8 @@ def test_a_run_with_no_energy_says_so_in_runs_and_compare(gp, tmp_path):
     assert "no energy recorded" in rows and "none, gross" not in rows
     r = gp("compare", "1", str(rid), "--db", db)
     assert r.code == 0 and f"run {rid} is failed: it has no energy recorded" in r.stderr
+
+
+def test_serve_and_exporter_name_the_flag_of_a_bad_setting(gp):
+    assert one_error(gp("exporter", "--sample-hz", "-5")).startswith("greenprof: error: --sample-hz:")
+    assert "--pue" in one_error(gp("serve", "tiny", "--pue", "0.5"))
