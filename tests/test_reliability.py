@@ -195,6 +195,9 @@ def test_a_postgres_server_that_never_answers_times_out_in_one_line(tmp_path):
             assert "connect timeout" in line and "GREENPROF_DB_CONNECT_TIMEOUT" in line and str(srv.port) in line
         assert not cache.exists()  # measure gave up before building anything
         assert len(srv.conns) >= 3
+        # a timeout set in the URL is the one the message names
+        line = one_error(cli("runs", "--db", url + "?connect_timeout=1", timeout=90), code=1)
+        assert "(1 s, the URL's connect_timeout)" in line
     finally:
         srv.close()
     # a bad value for the setting is itself one line

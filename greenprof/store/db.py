@@ -129,7 +129,7 @@ class Store:
         self._bind_procs: dict[tuple, list[Any]] = {}
         self.path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
         where = str(self.path) if self.path else url.render_as_string(hide_password=True)
-        self._errors = _ErrorMap(where, origin)
+        self._errors = _ErrorMap(where, origin, url)
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -726,7 +726,7 @@ def preflight(url: str | os.PathLike | None = None, *, setting: str = "--db", ke
         from sqlalchemy.pool import NullPool
 
         engine = _server_engine(u, origin, poolclass=NullPool)
-        errors = _ErrorMap(u.render_as_string(hide_password=True), origin)
+        errors = _ErrorMap(u.render_as_string(hide_password=True), origin, u)
         try:
             with engine.connect() as conn:
                 revs, tables = _stamped(conn)

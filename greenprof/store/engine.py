@@ -123,8 +123,11 @@ def _one_line(e: BaseException) -> str:
 class _ErrorMap:
     """Turns driver errors into typed greenprof errors with one line."""
 
-    def __init__(self, where: str, origin: str) -> None:
+    def __init__(self, where: str, origin: str, url: Any = None) -> None:
         self.where, self.origin = where, origin
+        given = url.query.get("connect_timeout") if url is not None else None
+        self.timeout_note = (f"{given} s, the URL's connect_timeout" if given
+                             else f"{connect_timeout_s()} s, {CONNECT_TIMEOUT_ENV}")
 
     def __call__(self, e: BaseException) -> BaseException:
         msg = _one_line(e)
@@ -138,7 +141,7 @@ class _ErrorMap:
         if "timeout expired" in low or "timed out" in low:
             return StoreUnavailable(
                 f"no answer from the database server {self.where} within its connect timeout "
-                f"({connect_timeout_s()} s, {CONNECT_TIMEOUT_ENV}): check that the server is up and "
+                f"({self.timeout_note}): check that the server is up and "
                 f"reachable, or point {self.origin} elsewhere")
         if "database is locked" in low or "database is busy" in low:
             return StoreUnavailable(f"the database {self.where} stayed locked by another process for "
