@@ -75,10 +75,20 @@ def dashboard_cmd(
         html = empty_page(missing, db, why=f"There is no database at {missing} yet.")
         _note(f"no database at {missing} yet: the report says how to record the first run")
     else:
-        with _open(settings) as store:
-            where = _where(store)
-            html = build_report(store, regions=regions, run_id=run, settings=settings, where=where,
-                                db_arg=db)
+        from greenprof.store import NoDatabase
+
+        try:
+            with _open(settings) as store:
+                where = _where(store)
+                html = build_report(store, regions=regions, run_id=run, settings=settings, where=where,
+                                    db_arg=db)
+        except NoDatabase as e:  # an empty file, a server database without greenprof's tables
+            if run is not None:
+                raise
+            from greenprof.dashboards.page import empty_page
+
+            html = empty_page(str(settings.db or "./greenprof.db"), db, why=f"{str(e).split(';')[0]}.")
+            _note(f"{e}: the report says how to record the first run")
     try:
         path = write_report(html, target)
     except OSError as e:

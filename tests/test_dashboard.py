@@ -952,3 +952,15 @@ def test_one_size_under_several_names_is_one_fit_point_and_kinds_are_never_avera
     (fit,) = queries.size_fits(models, intensity_g_per_kwh=475.0, pue=1.0, price_usd_per_kwh=0.2)
     assert [x.param_count for x in fit.models] == [134_515_008, 361_821_120]
     assert all(x.kind == "measure" for x in fit.models)
+
+
+def test_a_database_without_runs_gives_the_report_that_says_so(tmp_path):
+    """An empty file (or a server database without greenprof's tables): the report, exit 0."""
+    db = tmp_path / "empty.db"
+    db.write_bytes(b"")
+    out = tmp_path / "r.html"
+    code, stdout, stderr = cli("dashboard", "--db", str(db), "-o", str(out))
+    assert code == 0 and "holds no greenprof runs yet" in out.read_text(encoding="utf-8"), stderr
+    assert db.stat().st_size == 0  # read only: nothing was created in it
+    code, _, stderr = cli("dashboard", "--db", str(db), "-o", str(out), "--run", "1")
+    assert code == 2 and "holds no greenprof runs yet" in stderr
