@@ -510,6 +510,7 @@ def export_cmd(
 _COMPARE = (
     # key, label, ratio?
     ("kind", "kind", False),
+    ("host", "host", False),
     ("model", "model", False),
     ("params", "params", True),
     ("precision", "precision", False),
@@ -536,7 +537,8 @@ _COMPARE = (
 
 
 #: rows left out of the table when neither run has a value (track runs have no model session)
-_COMPARE_OPTIONAL = {"params", "precision", "spinning", "graph_opt", "warmup", "batch_size", "prompt_tokens"}
+_COMPARE_OPTIONAL = {"host", "params", "precision", "spinning", "graph_opt", "warmup", "batch_size",
+                     "prompt_tokens"}
 
 
 def _ratio(a: Any, b: Any) -> float | None:

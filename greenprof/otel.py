@@ -194,6 +194,23 @@ class Otel:
 
         return propagate.extract(headers)
 
+    def request_rejected(self, endpoint: str, info: Any, status: int, code: str | None, message: str,
+                         arrived_ns: int, trace_context: Any = None) -> None:
+        """One span, with an error status, for a request refused before it ran (4xx): no tokens,
+        no energy of its own."""
+        import time
+
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        op = "chat" if endpoint == "chat.completions" else "text_completion"
+        attrs = {"gen_ai.operation.name": op, "gen_ai.provider.name": "greenprof",
+                 "gen_ai.request.model": info.name, "greenprof.status": "rejected",
+                 "error.type": code or str(status), "http.response.status_code": status}
+        span = self.tracer.start_span(f"{op} {info.name}", context=trace_context, kind=SpanKind.SERVER,
+                                      attributes=attrs, start_time=arrived_ns)
+        span.set_status(Status(StatusCode.ERROR, message))
+        span.end(end_time=max(time.time_ns(), arrived_ns))
+
     def request_finished(self, job: Any, out: Any, info: Any) -> None:
         """One span for a request that ran (any status), and its GenAI server metrics."""
         from opentelemetry.trace import SpanKind, Status, StatusCode

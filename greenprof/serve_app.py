@@ -330,11 +330,21 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
             engine.metrics.requests.labels(model=info.name, status="rejected").inc()
         return JSONResponse(e.body(), status_code=e.status)
 
+    endpoints = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+
     def guarded(fn):
         async def endpoint(request: Request):
+            arrived_ns = time.time_ns()
             try:
                 return await fn(request)
             except ApiError as e:
+                which = endpoints.get(request.url.path)
+                if engine.otel is not None and which is not None:  # a rejected request is a span too
+                    try:
+                        engine.otel.request_rejected(which, info, e.status, e.code, e.message, arrived_ns,
+                                                     engine.otel.context_from(dict(request.headers)))
+                    except Exception as err:
+                        say(f"could not export a span: {type(err).__name__}: {err}")
                 return reject(e)
             except Exception as e:  # a server fault: one line, never a traceback
                 say(f"{request.method} {request.url.path} failed: {type(e).__name__}: {e}")

@@ -409,6 +409,7 @@ def test_compare_and_export_show_warm_up_and_batch(tmp_path):
     r = cli("compare", "1", "2", "--db", db)
     assert r.returncode == 0, r.stderr
     assert "warm-up passes" in r.stdout and "batch size (sequences)" in r.stdout
+    assert any(line.split()[:1] == ["host"] or "│ host" in line for line in r.stdout.splitlines())
     doc = json.loads(cli("compare", "1", "2", "--db", db, "--json").stdout)
     assert (doc["a"]["warmup"], doc["b"]["warmup"], doc["ratios_b_over_a"]["batch_size"]) == (1, 0, 2.0)
     assert any("warm-up passes" in n for n in doc["notes"])

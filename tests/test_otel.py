@@ -49,11 +49,17 @@ def test_each_request_is_a_genai_span_with_its_energy_and_node_energy_is_hw_ener
                 extra_body={"ignore_eos": True}, extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
             c = client.completions.create(model="tiny", prompt="and me", max_tokens=3, extra_body={"ignore_eos": True})
             data = _metrics(reader)
+            with pytest.raises(openai.BadRequestError):  # refused: a span with an error status, no energy
+                client.completions.create(model="tiny", prompt="x", max_tokens=0)
         finally:
             srv.stop()
     finished = spans.get_finished_spans()
-    assert [s.name for s in finished] == ["chat tiny", "text_completion tiny"]
-    chat, comp = finished
+    assert [s.name for s in finished] == ["chat tiny", "text_completion tiny", "text_completion tiny"]
+    chat, comp, refused = finished
+    ra = refused.attributes
+    assert (ra["greenprof.status"], ra["error.type"], ra["http.response.status_code"]) == ("rejected",
+                                                                                           "invalid_value", 400)
+    assert refused.status.status_code.name == "ERROR" and "greenprof.energy_j" not in ra
     a = chat.attributes
     assert chat.kind is SpanKind.SERVER
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "greenprof"
