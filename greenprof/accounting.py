@@ -401,11 +401,8 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
                if basis == "attributed" else dict(gross))
     lost = {d: r.lost_reason for d, r in run.domains.items() if r.lost_reason}
     uncertain = {d: r.uncertain_reason for d, r in run.domains.items() if r.uncertain_reason}
-    # dynamic figures exist only above an idle baseline (runs stored before this rule hold the
-    # gross there when none was taken: not shown as dynamic)
-    baseline = bool(run.idle_window_s)
-    dynamic = (fsum_or_none(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
-               if baseline else None)
+    # None without an idle baseline (the store reads it so)
+    dynamic = fsum_or_none(r.dynamic_energy_j for r in run.domains.values() if r.energy_j is not None)
     dec = run.phases.get("decode")
     grid = costing.grid(run, needed=bool(gross))
     pue = float(run.pue) if run.pue is not None else 1.0
@@ -414,7 +411,7 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
                                     price_usd_per_kwh=price, basis=basis)
     has_energy = bool(gross)
     ph = fig.phase_energy_j if has_energy else {}
-    decode_dyn = fsum_or_none(dec.dynamic_energy_j.values()) if dec and baseline else None
+    decode_dyn = fsum_or_none(dec.dynamic_energy_j.values()) if dec else None
     methods = {d: r.method for d, r in run.domains.items()}
     session = (run.extra or {}).get("session") or {}
     decode_s = dec.duration_s if dec else (run.duration_s if not fig.phases_marked else None)

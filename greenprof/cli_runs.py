@@ -267,17 +267,13 @@ def record_document(run: "RunRecord") -> dict[str, Any]:
     """A stored run's own fields as JSON-ready data (show --json, export -f json), without its
     segments. Each domain's counter reading is ``gross_energy_j`` beside its
     ``attributed_energy_j``, as everywhere in the JSON (``energy_j`` alone is the energy charged
-    to a run). With no idle baseline a domain has no dynamic energy (runs stored before that
-    rule hold the gross there, which is not dynamic)."""
+    to a run)."""
     doc = run.to_dict()
     doc.pop("segments", None)
     domains = doc.get("domains") or {}
     for name, d in list(domains.items()):
         if isinstance(d, dict):
-            d = {("gross_energy_j" if k == "energy_j" else k): v for k, v in d.items()}
-            if not run.idle_window_s:
-                d["dynamic_energy_j"] = None
-            domains[name] = d
+            domains[name] = {("gross_energy_j" if k == "energy_j" else k): v for k, v in d.items()}
     return doc
 
 
@@ -290,8 +286,7 @@ def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, 
         e = fsum_or_none((p.attributed_energy_j if attributed else p.energy_j).values())
         phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
                         "energy_j": e, "gross_energy_j": fsum_or_none(p.energy_j.values()),
-                        "dynamic_energy_j": (fsum_or_none(p.dynamic_energy_j.values())
-                                             if run.idle_window_s else None),
+                        "dynamic_energy_j": fsum_or_none(p.dynamic_energy_j.values()),
                         "j_per_token": div_or_none(e, p.tokens),
                         "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
                         "gross_energy_j_by_domain": p.energy_j}
@@ -397,8 +392,7 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
                                      f"uncertain: {r.uncertain_reason}" if r.uncertain_reason else "",
                                      r.share_note or "") if x)
         dom.add_row(d, r.method or "-", r.scope or "-", _num(r.energy_j), _num(r.attributed_energy_j),
-                    _num(r.share, ".3f"), _num(r.idle_power_w),
-                    _num(r.dynamic_energy_j if run.idle_window_s else None), note)
+                    _num(r.share, ".3f"), _num(r.idle_power_w), _num(r.dynamic_energy_j), note)
     out.print(dom)
     if phases:
         ph = Table(title="Phases", title_justify="left")

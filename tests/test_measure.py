@@ -339,13 +339,19 @@ def _strict_json(text):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_without_an_idle_baseline_no_surface_shows_a_dynamic_figure(tmp_path):
+@pytest.mark.parametrize("stored_before_the_rule", [False, True])
+def test_without_an_idle_baseline_no_surface_shows_a_dynamic_figure(tmp_path, stored_before_the_rule):
     """Dynamic = gross above the idle baseline: with none taken it is empty in runs, show and
-    export alike (it was the gross again there, while measure said null)."""
+    export alike (it was the gross again there, while measure said null), also for runs stored
+    when the gross was written in its place."""
     db = str(tmp_path / "g.db")
     r = cli("measure", *FAST, "--db", db, "--json")
     assert r.returncode == 0, r.stderr
     run_id = _strict_json(r.stdout)["runs"][0]["run_id"]
+    if stored_before_the_rule:
+        with sqlite3.connect(db) as c:
+            c.execute("update run_domains set dynamic_energy_j = energy_j")
+            c.execute("update segment_energy set dynamic_energy_j = energy_j")
     (row,) = [x for x in _strict_json(cli("runs", "--db", db, "--json").stdout)["runs"] if x["id"] == run_id]
     assert row["dynamic_j_per_token"] is None and row["dynamic_energy_j"] is None
     show = _strict_json(cli("show", str(run_id), "--db", db, "--json").stdout)

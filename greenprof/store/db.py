@@ -615,7 +615,7 @@ class Store:
                 if seg is not None:
                     seg.energy_j[e.domain] = e.energy_j
                     seg.attributed_energy_j[e.domain] = e.attributed_energy_j
-                    seg.dynamic_energy_j[e.domain] = e.dynamic_energy_j
+                    seg.dynamic_energy_j[e.domain] = e.dynamic_energy_j if rec.idle_window_s else None
             rec.segments = list(by_idx.values())
         return rec
 
@@ -669,13 +669,19 @@ class Store:
 
     @staticmethod
     def _attach_details(conn: Connection, records: list[RunRecord]) -> None:
-        """Fill ``domains`` and ``phases`` of the records (a few grouped queries, not one per run)."""
+        """Fill ``domains`` and ``phases`` of the records (a few grouped queries, not one per run).
+
+        Dynamic energy (gross above the idle baseline) is None for a run without a baseline: runs
+        stored before that rule hold the gross there, which is not dynamic (get_run's segments
+        follow the same rule)."""
         by_id = {r.id: r for r in records}
         for ids in _chunks(list(by_id), 500):
             for d in conn.execute(select(S.run_domains).where(S.run_domains.c.run_id.in_(ids))
                                   .order_by(S.run_domains.c.run_id, S.run_domains.c.domain)):
-                by_id[d.run_id].domains[d.domain] = DomainRecord(
-                    d.domain, d.method, d.source, d.energy_j, d.idle_power_w, d.dynamic_energy_j,
+                rec = by_id[d.run_id]
+                rec.domains[d.domain] = DomainRecord(
+                    d.domain, d.method, d.source, d.energy_j, d.idle_power_w,
+                    d.dynamic_energy_j if rec.idle_window_s else None,
                     d.resolution_s, d.lost_reason, d.attributed_energy_j, d.share, d.scope,
                     d.uncertain_reason, d.share_note)
             seg = S.segments
@@ -694,7 +700,8 @@ class Store:
                 phase = by_id[run_id].phases.get(kind)
                 if phase is not None:
                     phase.energy_j[domain] = float(e) if e is not None else None
-                    phase.dynamic_energy_j[domain] = float(dyn) if dyn is not None else None
+                    phase.dynamic_energy_j[domain] = (float(dyn) if dyn is not None and by_id[run_id].idle_window_s
+                                                      else None)
                     phase.attributed_energy_j[domain] = float(att) if att is not None else None
 
 
