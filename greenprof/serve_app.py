@@ -204,13 +204,13 @@ class Admission:
         if max_tokens is not None and ctx is not None and max_tokens > ctx:
             raise ApiError(400, f"'{name}' is {max_tokens}, above this model's limit of {ctx} tokens "
                            "(its context length)", param=name, code="invalid_value")
+        where = "messages" if endpoint == "chat.completions" else "prompt"  # the parameter errors name
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate ("\ud800"): not text the tokenizer takes
-            raise ApiError(400, f"the {'messages hold' if endpoint == 'chat.completions' else 'prompt holds'} "
+            raise ApiError(400, f"the {'messages hold' if where == 'messages' else 'prompt holds'} "
                            f"a character that is not valid Unicode ({e.object[e.start:e.end]!r} at "
-                           f"{e.start}): send UTF-8 text", param="messages" if endpoint == "chat.completions"
-                           else "prompt", code="invalid_value") from None
+                           f"{e.start}): send UTF-8 text", param=where, code="invalid_value") from None
         if ctx is not None and len(prompt) > ctx * PREFIX_CHARS_PER_TOKEN:
             # a prompt far longer than the context: tokenizing it whole would hold the
             # interpreter (the tokenizer keeps the GIL) for seconds; a prefix settles it
@@ -218,18 +218,16 @@ class Admission:
             n_head = len(self.tokenizer.encode(head).ids)
             if n_head >= 2 * ctx:  # twice the context in a prefix: the whole is over it
                 raise ApiError(400, f"this model's maximum context length is {ctx} tokens, and the prompt's first "
-                               f"{len(head)} characters alone are {n_head}: shorten it",
-                               param="messages" if endpoint == "chat.completions" else "prompt",
+                               f"{len(head)} characters alone are {n_head}: shorten it", param=where,
                                code="context_length_exceeded")
         ids = self.tokenizer.encode(prompt).ids
         n_prompt = len(ids)
         if n_prompt == 0:
-            raise ApiError(400, "the prompt encodes to zero tokens: send some text", param="prompt"
-                           if endpoint == "completions" else "messages", code="invalid_value")
+            raise ApiError(400, "the prompt encodes to zero tokens: send some text", param=where,
+                           code="invalid_value")
         if ctx is not None and n_prompt >= ctx:
             raise ApiError(400, f"this model's maximum context length is {ctx} tokens, and the prompt alone is "
-                           f"{n_prompt}: shorten it", param="messages" if endpoint == "chat.completions" else "prompt",
-                           code="context_length_exceeded")
+                           f"{n_prompt}: shorten it", param=where, code="context_length_exceeded")
         if max_tokens is None:
             room = (ctx - n_prompt) if ctx is not None else None
             default = CHAT_DEFAULT_MAX_TOKENS if endpoint == "chat.completions" else COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -351,16 +349,10 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
                 return error(500, f"internal error: {type(e).__name__}: {e}", type_="server_error")
         return endpoint
 
-    async def read_body(request: Request) -> bytes:
+    async def read_json(request: Request) -> Any:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB")
-        return raw
-
-    async def read_json(request: Request) -> Any:
-        return parse_json(await read_body(request))
-
-    def parse_json(raw: bytes) -> Any:
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -395,13 +387,8 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
             job.trace_context = engine.otel.context_from(dict(request.headers))
         return engine.submit(job)
 
-    def admit(raw: bytes, endpoint: str) -> "Job":
-        return admission.job(parse_json(raw), endpoint)
-
     async def completion(request: Request, endpoint: str):
-        # parsing and tokenizing a long prompt takes a while: off the event loop, so other
-        # clients (and /health) are answered meanwhile
-        job = await run_in_threadpool(admit, await read_body(request), endpoint)
+        job = admission.job(await read_json(request), endpoint)
         if job.stream:
             return stream(job, endpoint, request)
         fut = submit(job, request)
