@@ -198,6 +198,8 @@ def plan_model(spec: str, req: MeasureRequest) -> ModelPlan:
     from greenprof.models import builder, loader
 
     target = check_model_spec(spec)
+    # the prompt's length as far as it is known before a tokenizer is loaded (a text prompt: 1)
+    n_prompt = req.prompt_tokens or (128 if req.prompt is None else 1)
     if isinstance(target, Path):
         if req.precision is not None:
             raise UsageError(f"--precision applies to built-in models; {spec} is an export and runs at its "
@@ -222,10 +224,9 @@ def plan_model(spec: str, req: MeasureRequest) -> ModelPlan:
         # batch 1 with the figure `models list` and the build give (a KV cache of 2048 tokens)
         builder.check_memory(target, precision)
         if req.batch > 1:
-            n_tokens = (req.prompt_tokens or (128 if req.prompt is None else 1)) + req.new_tokens
-            builder.check_memory(target, precision, batch=req.batch, tokens=min(n_tokens, target.max_position))
+            builder.check_memory(target, precision, batch=req.batch,
+                                 tokens=min(n_prompt + req.new_tokens, target.max_position))
     if plan.context_length:
-        n_prompt = req.prompt_tokens or (128 if req.prompt is None else 1)
         if n_prompt + req.new_tokens > plan.context_length:
             prompt = (f"a {n_prompt}-token prompt" if req.prompt is None else "the prompt")
             raise UsageError(

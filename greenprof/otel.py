@@ -49,6 +49,11 @@ EXPORT_TIMEOUT_S = 2.0
 SHUTDOWN_TIMEOUT_S = 3.0
 
 
+def _operation(endpoint: str) -> str:
+    """The GenAI ``gen_ai.operation.name`` of a serve endpoint."""
+    return "chat" if endpoint == "chat.completions" else "text_completion"
+
+
 def _check_endpoint(base: str, given: str, where: str) -> None:
     """A UsageError unless ``base`` is an http(s) URL with a host and a valid port."""
     from urllib.parse import urlsplit
@@ -131,10 +136,10 @@ class Otel:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
             raise UsageError(f"OpenTelemetry export needs the otel extra: {_EXTRA_HINT}") from None
+        import os
+
         from greenprof import __version__
         from greenprof.hostinfo import host
-
-        import os
 
         where = "--otlp-endpoint"
         if not endpoint and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -202,7 +207,7 @@ class Otel:
 
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
-        op = "chat" if endpoint == "chat.completions" else "text_completion"
+        op = _operation(endpoint)
         attrs = {"gen_ai.operation.name": op, "gen_ai.provider.name": "greenprof",
                  "gen_ai.request.model": info.name, "greenprof.status": "rejected",
                  "error.type": code or str(status), "http.response.status_code": status}
@@ -215,7 +220,7 @@ class Otel:
         """One span for a request that ran (any status), and its GenAI server metrics."""
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
-        op = "chat" if job.endpoint == "chat.completions" else "text_completion"
+        op = _operation(job.endpoint)
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": op,
             "gen_ai.provider.name": "greenprof",
