@@ -4,9 +4,9 @@
 process-wide hub (the one the served requests' ``split=True`` windows share), so it sees the
 process's whole energy, idle or busy. A window that stayed open for days would keep every
 sampler row, so the window is *renewed*: every ``roll_s`` seconds and at each scrape (at most
-every ``min_roll_s``), the new window is started and the old one is cut with a mark at that same reading (one ends
-exactly where the other begins: no joule is counted in neither, or in both), and the old one is
-stopped; its segments are added to running totals. A scrape within ``min_roll_s`` (20 ms) of the
+every ``min_roll_s``), the new window is started and the old one is cut with a mark at that same
+reading (one ends exactly where the other begins: no joule is counted in neither, or in both),
+and the old one is stopped; its segments are added to running totals. A scrape within ``min_roll_s`` (20 ms) of the
 last renewal reads the totals as of that renewal.
 
 While serving, the window is also marked at every change between *idle* (no request in flight)
