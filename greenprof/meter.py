@@ -26,9 +26,11 @@ charge the same joule twice:
   children (``split=True``: track() blocks, served requests) in proportion to the CPU time of
   their threads in the interval (equally among windows of one thread, such as asyncio tasks,
   and equally when no thread used CPU time); a child that does not split (a plain Meter, the
-  default) sees all of its parent's energy, like an outer reference. Top-level windows have the
-  process as parent. So the split windows open at one level add up to the energy of their
-  parent over the union of their spans: each joule is charged once.
+  default) sees all of its parent's energy, like an outer reference, and is transparent to the
+  split: the split windows opened inside it split with the other split children of its nearest
+  split ancestor (the process at the top). So a reference Meter around some of the blocks
+  changes nobody's part, and the split windows under one split ancestor add up to its energy
+  over the union of their spans: each joule is charged once.
 * **Attributed** = the window's part of the split x this process's share, per domain and
   segment; ``energy_j`` stays gross beside it.
 
@@ -337,29 +339,36 @@ class _Hub:
                 acc[i] += d
             return
         weights = self._thread_weights()
-        # group the open windows by their nearest open ancestor (None: the process)
-        kids: dict[int, list[int]] = {}
+        # each window's nearest open *split* ancestor (-1: the process): a plain window in
+        # between is transparent, so a reference Meter around some blocks does not make them a
+        # group of their own that is charged its energy a second time
         index = {id(w): k for k, w in enumerate(ws)}
+        up = []
+        for w in ws:
+            p = w._open_parent()
+            while p is not None and not p.split:
+                p = p._open_parent()
+            up.append(index.get(id(p), -1) if p is not None else -1)
+        kids: dict[int, list[int]] = {}
         for k, w in enumerate(ws):
-            parent = w._open_parent()
-            kids.setdefault(index.get(id(parent), -1) if parent is not None else -1, []).append(k)
+            if w.split:
+                kids.setdefault(up[k], []).append(k)
         frac = [0.0] * len(ws)
-        level = [(-1, 1.0)]  # breadth-first from the process
+        level = [(-1, 1.0)]  # breadth-first from the process, over the split windows
         while level:
             nxt = []
             for parent, f_parent in level:
                 group = kids.get(parent)
                 if not group:
                     continue
-                splitters = [k for k in group if ws[k].split]
-                total = math.fsum(weights[k] for k in splitters)
+                total = math.fsum(weights[k] for k in group)
                 for k in group:
-                    if ws[k].split:
-                        frac[k] = f_parent * (weights[k] / total if total > 0 else 1.0 / len(splitters))
-                    else:
-                        frac[k] = f_parent
+                    frac[k] = f_parent * (weights[k] / total if total > 0 else 1.0 / len(group))
                     nxt.append((k, frac[k]))
             level = nxt
+        for k, w in enumerate(ws):  # a plain window sees all of its nearest split ancestor's part
+            if not w.split:
+                frac[k] = frac[up[k]] if up[k] >= 0 else 1.0
         for k, w in enumerate(ws):
             f = frac[k]
             if w._pending:
@@ -839,8 +848,9 @@ class Meter:
             if self.idle_s > 0:
                 self._take_idle_baseline(hub)
             parent = _CURRENT.get()
-            self._parent = parent if (parent is not None and parent._hub is hub
-                                      and parent._state == "running") else None
+            # the window current in this context, on whichever collectors: one on other
+            # collectors is skipped over when this hub splits (see _open_parent)
+            self._parent = parent if (parent is not None and parent._state == "running") else None
             self._acc = [0.0] * len(hub.collectors)
             with hub.lock:
                 self._state = "running"
@@ -940,9 +950,10 @@ class Meter:
             self._warnings.append(msg)
 
     def _open_parent(self) -> "Meter | None":
-        """The nearest ancestor still open (a closed parent hands its children to its own)."""
+        """The nearest ancestor still open on the same collectors (a closed parent hands its
+        children to its own; one on other collectors is not part of this hub's split)."""
         p = self._parent
-        while p is not None and p._state != "running":
+        while p is not None and (p._state != "running" or p._hub is not self._hub):
             p = p._parent
         return p
 

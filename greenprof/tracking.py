@@ -416,8 +416,14 @@ class track(RunFigures):
 
     @property
     def tokens(self) -> int | None:
-        """Tokens counted so far; None when ``tokens=`` failed (the count is unknown)."""
-        return None if self._tokens_unknown else self._tokens
+        """Tokens counted so far; once the run has ended and none were counted, the tokens its
+        own marks say (``mark("token-N")``, the runner's ``meter=``). None when ``tokens=``
+        failed (the count is unknown)."""
+        if self._tokens_unknown:
+            return None
+        if self._tokens or self.measurement is None:
+            return self._tokens
+        return self._generated() or 0
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "track":
@@ -484,13 +490,16 @@ class track(RunFigures):
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._active = False
         try:
-            if self._last_mark == "prefill" and (self._tokens or self._tokens_unknown):
+            auto_decode = self._last_mark == "prefill" and bool(self._tokens or self._tokens_unknown)
+            if auto_decode:
                 # tokens counted after mark("prefill") with no decode marks: the work from that
                 # mark to the end of the block is their decode (not a teardown, which would leave
                 # the tokens with no energy and J/token at zero)
                 self._meter.mark("decode")
             self._meter.__exit__(exc_type, exc, tb)
             self.measurement = self._meter.measurement
+            if auto_decode and self.tokens:
+                self._decode_holds(self.tokens)
         except BaseException as e:
             self._close_store(status="failed", error=f"the meter could not stop: {type(e).__name__}: {e}")
             raise
@@ -499,6 +508,36 @@ class track(RunFigures):
         self._keep_warnings()
         self._close_store(status=status, error=error)
         return False  # the user's exception propagates unchanged
+
+    def _decode_holds(self, n: int) -> None:
+        """The decode segment added at exit holds the ``n`` counted tokens (a merged decode
+        segment, as the store and every figure read it), not the one a ``decode`` label alone
+        would mean."""
+        import dataclasses
+
+        m = self.measurement
+        segs = list(m.segments)
+        for i in range(len(segs) - 1, -1, -1):
+            if segs[i].label == "decode":
+                segs[i] = dataclasses.replace(segs[i], tokens=n)
+                break
+        try:
+            m.segments = segs
+        except AttributeError:  # an immutable measurement
+            self.measurement = dataclasses.replace(m, segments=segs)
+
+    def _generated(self) -> int | None:
+        """Generated tokens: those counted (``tokens=``, ``add_tokens``), else those the run's
+        own token marks say (``mark("token-N")``, or the runner's ``meter=`` marks); None when
+        neither counted any or the count is unknown."""
+        if self._tokens_unknown:
+            return None
+        if self._tokens:
+            return self._tokens
+        from greenprof.accounting import generated_tokens
+
+        m = self.measurement
+        return (generated_tokens(m.segments) or None) if m is not None else None
 
     def _keep_warnings(self) -> None:
         """Add the tracker's warnings (a failing tokens=) to the measurement, so they are stored,
@@ -524,8 +563,9 @@ class track(RunFigures):
             return
         try:
             if self.run_id is not None:
-                if self.tokens:
-                    store.update_run(self.run_id, new_tokens=self.tokens)
+                n = self._generated()
+                if n:
+                    store.update_run(self.run_id, new_tokens=n)
                 store.finish_run(self.run_id, self.measurement, status=status, error=error, tokens={})
         except Exception as e:
             run_id, self.run_id = self.run_id, None
@@ -567,7 +607,7 @@ class track(RunFigures):
         basis = accounting.measurement_basis(m)
         phases, marked = accounting.measurement_phases(m, basis)
         return accounting.run_figures(
-            phases, basis=basis, phases_marked=marked, generated_tokens=self.tokens or None,
+            phases, basis=basis, phases_marked=marked, generated_tokens=self._generated(),
             intensity_g_per_kwh=self.grid.intensity_g_per_kwh if self.grid is not None else None,
             pue=self.pue, price_usd_per_kwh=self.price_usd_per_kwh)
 

@@ -637,3 +637,91 @@ def test_the_measurements_own_warnings_are_raised_as_greenprof_warnings(tmp_path
     with pytest.warns(GreenprofWarning, match="cpu-package-0 uncertain"):
         with greenprof.track(model="m", store=False, collectors=["cpu-package-0"]):
             burn(0.02)
+
+
+def test_a_reference_meter_around_some_blocks_changes_nobodys_part():
+    """A plain Meter is transparent to the split: a block under it (main thread) and a block
+    in a new thread (whose context has no Meter) still split the process's energy between them,
+    instead of each being charged all of it."""
+    from greenprof.meter import Meter
+
+    got = {}
+
+    def worker():
+        with greenprof.track(model="worker", store=False, collectors="cpu-estimate") as t:
+            burn(0.3)
+        got["worker"] = t
+
+    with Meter(collectors="cpu-estimate") as ref:  # the same collectors: one hub, one split
+        th = threading.Thread(target=worker)
+        th.start()
+        with greenprof.track(model="main", store=False, collectors="cpu-estimate") as t:
+            burn(0.3)
+        th.join()
+    total = ref.measurement.energy_j["cpu-estimate"]
+    both = t.energy_j + got["worker"].energy_j
+    assert t.energy_j > 0 and got["worker"].energy_j > 0
+    assert both <= total * (1 + 1e-9), (t.energy_j, got["worker"].energy_j, total)
+    # the blocks together did nearly all of the work the reference saw
+    assert both >= 0.5 * total
+
+
+def test_a_split_window_under_a_plain_meter_splits_with_its_split_ancestors_other_children():
+    """track A > Meter M > track B beside track C (a thread under A): B and C split A's part."""
+    from greenprof.meter import Meter
+
+    with greenprof.track(model="a", store=False) as a:
+        got = {}
+        import contextvars
+
+        ctx = contextvars.copy_context()  # the thread starts under A, as an executor task would
+
+        def c_block():
+            with greenprof.track(model="c", store=False) as c:
+                burn(0.2)
+            got["c"] = c
+
+        th = threading.Thread(target=ctx.run, args=(c_block,))
+        th.start()
+        with Meter(collectors="cpu-estimate") as m:
+            with greenprof.track(model="b", store=False) as b:
+                burn(0.2)
+        th.join()
+    c = got["c"]
+    assert b.energy_j > 0 and c.energy_j > 0
+    assert b.energy_j + c.energy_j <= a.energy_j * (1 + 1e-9), (b.energy_j, c.energy_j, a.energy_j)
+    assert b.energy_j <= m.measurement.attributed_energy_j["cpu-estimate"] * (1 + 1e-9)
+
+
+def test_tokens_after_the_prefill_mark_are_stored_on_the_decode(tmp_path):
+    db = str(tmp_path / "t.db")
+    with greenprof.track(model="m", db=db, collectors="cpu-estimate") as t:
+        burn(0.03)
+        t.mark("prefill")
+        burn(0.06)
+        t.add_tokens(20)
+    assert t.tokens == 20
+    (n,) = rows(db, "select tokens from segments where run_id = ? and label = 'decode'", t.run_id)[0]
+    assert n == 20
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "greenprof.cli", "runs", "--json", "--db", db],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["runs"]
+    assert row["decode_tokens"] == 20 and row["new_tokens"] == 20
+    assert row["j_per_token"] == pytest.approx(t.j_per_token, rel=1e-9)
+
+
+def test_token_marks_are_the_trackers_tokens(tmp_path):
+    db = str(tmp_path / "t.db")
+    with greenprof.track(model="m", db=db, collectors="cpu-estimate") as t:
+        burn(0.02)
+        t.mark("prefill")
+        for i in range(5):
+            burn(0.01)
+            t.mark(f"token-{i + 1}")
+    assert t.tokens == 5
+    assert t.j_per_token == pytest.approx(t.figures.phase_energy_j["decode"] / 5) and t.j_per_token > 0
+    assert run_row(db, t.run_id).new_tokens == 5
