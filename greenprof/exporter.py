@@ -28,19 +28,20 @@ def _say(msg: str) -> None:
 
 
 def _node_collectors(spec):
-    """The exporter's collectors: the measured sources of ``spec``, and where the machine has
-    none (a VM), the machine-wide CPU estimate (every process's busy CPU time) instead of the
-    per-process one, which would count only the exporter's own CPU time."""
+    """The exporter's collectors: the measured sources of ``spec``, and where the CPU has none
+    (a VM, with or without GPUs), the machine-wide CPU estimate (every process's busy CPU time)
+    instead of the per-process one, which would count only the exporter's own CPU time."""
     from greenprof.collectors import select
     from greenprof.collectors.cpu_estimate import DOMAIN, MACHINE_DOMAIN, machine_estimate
 
     if spec == "auto":
         chosen = select("auto")
-        if chosen and all(c.domain == DOMAIN for c in chosen):
-            for c in chosen:
-                c.close()
-            return [machine_estimate()]
-        return chosen
+        own = [c for c in chosen if c.domain == DOMAIN]
+        if not own:
+            return chosen
+        for c in own:
+            c.close()
+        return [c for c in chosen if c.domain != DOMAIN] + [machine_estimate()]
     if DOMAIN in spec:
         raise UsageError(f"--collectors {DOMAIN} would export this exporter's own CPU time, not the machine's: "
                          f"use {MACHINE_DOMAIN} (every process's busy CPU time x the same W per thread)")

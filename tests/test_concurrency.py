@@ -359,3 +359,29 @@ def test_the_exporter_on_a_machine_without_sensors_counts_every_process(tmp_path
         col.close()
     with pytest.raises(UsageError, match="cpu-estimate-machine"):
         _node_collectors(["cpu-estimate"])
+
+
+def test_the_exporter_beside_gpus_on_a_machine_without_rapl_still_counts_every_process(monkeypatch):
+    """A cloud GPU VM: auto finds the GPUs and only the per-process CPU estimate for the CPU; the
+    exporter must export the machine-wide estimate beside the GPUs, not its own CPU time."""
+    import greenprof.collectors as gc
+    from greenprof.collectors.cpu_estimate import CpuEstimateCollector, power_model
+    from greenprof.exporter import _node_collectors
+
+    closed = []
+
+    class Gpu:
+        domain, method, scope = "gpu-0", "measured", "gpu"
+
+        def close(self):
+            closed.append(self.domain)
+
+    own = CpuEstimateCollector(power_model())
+    monkeypatch.setattr(gc, "select", lambda spec="auto", **kw: [Gpu(), own])
+    chosen = _node_collectors("auto")
+    try:
+        assert [c.domain for c in chosen] == ["gpu-0", "cpu-estimate-machine"]
+        assert chosen[1].scope == "machine" and not closed
+    finally:
+        for c in chosen:
+            c.close()
