@@ -230,6 +230,9 @@ class _SharePoint:
     proc_s: float  # this process's CPU seconds, nanosecond clock (time.process_time)
     p: list[float | None]  # GPU domains: this process's share over the interval ending here
     notes: dict[int, str]
+    #: a window was open on the hub over the whole interval ending here (else the hub lingered
+    #: idle, or took an idle baseline, in it: what the process did then is no window's history)
+    covered: bool = False
 
 
 class _Hub:
@@ -273,6 +276,9 @@ class _Hub:
         self.idle_j: list[float] = [0.0] * len(collectors)  # gross J while no window was open
         self.held: list[float] = [0.0] * len(collectors)  # each counter's last good value
         self.tok_at_t: dict[Any, tuple[float, int]] = {}  # see read()
+        #: a window is open now, so the interval that ends at the next share point is covered
+        #: (windows change only at add/remove, which make a point each)
+        self.covered = False
         self.last_vals = self._read_vals(self.readers)
         self._share_point(self.clock())
 
@@ -422,7 +428,7 @@ class _Hub:
                 if cpu is None:
                     notes[i] = "not shared-checked: " + (self.cpu_reader.why_not or "no /proc/stat")
                 p.append(None)
-        self.points.append(_SharePoint(t, cpu, proc_s, p, notes))
+        self.points.append(_SharePoint(t, cpu, proc_s, p, notes, self.covered))
         return self.point_base + len(self.points) - 1
 
     def share_read(self, poll: bool = False) -> tuple[float, list[float], int]:
@@ -445,6 +451,7 @@ class _Hub:
         t, vals = self.read()  # energy so far goes to the windows already open
         self.windows.append(w)
         idx = self._share_point(t, w.cpu_view)
+        self.covered = True
         for o in self.windows:
             o._row(t, "start" if o is w else cut[1] if cut is not None and o is cut[0] else None, vals, idx)
         for o in self.windows:
@@ -460,6 +467,7 @@ class _Hub:
         for o in self.windows:
             o._row(t, "end" if o is w else None, vals, idx)
         self.windows.remove(w)
+        self.covered = bool(self.windows)
         self.sample_hz = max([o.sample_hz for o in self.windows] + [self.hold_hz])
         alive = {o._tid for o in self.windows}
         for tid in list(self.thread_clocks):
@@ -1010,21 +1018,24 @@ class Meter:
         return out
 
     def _window_points(self, hub: _Hub, history: bool = True) -> dict[int, _SharePoint]:
-        """Every share point from a little before the window to its end, and with ``history``
-        the earlier ones that widen the spans of short intervals at the start (only a
-        machine-wide counter's CPU-time share needs them)."""
+        """Every share point of the window (and the one after it), and with ``history`` the
+        earlier ones that widen the spans of short intervals at the start (only a machine-wide
+        counter's CPU-time share needs them): back through intervals in which some window was
+        open, never across one in which the hub lingered idle or took an idle baseline (a gap
+        of any length, in which this process may have worked, or slept, outside any window)."""
         first = min(r[4] for r in self._rows)
         last = max(r[4] for r in self._rows) + 1
         out = {}
-        for i in range(max(hub.point_base, first - 1), last + 1):
+        for i in range(max(hub.point_base, first), last + 1):
             k = i - hub.point_base
             if 0 <= k < len(hub.points):
                 out[i] = hub.points[k]
         if not history:
             return out
         t_from = self._t0 - SHARE_HISTORY_S
-        i = max(hub.point_base, first - 1) - 1
-        while i >= hub.point_base and hub.points[i - hub.point_base].t >= t_from:
+        i = first - 1
+        while (i >= hub.point_base and hub.points[i + 1 - hub.point_base].covered
+               and (i == first - 1 or hub.points[i - hub.point_base].t >= t_from)):
             out[i] = hub.points[i - hub.point_base]
             i -= 1
         return out

@@ -385,3 +385,46 @@ def test_the_exporter_beside_gpus_on_a_machine_without_rapl_still_counts_every_p
     finally:
         for c in chosen:
             c.close()
+
+
+def _spin_cpu(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+@pytest.mark.parametrize("before", ["sleep", "work"])
+def test_a_short_windows_cpu_share_is_not_taken_from_before_it_opened(tmp_path, monkeypatch, before):
+    """Between two windows the hub lingers with no share point, so the interval before a window
+    can span seconds in which this process slept (an idle baseline) or worked outside any
+    window. Widening a short window's CPU share back over it charged the window 0.09 of the
+    package where its own CPU time said 0.6 (after sleeping), or 0.26 for a window that only
+    slept (after working). The share comes from intervals some window was open in."""
+    from powercap_fake import CounterWriter, build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=False)
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(pc.root))
+    with CounterWriter(pc.zone("intel-rapl:0"), 30.0):
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)
+            with Meter(sample_hz=10):  # opens the hub, which lingers after it
+                _spin_cpu(0.05)
+            if before == "sleep":
+                time.sleep(1.0)
+                with Meter(sample_hz=10) as m:
+                    _spin_cpu(0.15)
+            else:
+                _spin_cpu(0.8)
+                with Meter(sample_hz=10) as m:
+                    time.sleep(0.2)
+        finally:
+            burner.kill()
+            burner.wait()
+    got = m.measurement
+    share = got.share["cpu-package-0"]
+    own = got.process_cpu_s / got.machine_busy_cpu_s if got.machine_busy_cpu_s else None
+    if before == "sleep":
+        assert own is not None and abs(share - min(1.0, own)) < 0.2, (share, own)
+    else:
+        assert share < 0.15, (share, own)
