@@ -314,7 +314,7 @@ class _ShareTracker:
         self._last_seen_us = self._last_batch_us = newest
         self._last_new_at = now
         result = self._from_samples(new)
-        self._last = None if result[1] == IDLE_REASON else result  # idle: nothing to carry
+        self._last = None if result[1].startswith(IDLE_REASON) else result  # idle: nothing to carry
         return result
 
     def _from_samples(self, new: list[Any]) -> tuple[float | None, str]:
@@ -325,7 +325,7 @@ class _ShareTracker:
             what = "memory"
             total = sum(int(s.memUtil) for s in new)
         if total <= 0:
-            return None, IDLE_REASON
+            return self._by_holders(IDLE_REASON, "")
         util = (lambda s: int(s.smUtil)) if what == "SM" else (lambda s: int(s.memUtil))
         pids = {int(s.pid) for s in new if util(s) > 0}
         mine = sum(util(s) for s in new if int(s.pid) == pid)
@@ -352,10 +352,30 @@ class _ShareTracker:
                     f"carried: no new NVML sample for {age:.2f} s (NVML refreshes every "
                     f"~{self._period_s:.2f} s); {why}")
             if self._last_new_at is None:
-                return None, (f"{NOT_CHECKED}: no NVML per-process sample yet (NVML refreshes "
-                              "them every 1/6-1 s)")
+                return self._by_holders("no NVML per-process sample yet (NVML refreshes them every 1/6-1 s)",
+                                        f"{NOT_CHECKED}: ")
         self._last = None
-        return None, IDLE_REASON
+        return self._by_holders(IDLE_REASON, "")
+
+    def _by_holders(self, what: str, unknown: str) -> tuple[float | None, str]:
+        """No utilisation sample says who used the GPU (it was idle, or NVML has not sampled
+        yet): who holds a compute context on it decides where that is clear. A process that
+        holds none has no part in the GPU's energy (a CPU model on a GPU host); the only holder
+        has all of it. Otherwise the share stays unknown: (None, ``unknown`` + ``what`` + why)."""
+        pids = self._holders()
+        if pids is None:
+            return None, f"{unknown}{what}"
+        pid = os.getpid()
+        if pids == {pid}:
+            return 1.0, f"{what}; {ONLY_THIS_PROCESS}"
+        if pid in pids:
+            others = len(pids) - 1
+            return None, (f"{unknown}{what}; {others} other process{'es hold' if others != 1 else ' holds'} "
+                          "the GPU too")
+        if self._pid_hidden():
+            return None, (f"{unknown}{what}; this process runs in a PID namespace of its own, so NVML's "
+                          "host PIDs cannot be matched to it")
+        return 0.0, f"{what}; this process holds no context on the GPU"
 
     def _without_utilisation(self) -> tuple[float | None, str]:
         """No per-process utilisation here: who holds the GPU is the next best evidence."""
@@ -367,14 +387,16 @@ class _ShareTracker:
         pid = os.getpid()
         if pids == {pid}:
             return 1.0, ONLY_THIS_PROCESS
-        if not pids:
-            return None, IDLE_REASON
-        if pid not in pids and self._pid_hidden():
-            return None, (f"{why}; this process runs in a PID namespace of its own, so NVML's "
-                          "host PIDs cannot be matched to it")
         others = len(pids - {pid})
         verb = "processes hold" if others != 1 else "process holds"
-        return None, f"{why}; {others} other {verb} the GPU"
+        if pid in pids:
+            return None, f"{why}; {others} other {verb} the GPU"
+        if self._pid_hidden():
+            return None, (f"{why}; this process runs in a PID namespace of its own, so NVML's "
+                          "host PIDs cannot be matched to it")
+        if not pids:
+            return 0.0, f"{IDLE_REASON} (no process holds it)"
+        return 0.0, f"this process holds no context on the GPU ({others} other {verb} it)"
 
     def _holders(self) -> set[int] | None:
         """PIDs holding a compute context on the GPU, None when NVML cannot say."""

@@ -73,6 +73,9 @@ OTHER_LOAD_WARN = 0.10
 SHARE_MIN_BUSY_S = 0.5
 #: How far back before a window the hub's share history is used to widen short spans.
 SHARE_HISTORY_S = 2.0
+#: A device counter whose energy was charged whole (its share unknown) for at least this part
+#: of the window's charge is flagged uncertain.
+UNCHECKED_SHARE_FLAG = 0.01
 #: A measured counter that did not move in a window this many update periods long is not just
 #: too coarse for the window: it may not count at all on this machine (both are flagged uncertain).
 STILL_COUNTER_UPDATES = 20
@@ -1181,25 +1184,32 @@ class Meter:
         # the CPU-time apportioning is for machine-wide counters only
         cpu_share, cpu_span = self._cpu_shares(points, first_point) if hub.has_machine else ({}, {})
 
-        # this process's share of each domain for the interval that ends at point k
-        def p_of(k: int, i: int) -> float:
+        # this process's share of each domain for the interval that ends at point k; None:
+        # it could not be checked there (no /proc/stat, no NVML per-process figure)
+        def p_of(k: int, i: int) -> float | None:
             if machine[i]:
-                v = cpu_share.get(k)
-                return 1.0 if v is None else v
+                return cpu_share.get(k)
             pt = points.get(k)
-            if pt is None:
-                return 1.0
-            v = pt.p[i]
-            return 1.0 if v is None else v
+            return pt.p[i] if pt is not None else None
 
         # walk the rows: attributed energy between consecutive rows uses the share of the
-        # interval they lie in (the one that ends at the next share point)
+        # interval they lie in (the one that ends at the next share point); where the share
+        # is unknown the energy is charged whole, and how much of it that was is kept
         attributed_cum = [0.0] * nd
+        unchecked_j = [0.0] * nd
         att_at: list[list[float]] = [attributed_cum[:]]
         for (ta, _la, _va, acc_a, pa), (tb, lb, _vb, acc_b, pb) in zip(rows, rows[1:]):
             k = pa + 1  # the share point that closes the interval holding (ta, tb]
             for i in range(nd):
-                attributed_cum[i] += (acc_b[i] - acc_a[i]) * p_of(k, i)
+                e = acc_b[i] - acc_a[i]
+                if hub.scopes[i] == "process":
+                    attributed_cum[i] += e
+                    continue
+                p = p_of(k, i)
+                if p is None:
+                    unchecked_j[i] += e
+                    p = 1.0
+                attributed_cum[i] += e * p
             att_at.append(attributed_cum[:])
 
         marks = [(k, r) for k, r in enumerate(rows) if r[1] is not None]
@@ -1250,6 +1260,17 @@ class Meter:
                 for i, why in points[k].notes.items():
                     if why:
                         share_notes.setdefault(doms[i], why)
+        for i in range(nd):
+            # a device counter charged whole where its share could not be checked: that part
+            # may be other processes' energy, so the domain is uncertain, never just "attributed"
+            total = attributed_cum[i]
+            if unchecked_j[i] > 0 and total > 0 and unchecked_j[i] >= UNCHECKED_SHARE_FLAG * total \
+                    and doms[i] not in uncertain and doms[i] not in lost:
+                note = share_notes.get(doms[i]) or "its share could not be checked"
+                if machine[i] and not note.startswith("not shared-checked"):
+                    note = "not shared-checked: " + (hub.cpu_reader.why_not or "no /proc/stat CPU times")
+                uncertain[doms[i]] = (f"{unchecked_j[i] / total:.0%} of its energy was charged whole, as if "
+                                      f"no other process used the device ({note})")
         scopes = dict(hub.scope_of)
         if other is not None and other > OTHER_LOAD_WARN:
             machine_doms = [d for d, s in scopes.items() if s == "machine"]

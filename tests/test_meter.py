@@ -519,3 +519,57 @@ def test_a_window_shorter_than_proc_ticks_counts_its_own_cpu_time(monkeypatch):
     # (microseconds in a 4 ms window: ~1e-6 here, which the old abs=1e-6 failed 2 runs in 10)
     assert share == pytest.approx(1.0 - m.other_cpu_share, abs=1e-4)
     assert not any("0 s of it this process" in w for w in m.warnings)
+
+
+class _SharedDevice(CounterCollector):
+    """A device counter (1 J a read) whose per-process share the test sets, as NVML's collector
+    reports it (``process_share``) or, for ``scope="machine"``, by CPU time from /proc/stat."""
+
+    source = "test"
+    method = "measured"
+
+    def __init__(self, domain, scope, share=(None, "")):
+        self.domain, self.scope, self._share, self._j = domain, scope, share, 0.0
+
+    def read_j(self):
+        self._j += 1.0
+        return self._j
+
+    def process_share(self):
+        return self._share
+
+
+def test_a_device_with_no_part_for_this_process_is_charged_nothing():
+    """A CPU model on a GPU host: NVML says this process holds no context on the GPU."""
+    gpu = _SharedDevice("gpu-0", "gpu", (0.0, "idle: no process used the GPU; this process holds no context on the GPU"))
+    with Meter(collectors=[gpu], sample_hz=0) as meter:
+        meter.mark("a")
+        meter.mark("b")
+    m = meter.measurement
+    assert m.energy_j["gpu-0"] > 0 and m.attributed_energy_j["gpu-0"] == 0.0
+    assert m.uncertain == {}
+
+
+def test_a_device_charged_whole_because_its_share_is_unknown_is_uncertain_and_warned():
+    why = "not shared-checked: NVML reports no per-process utilization on this GPU/driver (x); 1 other process holds the GPU"
+    gpu = _SharedDevice("gpu-0", "gpu", (None, why))
+    with Meter(collectors=[gpu], sample_hz=0) as meter:
+        meter.mark("a")
+    m = meter.measurement
+    assert "gpu-0 uncertain: 100% of its energy was charged whole" in " ".join(m.warnings)
+    assert m.attributed_energy_j["gpu-0"] == m.energy_j["gpu-0"] > 0
+    assert "charged whole" in m.uncertain["gpu-0"] and "1 other process holds the GPU" in m.uncertain["gpu-0"]
+    assert any(w.startswith("gpu-0 uncertain") for w in m.warnings)
+
+
+def test_a_machine_counter_without_proc_stat_is_uncertain_not_quietly_attributed(monkeypatch, tmp_path):
+    from greenprof import cpushare
+
+    monkeypatch.setattr(cpushare, "PROC_STAT", str(tmp_path / "no-stat"))
+    pkg = _SharedDevice("cpu-package-0", "machine")
+    with Meter(collectors=[pkg], sample_hz=0) as meter:
+        meter.mark("a")
+    m = meter.measurement
+    assert any(w.startswith("cpu-package-0 uncertain") for w in m.warnings)
+    assert m.attributed_energy_j["cpu-package-0"] == m.energy_j["cpu-package-0"]
+    assert "not shared-checked" in m.uncertain["cpu-package-0"] and "no-stat" in m.uncertain["cpu-package-0"]

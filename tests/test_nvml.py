@@ -556,12 +556,22 @@ def test_process_share_busy_and_idle_gpu(shim_clock, host_pids):
     assert share == pytest.approx(0.75)
     assert why.startswith("NVML per-process SM utilisation: this process 60 of 80")
     assert "\n" not in why
-    # no sample yet: NVML may just not have refreshed (every 1/6-1 s), so not idle yet
+    # no sample yet: NVML may just not have refreshed (every 1/6-1 s), so not idle yet; but this
+    # process holds no context on that GPU (a CPU model on a GPU host): none of its energy
     share, why = idle.process_share()
-    assert share is None and why.startswith("not shared-checked: no NVML per-process sample yet")
+    assert share == 0.0 and why.startswith("no NVML per-process sample yet")
+    assert why.endswith("; this process holds no context on the GPU")
     shim.advance(1.5)  # 1.5 NVML periods of silence (1 s until the period is known): idle
-    assert idle.process_share() == (None, "idle: no process used the GPU")
+    assert idle.process_share() == (0.0, "idle: no process used the GPU; this process holds no context on the GPU")
     assert nvml.IDLE_REASON == "idle: no process used the GPU"
+    shim.gpus[1].holders = {ME}  # idle, but this process holds it (a loaded CUDA model): all of it
+    shim.advance(1.5)
+    assert idle.process_share() == (1.0, "idle: no process used the GPU; only this process holds the GPU")
+    shim.gpus[1].holders = {ME, OTHER}  # idle and held by two: who should pay is not known
+    shim.advance(1.5)
+    share, why = idle.process_share()
+    assert share is None and why == "idle: no process used the GPU; 1 other process holds the GPU too"
+    shim.gpus[1].holders = None
     assert busy.process_share()[0] == pytest.approx(0.75)  # the same load all along
 
     # only samples newer than the previous call count (lastSeenTimeStamp is kept)
@@ -606,7 +616,7 @@ def test_process_share_at_the_sampler_rate_carries_between_nvml_samples(shim_clo
         after.append(c.process_share())
     # carried for at most 1.5 NVML periods (learned: 1/6 s), then idle
     assert after[0][0] == pytest.approx(0.75)
-    assert after[-1] == (None, nvml.IDLE_REASON)
+    assert after[-1] == (0.0, nvml.IDLE_REASON + "; this process holds no context on the GPU")
     c.close()
 
 
@@ -653,8 +663,10 @@ def test_process_share_not_supported(code, host_pids):
 
     g.holders = {ME}  # who holds the GPU is the next best evidence
     assert c.process_share() == (1.0, "only this process holds the GPU")
+    g.holders = {OTHER}  # held by another process only: this one has no part in it
+    assert c.process_share() == (0.0, "this process holds no context on the GPU (1 other process holds it)")
     g.holders = set()
-    assert c.process_share() == (None, nvml.IDLE_REASON)
+    assert c.process_share() == (0.0, nvml.IDLE_REASON + " (no process holds it)")
     g.errors["nvmlDeviceGetComputeRunningProcesses"] = pynvml.NVML_ERROR_NOT_SUPPORTED
     share, why = c.process_share()
     assert share is None and why.startswith(NOT_CHECKED_UNSUPPORTED) and why.endswith(")")
