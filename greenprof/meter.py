@@ -73,6 +73,8 @@ OTHER_LOAD_WARN = 0.10
 SHARE_MIN_BUSY_S = 0.5
 #: How far back before a window the hub's share history is used to widen short spans.
 SHARE_HISTORY_S = 2.0
+#: How often a lost counter is tried again (at a window's start): see _Hub._revive.
+REVIVE_EVERY_S = 1.0
 #: A device counter whose energy was charged whole (its share unknown) for at least this part
 #: of the window's charge is flagged uncertain.
 UNCHECKED_SHARE_FLAG = 0.01
@@ -257,6 +259,12 @@ class _Hub:
         self.clock = clock
         self.readers: list[Callable[[], float]] = [c.read_j for c in collectors]
         self.pollers: list[Callable[[], float]] = [c.poll for c in collectors]
+        self._raw_readers = list(self.readers)  # a lost counter's own, to try again (_revive)
+        self._raw_pollers = list(self.pollers)
+        #: subtracted from each counter's reads: what it counted while it was lost (unknown
+        #: when, so no window's), so its values go on from where it was lost
+        self.offset: list[float] = [0.0] * len(collectors)
+        self._revive_at: dict[int, float] = {}
         self.lock = threading.Lock()
         self.windows: list[Meter] = []
         self.lost: dict[int, tuple[str, float]] = {}
@@ -291,12 +299,13 @@ class _Hub:
         come from a window's mark after the hub's last read."""
         vals = []
         held = self.held
+        off = self.offset
         for i, f in enumerate(fns):
             if i in self.lost:
                 vals.append(held[i])
                 continue
             try:
-                v = f()
+                v = f() - off[i]
                 if v != v:  # NaN from a reader: treat as lost
                     raise SensorLost("the counter read NaN")
                 vals.append(v)
@@ -310,13 +319,40 @@ class _Hub:
         dom = self.domains[i]
         reason = str(err) if isinstance(err, SensorLost) else f"{type(err).__name__}: {err}"
         reason = reason or type(err).__name__
-        self.lost[i] = (reason, self.clock())
+        self.lost[i] = lost = (reason, self.clock())
         msg = (f"{dom} lost mid-run ({reason}); its energy until then is kept and marked partial, "
                "the measurement goes on without it")
         for w in self.windows:
             w._warn(msg)
+            w._lost_seen[i] = lost
         self.readers[i] = _nan_reader
         self.pollers[i] = _nan_reader
+        self._revive_at[i] = lost[1] + REVIVE_EVERY_S
+
+    def _revive(self) -> None:
+        """Try each lost counter again (at most every :data:`REVIVE_EVERY_S`): one that reads
+        again (a transient driver or file error) counts again from here, for the windows that
+        start from now on, which a server's hub, never idle, would otherwise not get until it
+        closed. Its values go on from where it was lost: what it counted meanwhile is no
+        window's (when, is not known). Windows open across the loss stay partial."""
+        now = self.clock()
+        for i in list(self.lost):
+            if now < self._revive_at.get(i, 0.0):
+                continue
+            self._revive_at[i] = now + REVIVE_EVERY_S
+            try:
+                v = self._raw_readers[i]()
+            except Exception:
+                continue
+            if v != v:
+                continue
+            self.offset[i] = v - self.held[i]
+            self.readers[i] = self._raw_readers[i]
+            self.pollers[i] = self._raw_pollers[i]
+            del self.lost[i]
+            for w in self.windows:
+                w._warn(f"{self.domains[i]} reads again; the energy it counted while it was lost is "
+                        "not charged to any window")
 
     def _thread_weights(self) -> list[float]:
         """CPU seconds each open window's thread used since the last read, shared equally
@@ -445,6 +481,8 @@ class _Hub:
     def add(self, w: "Meter", cut: "tuple[Meter, str] | None" = None) -> None:
         """Register ``w`` (lock held): a share point opens its first row. ``cut=(window, label)``:
         that open window's row at the same reading is a mark ``label`` (see Meter.start)."""
+        if self.lost:
+            self._revive()
         tid = w._tid
         if tid not in self.thread_clocks:
             from greenprof.cpushare import thread_cpu_clock
@@ -452,6 +490,7 @@ class _Hub:
             reader = thread_cpu_clock(tid)
             self.thread_clocks[tid] = (reader, reader() if reader else _NAN)
         t, vals = self.read()  # energy so far goes to the windows already open
+        w._lost_seen.update(self.lost)  # lost before the window: none of its energy is counted
         self.windows.append(w)
         idx = self._share_point(t, w.cpu_view)
         self.covered = True
@@ -759,6 +798,8 @@ class Meter:
         self._parent: Meter | None = None
         self._ctx_token: contextvars.Token | None = None
         self._overlaps = 0
+        #: counters lost while this window was open, or before it started: (reason, when)
+        self._lost_seen: dict[int, tuple[str, float]] = {}
         self._uncertain0: list[int] = []
         self._idle_power_w: dict[str, float] = {}
         self._idle_window_s = 0.0
@@ -980,8 +1021,8 @@ class Meter:
                 self._state = "stopped"
                 samples = self._window_samples(hub)
                 points = self._window_points(hub, history=hub.has_machine)
-                lost = {hub.domains[i]: why for i, (why, t) in hub.lost.items()}
-                lost_t = {hub.domains[i]: t for i, (why, t) in hub.lost.items()}
+                lost = {hub.domains[i]: why for i, (why, t) in self._lost_seen.items()}
+                lost_t = {hub.domains[i]: t for i, (why, t) in self._lost_seen.items()}
                 sampler_error = hub.sampler_error
         finally:
             self._state = "stopped"

@@ -573,3 +573,52 @@ def test_a_machine_counter_without_proc_stat_is_uncertain_not_quietly_attributed
     assert any(w.startswith("cpu-package-0 uncertain") for w in m.warnings)
     assert m.attributed_energy_j["cpu-package-0"] == m.energy_j["cpu-package-0"]
     assert "not shared-checked" in m.uncertain["cpu-package-0"] and "no-stat" in m.uncertain["cpu-package-0"]
+
+
+class _FlakyCounter(CounterCollector):
+    """Counts 1 J a read, plus ``jump`` J while it fails (reads in ``fail`` raise)."""
+
+    source = "test"
+    method = "measured"
+    domain = "cpu-package-0"
+    scope = "process"
+
+    def __init__(self):
+        self.j, self.failing = 0.0, False
+
+    def read_j(self):
+        self.j += 1.0
+        if self.failing:
+            self.j += 100.0  # energy counted while unreadable: no window's
+            raise OSError(5, "Input/output error")
+        return self.j
+
+
+def test_a_counter_that_reads_again_counts_again_for_later_windows_only():
+    """A server's hub is never idle (the node window is renewed before it closes), so a counter
+    lost to a transient error was lost for the life of the process: every later request read
+    0 J, "measured", partial. It is now tried again when a window starts."""
+    from greenprof import meter as meter_mod
+
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    c = _FlakyCounter()
+    node = Meter(collectors=[c], sample_hz=0, clock=clock).start()
+    c.failing = True
+    with Meter(collectors=[c], sample_hz=0, clock=clock) as during:
+        now[0] += 0.1
+    assert "cpu-package-0" in during.measurement.lost
+    c.failing = False
+    now[0] += meter_mod.REVIVE_EVERY_S
+    with Meter(collectors=[c], sample_hz=0, clock=clock) as after:
+        for i in range(3):
+            now[0] += 0.1
+            after.mark(f"m{i}")
+    m = after.measurement
+    assert m.lost == {} and m.energy_j["cpu-package-0"] == pytest.approx(4.0)  # 1 J a read, no jump
+    n = node.stop()
+    assert "cpu-package-0" in n.lost  # open across the loss: partial
+    assert n.energy_j["cpu-package-0"] < 100  # the jump while it was lost is nobody's
