@@ -392,9 +392,14 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
         if job.stream:
             return stream(job, endpoint, request)
         fut = submit(job, request)
+        answer = asyncio.wrap_future(fut)
+        # uvicorn does not cancel a handler whose client hangs up: watch for it, so a request
+        # nobody waits for is interrupted (and one still queued never starts)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            out = await asyncio.wrap_future(fut)
+            await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            answer.cancel()
             if stopping():  # the graceful timeout: no queued request may start in the place this one frees
                 engine.interrupt_queued(INTERRUPTED_SERVER)
             job.cancel(INTERRUPTED_SERVER if stopping() else INTERRUPTED_CLIENT)
@@ -402,6 +407,14 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
                 return error(503, f"the request was interrupted: {INTERRUPTED_SERVER}", type_="server_error",
                              code="unavailable")
             raise
+        finally:
+            gone.cancel()
+        if not answer.done():  # the client left: stored interrupted by the worker (or unstarted)
+            job.cancel(INTERRUPTED_CLIENT)
+            answer.cancel()
+            return error(503, f"the request was interrupted: {INTERRUPTED_CLIENT}", type_="server_error",
+                         code="unavailable")
+        out = answer.result()
         if out.status == "failed":
             return error(500, f"generation failed: {out.error}", type_="server_error")
         if out.status != "completed":
@@ -417,6 +430,14 @@ def build_app(engine: "Engine", *, registry: Any = None, stopping: Callable[[], 
         doc = {"id": job.request_id, "object": obj, "created": int(time.time()), "model": info.name,
                "system_fingerprint": None, "choices": [choice], "usage": usage(job, out)}
         return JSONResponse(doc, headers=energy_headers(out, job))
+
+    async def _disconnected(request: Request) -> None:
+        """Returns when the client has hung up (the body is already read: the next ASGI
+        message is the disconnect)."""
+        while True:
+            message = await request.receive()
+            if message.get("type") == "http.disconnect":
+                return
 
     class _Stream(StreamingResponse):
         """Cancels its job when the response ends before the job did (client gone, server

@@ -511,3 +511,42 @@ def test_store_writer_batches_and_one_bad_run_loses_only_itself(tmp_path):
     assert writer.lost == 1
     assert len([w for w in warned if "could not store a run (UsageError" in w]) == 1
     assert any("1 run(s) could not be stored" in w for w in warned)
+
+
+def test_a_plain_request_whose_client_hangs_up_is_interrupted_not_generated_in_full(tmp_path, tiny_built):
+    """uvicorn does not cancel a non-streaming handler when its client goes: both requests (one
+    generating, one queued behind it) used to run to 2000 tokens and be stored completed."""
+    db = str(tmp_path / "gone.db")
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", db, "--max-batch", "1", "--idle-run-s", "0"],
+             env_with(), tmp_path / "gone.err")
+    base = f"http://127.0.0.1:{port}"
+
+    def send(prompt):
+        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 2000, "ignore_eos": True}).encode()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return s
+
+    try:
+        p.wait_http(base + "/health")
+        a = send("A")
+        time.sleep(0.05)
+        b = send("B")
+        time.sleep(0.1)
+        a.close()
+        b.close()
+        end = time.monotonic() + 30
+        while http("GET", base + "/health")[1]["in_flight"] and time.monotonic() < end:
+            time.sleep(0.05)
+        runs = settled_serve_runs(db)
+        after = metrics(base)
+    finally:
+        code = p.terminate()
+    assert code == 0 and "Traceback" not in p.stderr(), p.stderr()
+    assert len(runs) == 2 and all(r.status == "interrupted" for r in runs), [(r.status, r.error) for r in runs]
+    assert all(r.new_tokens < 2000 for r in runs)
+    assert any("before the request started" in (r.error or "") for r in runs)  # the queued one never ran
+    assert metric(after, "greenprof_requests_total", model="tiny", status="interrupted") == 2
+    assert metric(after, "greenprof_requests_total", model="tiny", status="completed") == 0
