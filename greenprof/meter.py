@@ -356,12 +356,18 @@ class _Hub:
 
     def _thread_weights(self) -> list[float]:
         """CPU seconds each open window's thread used since the last read, shared equally
-        among the windows of one thread (asyncio tasks)."""
+        among the windows running on one thread (asyncio tasks: each split window that shares
+        its thread is told so, see Meter._thread_shared). A suspended window (a tracked
+        generator between items) has none: its thread's time is the others'."""
         per_thread: dict[int, int] = {}
+        split_per_thread: dict[int, int] = {}
         for w in self.windows:
-            per_thread[w._tid] = per_thread.get(w._tid, 0) + 1
+            if not w._suspended:
+                per_thread[w._tid] = per_thread.get(w._tid, 0) + 1
+                if w.split:
+                    split_per_thread[w._tid] = split_per_thread.get(w._tid, 0) + 1
         used: dict[int, float] = {}
-        for tid in per_thread:
+        for tid in {w._tid for w in self.windows}:  # a suspended window's thread clock moves on too
             reader, last = self.thread_clocks.get(tid, (None, _NAN))
             if reader is None:
                 used[tid] = 0.0
@@ -369,7 +375,24 @@ class _Hub:
             now = reader()
             used[tid] = now - last if (now == now and last == last and now >= last) else 0.0
             self.thread_clocks[tid] = (reader, now)
-        return [used[w._tid] / per_thread[w._tid] for w in self.windows]
+        out = []
+        for w in self.windows:
+            if w._suspended:
+                out.append(0.0)
+                continue
+            n = split_per_thread.get(w._tid, 0)
+            if w.split and n > 1 and n - 1 > w._thread_shared:
+                w._thread_shared = n - 1
+            out.append(used[w._tid] / per_thread[w._tid])
+        return out
+
+    def _clock_thread(self, tid: int) -> None:
+        """Start reading ``tid``'s CPU clock (lock held), if it is not read yet."""
+        if tid not in self.thread_clocks:
+            from greenprof.cpushare import thread_cpu_clock
+
+            reader = thread_cpu_clock(tid)
+            self.thread_clocks[tid] = (reader, reader() if reader else _NAN)
 
     def _distribute(self, delta: list[float], last: list[float]) -> None:
         """Add each open window's part of ``delta`` (one value per domain, since the counters
@@ -483,12 +506,7 @@ class _Hub:
         that open window's row at the same reading is a mark ``label`` (see Meter.start)."""
         if self.lost:
             self._revive()
-        tid = w._tid
-        if tid not in self.thread_clocks:
-            from greenprof.cpushare import thread_cpu_clock
-
-            reader = thread_cpu_clock(tid)
-            self.thread_clocks[tid] = (reader, reader() if reader else _NAN)
+        self._clock_thread(w._tid)
         t, vals = self.read()  # energy so far goes to the windows already open
         w._lost_seen.update(self.lost)  # lost before the window: none of its energy is counted
         self.windows.append(w)
@@ -798,6 +816,11 @@ class Meter:
         self._parent: Meter | None = None
         self._ctx_token: contextvars.Token | None = None
         self._overlaps = 0
+        #: a suspended window (a tracked generator between items) is weighed by no thread
+        self._suspended = False
+        #: the most other split windows that ran on this window's thread at once (asyncio tasks):
+        #: their energy was shared equally, not by the CPU each used
+        self._thread_shared = 0
         #: counters lost while this window was open, or before it started: (reason, when)
         self._lost_seen: dict[int, tuple[str, float]] = {}
         self._uncertain0: list[int] = []
@@ -1008,6 +1031,32 @@ class Meter:
         while p is not None and (p._state != "running" or p._hub is not self._hub):
             p = p._parent
         return p
+
+    def _suspend(self) -> None:
+        """The window's code stops running (a tracked generator yields): its thread's CPU time
+        from here is not its own. The energy so far is split first, with it still running."""
+        hub = self._hub
+        if self._state != "running" or hub is None:
+            return
+        with hub.lock:
+            if len(hub.windows) > 1:
+                hub.read()
+            self._suspended = True
+
+    def _resume_here(self) -> None:
+        """The window's code runs again, on this thread (a generator may be resumed on another
+        one, as a thread pool streams it): weighed by this thread's CPU time from here."""
+        hub = self._hub
+        if self._state != "running" or hub is None:
+            return
+        tid = threading.get_ident()
+        with hub.lock:
+            if len(hub.windows) > 1:
+                hub.read()
+            if tid != self._tid:
+                hub._clock_thread(tid)
+                self._tid = tid
+            self._suspended = False
 
     def stop(self, status: str = "completed") -> Measurement:
         if self._state == "stopped" and self._measurement is not None:
@@ -1327,6 +1376,11 @@ class Meter:
                 self._warn(f"other processes used {other:.0%} of the machine's busy CPU time around this "
                            f"window (over {other_around_s:.3g} s of busy CPU time: the window's own "
                            f"{busy_s:.3g} s is too few 10 ms ticks to divide): {why}")
+        if self._thread_shared:
+            n = self._thread_shared
+            self._warn(f"this window ran on one thread with up to {n} other split window{'s' if n != 1 else ''} "
+                       "at once (asyncio tasks): a thread's CPU time is not known per task, so their energy "
+                       "was split equally among them, not by the work each did")
         # a measured counter that did not move in the window has not resolved it (RAPL updates
         # about every millisecond, NVML's energy every ~100 ms): 0 J then is not a measurement
         dur = rows[-1][0] - t0

@@ -361,6 +361,8 @@ class track(RunFigures):
 
         self._inside = _CURRENT.get()
         _CURRENT.set(self._outside)
+        if self._meter is not None:
+            self._meter._suspend()
 
     def _resume(self) -> None:
         """The generator runs again (in whichever context resumed it): its window is current."""
@@ -368,6 +370,8 @@ class track(RunFigures):
 
         self._outside = _CURRENT.get()
         _CURRENT.set(self._inside)
+        if self._meter is not None:
+            self._meter._resume_here()
 
     def _fresh(self) -> "track":
         """A tracker per call, so recursive or concurrent calls never share a run; it becomes

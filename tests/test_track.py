@@ -725,3 +725,70 @@ def test_token_marks_are_the_trackers_tokens(tmp_path):
     assert t.tokens == 5
     assert t.j_per_token == pytest.approx(t.figures.phase_energy_j["decode"] / 5) and t.j_per_token > 0
     assert run_row(db, t.run_id).new_tokens == 5
+
+
+def _burn_thread(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_generator_resumed_on_another_thread_is_weighed_by_the_thread_it_runs_on():
+    """A thread pool streams a sync generator (Starlette's iterate_in_threadpool): its first item
+    on thread X, the rest on thread Y, while X serves another request. The stream was weighed by
+    X's CPU time, so part of its energy went to the other request."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from greenprof.meter import Meter
+
+    @greenprof.track(model="stream", store=False, collectors="cpu-estimate")
+    def stream():
+        for i in range(10):
+            _burn_thread(0.02)
+            yield i
+
+    @greenprof.track(model="heavy", store=False, collectors="cpu-estimate")
+    def heavy():
+        time.sleep(0.4)
+        _burn_thread(0.3)
+
+    x, y = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    try:
+        with Meter(collectors="cpu-estimate", sample_hz=10) as ref:
+            g = stream()
+            ctx = contextvars.Context()
+            x.submit(ctx.run, next, g).result()
+            gt = stream.greenprof_track.last
+            fh = x.submit(heavy)
+            y.submit(ctx.run, lambda: [None for _ in g]).result()
+            fh.result()
+    finally:
+        x.shutdown()
+        y.shutdown()
+    ht = heavy.greenprof_track.last
+    total = ref.measurement.energy_j["cpu-estimate"]
+    assert gt.energy_j + ht.energy_j <= total * (1 + 1e-9)
+    # the stream used 0.2 s of CPU and the other request 0.3 s: 0.4 of their energy, not 0.2
+    assert 0.3 < gt.energy_j / (gt.energy_j + ht.energy_j) < 0.5, (gt.energy_j, ht.energy_j)
+
+
+def test_asyncio_tasks_split_equally_say_so():
+    async def handle(per_step):
+        with greenprof.track(model="a", store=False, collectors="cpu-estimate") as t:
+            for _ in range(5):
+                _burn_thread(per_step)
+                await asyncio.sleep(0)
+        return t
+
+    async def main():
+        return await asyncio.gather(handle(0.01), handle(0.03))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = asyncio.run(main())
+    for t in ts:
+        assert any("split equally among them" in w for w in t.warnings), t.warnings
+    with greenprof.track(model="alone", store=False, collectors="cpu-estimate") as alone:
+        _burn_thread(0.01)
+    assert not any("split equally" in w for w in alone.warnings)
