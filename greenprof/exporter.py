@@ -106,8 +106,11 @@ def run_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = "a
             node.close()
             _say("stopped")
         finally:
+            # stopped by a signal: the process is exiting, and another one in its last moments
+            # must not make the exit "killed by SIGTERM" (shutdown resets a Python handler to
+            # the default action, but leaves an ignored signal ignored)
             for s, h in old.items():
-                signal.signal(s, h)
+                signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
 
 
 __all__ = ["run_exporter", "start_exporter"]

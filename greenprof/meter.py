@@ -1365,10 +1365,15 @@ class Meter:
         if other is not None and other > OTHER_LOAD_WARN:
             machine_doms = [d for d, s in scopes.items() if s == "machine"]
             if machine_doms:
+                charged = math.fsum(attributed[d] for d in machine_doms)
+                seen = math.fsum(energy[d] for d in machine_doms)
+                part = f"{charged / seen:.0%}" if seen > 0 else f"{1 - other:.0%}"
                 why = (f"their energy on {', '.join(machine_doms)} was apportioned by CPU time: this run "
-                       f"is charged {1 - other:.0%} of what the counters saw")
-            else:
+                       f"is charged {part} of what the counters saw")
+            elif any(s == "process" for s in scopes.values()):
                 why = "the estimate counts only this process, but speed figures may be slowed by them"
+            else:
+                why = "speed figures may be slowed by them"
             if other_around_s is None:
                 self._warn(f"other processes used {other:.0%} of the machine's busy CPU time during this "
                            f"window ({busy_s:.3g} s busy, {proc_s:.3g} s of it this process): {why}")

@@ -268,8 +268,12 @@ class Server:
                 signal.signal(signal.SIGINT, note)
                 self.close()
             finally:
+                # after a signal the process is exiting, and all is written: one more in the
+                # 0.5-1 s of interpreter shutdown left must not turn exit 0 into "killed by
+                # SIGTERM". Ignored, not handled: shutdown resets a Python handler to the
+                # default action, but leaves an ignored signal ignored
                 for s, h in old.items():
-                    signal.signal(s, h)
+                    signal.signal(s, signal.SIG_IGN if got else h)
 
     def start(self) -> "Server":
         """Serve from a background thread (no signal handling); :meth:`stop` ends it."""

@@ -365,7 +365,8 @@ class Engine:
         if self.writer is None or not self._accounting:
             return
         why = "the client disconnected" if job.cancel_reason == INTERRUPTED_CLIENT else job.cancel_reason
-        out = Outcome("interrupted", [], None, error=f"{why} before the request started")
+        out = Outcome("interrupted", [], None, error=f"{why} before the request started",
+                      queue_s=time.perf_counter() - job.arrived_s, end_ns=time.time_ns())
         self._record(job, out, None, time.time())
 
     def _run(self, job: Job) -> Outcome:

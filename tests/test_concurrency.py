@@ -264,6 +264,8 @@ def test_measure_beside_a_burner_charges_its_share_of_the_package_and_says_so(tm
         assert run["share"]["cpu-package-0"] == pytest.approx(run["energy_j"] / gross, rel=1e-6)
         assert run["other_cpu_share"] > 0.1
         assert any("other processes used" in w for w in run["warnings"])
+        # the warning quotes the share the run was charged, not 1 - the window's other-load
+        assert f"is charged {run['share']['cpu-package-0']:.0%} of what" in " ".join(run["warnings"])
     assert "other processes used" in r.stderr
     with sqlite3.connect(db) as c:
         rows = c.execute("select energy_j, attributed_energy_j, share, scope from run_domains").fetchall()

@@ -463,6 +463,7 @@ def test_sigterm_never_starts_a_queued_request_and_says_the_server_stopped(tmp_p
             assert "the server was stopping" in r.error, (r.extra["serve"]["stream"], r.error)
             if not r.domains:
                 assert r.new_tokens == 0 and "before the request started" in r.error
+                assert r.extra["serve"]["queue_s"] > 0  # it waited in the queue until then
 
 
 def test_a_model_without_a_tokenizer_is_refused(tmp_path, tiny_built):
@@ -550,3 +551,25 @@ def test_a_plain_request_whose_client_hangs_up_is_interrupted_not_generated_in_f
     assert any("before the request started" in (r.error or "") for r in runs)  # the queued one never ran
     assert metric(after, "greenprof_requests_total", model="tiny", status="interrupted") == 2
     assert metric(after, "greenprof_requests_total", model="tiny", status="completed") == 0
+
+
+def test_a_second_sigterm_after_stopped_still_exits_0(tmp_path, tiny_built):
+    """Everything is written when "stopped" is printed, but the interpreter lives ~0.5-1 s more:
+    a supervisor's second SIGTERM then made the exit "killed by signal" (-15)."""
+    import signal
+
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", str(tmp_path / "s.db"), "--idle-run-s", "0"],
+             env_with(), tmp_path / "s.err")
+    try:
+        p.wait_http(f"http://127.0.0.1:{port}/health")
+        p.proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + 60
+        while "stopped" not in p.stderr() and time.monotonic() < end:
+            time.sleep(0.005)
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+        code = p.proc.wait(60)
+    finally:
+        p.terminate()
+    assert code == 0, p.stderr()
