@@ -1032,31 +1032,23 @@ class Meter:
             p = p._parent
         return p
 
-    def _suspend(self) -> None:
-        """The window's code stops running (a tracked generator yields): its thread's CPU time
-        from here is not its own. The energy so far is split first, with it still running."""
+    def _switch(self, running: bool) -> None:
+        """The window's code stops running (``running=False``: a tracked generator yields, and
+        its thread's CPU time from here is not its own) or runs again, on this thread (a
+        generator may be resumed on another one, as a thread pool streams it). The energy so far
+        is split first, as things stood."""
         hub = self._hub
         if self._state != "running" or hub is None:
             return
         with hub.lock:
             if len(hub.windows) > 1:
                 hub.read()
-            self._suspended = True
-
-    def _resume_here(self) -> None:
-        """The window's code runs again, on this thread (a generator may be resumed on another
-        one, as a thread pool streams it): weighed by this thread's CPU time from here."""
-        hub = self._hub
-        if self._state != "running" or hub is None:
-            return
-        tid = threading.get_ident()
-        with hub.lock:
-            if len(hub.windows) > 1:
-                hub.read()
-            if tid != self._tid:
-                hub._clock_thread(tid)
-                self._tid = tid
-            self._suspended = False
+            if running:
+                tid = threading.get_ident()
+                if tid != self._tid:
+                    hub._clock_thread(tid)
+                    self._tid = tid
+            self._suspended = not running
 
     def stop(self, status: str = "completed") -> Measurement:
         if self._state == "stopped" and self._measurement is not None:
@@ -1271,12 +1263,15 @@ class Meter:
 
         first_point = rows[0][4]
         machine = [hub.scopes[i] == "machine" for i in range(nd)]
+        process = [hub.scopes[i] == "process" for i in range(nd)]  # counts this process only: share 1
         # the CPU-time apportioning is for machine-wide counters only
         cpu_share, cpu_span = self._cpu_shares(points, first_point) if hub.has_machine else ({}, {})
 
         # this process's share of each domain for the interval that ends at point k; None:
         # it could not be checked there (no /proc/stat, no NVML per-process figure)
         def p_of(k: int, i: int) -> float | None:
+            if process[i]:
+                return 1.0
             if machine[i]:
                 return cpu_share.get(k)
             pt = points.get(k)
@@ -1292,9 +1287,6 @@ class Meter:
             k = pa + 1  # the share point that closes the interval holding (ta, tb]
             for i in range(nd):
                 e = acc_b[i] - acc_a[i]
-                if hub.scopes[i] == "process":
-                    attributed_cum[i] += e
-                    continue
                 p = p_of(k, i)
                 if p is None:
                     unchecked_j[i] += e

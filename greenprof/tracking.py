@@ -362,7 +362,7 @@ class track(RunFigures):
         self._inside = _CURRENT.get()
         _CURRENT.set(self._outside)
         if self._meter is not None:
-            self._meter._suspend()
+            self._meter._switch(running=False)
 
     def _resume(self) -> None:
         """The generator runs again (in whichever context resumed it): its window is current."""
@@ -371,7 +371,7 @@ class track(RunFigures):
         self._outside = _CURRENT.get()
         _CURRENT.set(self._inside)
         if self._meter is not None:
-            self._meter._resume_here()
+            self._meter._switch(running=True)
 
     def _fresh(self) -> "track":
         """A tracker per call, so recursive or concurrent calls never share a run; it becomes
@@ -425,9 +425,7 @@ class track(RunFigures):
         failed (the count is unknown)."""
         if self._tokens_unknown:
             return None
-        if self._tokens or self.measurement is None:
-            return self._tokens
-        return self._generated() or 0
+        return self._tokens if self.measurement is None else (self._generated() or 0)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "track":
