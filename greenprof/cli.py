@@ -217,7 +217,7 @@ def _stopped(e: BaseException, partial: dict | None) -> "_Stopped":
 
     what = "terminated" if isinstance(e, Terminated) else "interrupted"
     run_id = getattr(e, "interrupted_run_id", None)
-    done = [r["run_id"] for r in (partial or {}).get("runs", [])]
+    done = [r["id"] for r in (partial or {}).get("runs", [])]
     kept = f"; runs {done[0]}..{done[-1]} completed and are stored" if done else ""
     if run_id is not None:
         msg = f"{what}; run {run_id}, in progress, is stored as interrupted{kept}"
@@ -337,7 +337,7 @@ def _print_summary(doc: dict) -> None:
 
     for n in dict.fromkeys(notes):
         err.print(f"[yellow]note:[/yellow] {escape(n)}")
-    ids = [i for r in doc["runs"] for i in [r["run_id"]]]
+    ids = [i for r in doc["runs"] for i in [r["id"]]]
     if ids:
         err.print(f"stored runs {ids[0]}..{ids[-1]}; see `greenprof runs` and `greenprof show RUN_ID`",
                   markup=False)

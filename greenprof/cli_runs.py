@@ -263,25 +263,39 @@ def show_cmd(
     _flush(costing)
 
 
-def record_document(run: "RunRecord") -> dict[str, Any]:
+#: a stored run's field -> its name in every command's JSON (one name, one meaning: `runs`,
+#: `measure` and `show`'s summary say ``model`` and ``params``)
+_RECORD_NAMES = {"model_name": "model", "param_count": "params"}
+
+
+def record_document(run: "RunRecord", summary: dict[str, Any]) -> dict[str, Any]:
     """A stored run's own fields as JSON-ready data (show --json, export -f json), without its
-    segments. Each domain's counter reading is ``gross_energy_j`` beside its
+    segments, with its ``phases`` (:func:`phases_document`) and ``summary`` (its row as `runs --json`
+    gives it), in the names the other commands' JSON uses: ``model``, ``params``, and
+    ``domains`` the list of domain names, as in `runs` and `measure`; what is stored per domain
+    is ``domain_detail``, where each counter reading is ``gross_energy_j`` beside its
     ``attributed_energy_j``, as everywhere in the JSON (``energy_j`` alone is the energy charged
     to a run)."""
-    doc = run.to_dict()
+    doc = {_RECORD_NAMES.get(k, k): v for k, v in run.to_dict().items()}
     doc.pop("segments", None)
-    domains = doc.get("domains") or {}
-    for name, d in list(domains.items()):
+    detail = doc.pop("domains", None) or {}
+    for name, d in list(detail.items()):
         if isinstance(d, dict):
-            domains[name] = {("gross_energy_j" if k == "energy_j" else k): v for k, v in d.items()}
+            detail[name] = {("gross_energy_j" if k == "energy_j" else k): v for k, v in d.items()}
+    doc["domains"] = list(detail)
+    doc["domain_detail"] = detail
+    doc["warnings"] = doc.get("warnings") or []  # as measure --json: a list, empty when none
+    doc["phases"] = phases_document(run, summary)
+    doc["summary"] = summary
     return doc
 
 
-def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, Any]:
-    """Everything `show` says about a run, as one JSON-ready document (no printing)."""
-    s = summarize(run, costing)
+def phases_document(run: "RunRecord", summary: dict[str, Any]) -> dict[str, Any]:
+    """Each phase of a run as `show` and `export -f json` give it: ``energy_j`` the energy charged
+    (on the run's basis, as in its summary), ``gross_energy_j`` the counters', per domain in
+    ``energy_j_by_domain`` / ``gross_energy_j_by_domain``."""
     phases = {}
-    attributed = s["basis"] == "attributed"
+    attributed = summary["basis"] == "attributed"
     for kind, p in run.phases.items():
         e = fsum_or_none((p.attributed_energy_j if attributed else p.energy_j).values())
         phases[kind] = {"segments": p.segments, "duration_s": p.duration_s, "tokens": p.tokens,
@@ -290,11 +304,15 @@ def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, 
                         "j_per_token": div_or_none(e, p.tokens),
                         "energy_j_by_domain": p.attributed_energy_j if attributed else p.energy_j,
                         "gross_energy_j_by_domain": p.energy_j}
-    doc = record_document(run)
-    doc["phases"] = phases
+    return phases
+
+
+def show_data(run: "RunRecord", costing: _Costing, n_samples: int) -> dict[str, Any]:
+    """Everything `show` says about a run, as one JSON-ready document (no printing)."""
+    s = summarize(run, costing)
+    doc = record_document(run, s)
     doc["segment_count"] = len(run.segments)
     doc["sample_count"] = n_samples
-    doc["summary"] = s
     return doc
 
 
@@ -480,9 +498,7 @@ def export_cmd(
     else:
         runs = []
         for r in records:
-            d = record_document(r)
-            d["summary"] = summarize(r, costing)
-            runs.append(d)
+            runs.append(record_document(r, summarize(r, costing)))
         doc = {"greenprof_version": __version__, "db": where,
                "exported_at": datetime.now(timezone.utc).isoformat(), "runs": runs}
         # JSON has no NaN or infinity (an overflowing figure is null, as in runs --json)

@@ -653,7 +653,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
             say(f"{spec}: run {r + 1}: other processes used {m.other_cpu_share:.0%} of the machine's busy "
                 "CPU time (stored on the run)")
         doc_runs.append(accounting.clean_json({
-            "run_id": run_id, "model": rm.name, "precision": precision, "provider": provider,
+            "id": run_id, "model": rm.name, "precision": precision, "provider": provider,
             "duration_s": m.duration_s, "domains": m.domains, "collectors": collectors_label,
             "energy_j": fig.energy_j, "gross_energy_j": m.total_energy_j,
             "energy_j_by_domain": m.attributed_energy_j, "gross_energy_j_by_domain": m.energy_j,

@@ -251,7 +251,7 @@ def test_show_json_has_everything(db, measurements):
     r = cli("show", "1", "--db", str(db), "--json")
     assert r.code == 0, r.stderr
     doc = r.json()
-    for key in ("host", "hardware", "software", "model_name", "model_file_hash", "precision", "provider",
+    for key in ("host", "hardware", "software", "model", "params", "model_file_hash", "precision", "provider",
                 "threads", "region", "intensity_g_per_kwh", "intensity_source", "intensity_year", "pue",
                 "price_usd_per_kwh", "status", "error"):
         assert key in doc, key
@@ -260,7 +260,8 @@ def test_show_json_has_everything(db, measurements):
     assert doc["segment_count"] == len(m.segments) >= 9
     assert doc["sample_count"] == len(m.samples) > 0
     assert set(doc["domains"]) == {"cpu-package-0", "gpu-0", "dram-0"}
-    dom = doc["domains"]["gpu-0"]
+    assert set(doc["domain_detail"]) == set(doc["domains"])
+    dom = doc["domain_detail"]["gpu-0"]
     assert dom["gross_energy_j"] == m.energy_j["gpu-0"] and dom["idle_power_w"] == m.idle_power_w["gpu-0"]
     assert "energy_j" not in dom  # energy_j alone is always the energy charged to the run
     assert dom["dynamic_energy_j"] == pytest.approx(m.dynamic_energy_j["gpu-0"], rel=1e-9)
@@ -317,7 +318,7 @@ def test_export_csv_and_json(db, tmp_path, measurements):
     assert [x["id"] for x in doc["runs"]] == [1, 2, 3, 4]
     assert doc["runs"][1]["summary"]["co2e_g"] == pytest.approx(
         total(measurements["b"]) / J_PER_KWH * POL.intensity_g_per_kwh * 1.2, rel=1e-9)
-    assert doc["runs"][0]["hardware"] and doc["runs"][0]["domains"]["gpu-0"]["method"] == "replayed"
+    assert doc["runs"][0]["hardware"] and doc["runs"][0]["domain_detail"]["gpu-0"]["method"] == "replayed"
 
     bad = cli("export", "--format", "xml", "--db", str(db))
     assert bad.code == 2 and "--format/-f must be csv or json" in bad.stderr

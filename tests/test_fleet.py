@@ -33,7 +33,7 @@ def test_three_hosts_measure_into_one_postgres_at_once(postgres_url, tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-    ids = sorted(r["run_id"] for out, _ in outs for r in json.loads(out)["runs"])
+    ids = sorted(r["id"] for out, _ in outs for r in json.loads(out)["runs"])
     assert len(ids) == 9 and len(set(ids)) == 9
     r = _cli("runs", "--db", postgres_url, "--json", "--limit", "0", env=base)
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,7 @@
 """`greenprof measure` and the `track` decorator end to end: real onnxruntime, real SQLite."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -36,7 +37,7 @@ def test_measure_json_document(tmp_path):
     doc = json.loads(r.stdout)
     assert len(doc["runs"]) == 2
     for run in doc["runs"]:
-        assert {"run_id", "model", "precision", "duration_s", "energy_j", "prefill_energy_j",
+        assert {"id", "model", "precision", "duration_s", "energy_j", "prefill_energy_j",
                 "decode_energy_j", "prompt_tokens", "new_tokens", "method"} <= set(run)
         assert run["new_tokens"] == 8 and run["prompt_tokens"] == 8
         assert run["method"] == "estimated"  # no sensor on this machine
@@ -57,7 +58,7 @@ def test_measure_json_document(tmp_path):
     assert s["co2e_g_per_1k_tokens"] == pytest.approx(s["j_per_token"] * 1000 / 3.6e6 * doc["grid"]["intensity_g_per_kwh"])
     assert doc["grid"]["region"] == "FRA"
     # the runs are in the database with segments per token and the sampler's timeline
-    ids = [run["run_id"] for run in doc["runs"]]
+    ids = [run["id"] for run in doc["runs"]]
     assert rows(db, "select status, prompt_tokens, new_tokens, region from runs order by id") == [
         ("completed", 8, 8, "FRA")] * 2
     n_tokens = rows(db, f"select count(*) from segments where run_id = {ids[0]} and label like 'token-%'")[0][0]
@@ -186,7 +187,7 @@ def test_several_processes_measure_into_one_file(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-    ids = sorted(r["run_id"] for out, _ in outs for r in json.loads(out)["runs"])
+    ids = sorted(r["id"] for out, _ in outs for r in json.loads(out)["runs"])
     assert len(ids) == 12 and len(set(ids)) == 12
     assert rows(db, "select count(*), min(status), max(status) from runs") == [(12, "completed", "completed")]
     assert rows(db, "select count(*) from segments where label like 'token-%'") == [(12 * 16,)]
@@ -262,7 +263,7 @@ def test_json_output_of_a_terminated_measurement_lists_the_stored_runs(tmp_path)
     doc = json.loads(out)
     assert doc["complete"] is False and "error" in doc and doc["summary"] == []
     stored = dict(rows(db, "select id, status from runs"))
-    assert doc["runs"] and all(stored[r["run_id"]] == "completed" for r in doc["runs"])
+    assert doc["runs"] and all(stored[r["id"]] == "completed" for r in doc["runs"])
 
 
 def test_killed_process_leaves_running_row_reported_interrupted(tmp_path):
@@ -347,7 +348,7 @@ def test_without_an_idle_baseline_no_surface_shows_a_dynamic_figure(tmp_path, st
     db = str(tmp_path / "g.db")
     r = cli("measure", *FAST, "--db", db, "--json")
     assert r.returncode == 0, r.stderr
-    run_id = _strict_json(r.stdout)["runs"][0]["run_id"]
+    run_id = _strict_json(r.stdout)["runs"][0]["id"]
     if stored_before_the_rule:
         with sqlite3.connect(db) as c:
             c.execute("update run_domains set dynamic_energy_j = energy_j")
@@ -356,11 +357,11 @@ def test_without_an_idle_baseline_no_surface_shows_a_dynamic_figure(tmp_path, st
     assert row["dynamic_j_per_token"] is None and row["dynamic_energy_j"] is None
     show = _strict_json(cli("show", str(run_id), "--db", db, "--json").stdout)
     assert show["summary"]["dynamic_j_per_token"] is None and show["summary"]["dynamic_energy_j"] is None
-    assert all(d["dynamic_energy_j"] is None for d in show["domains"].values())
+    assert all(d["dynamic_energy_j"] is None for d in show["domain_detail"].values())
     assert all(p["dynamic_energy_j"] is None for p in show["phases"].values())
     exported = _strict_json(cli("export", "-f", "json", "--db", db).stdout)
     (run,) = [x for x in exported["runs"] if x["id"] == run_id]
-    assert all(d["dynamic_energy_j"] is None for d in run["domains"].values())
+    assert all(d["dynamic_energy_j"] is None for d in run["domain_detail"].values())
     assert run["summary"]["dynamic_j_per_token"] is None
     text = cli("show", str(run_id), "--db", db).stdout
     assert "dynamic" not in text.split("Domains")[0]  # the summary says no dynamic energy either
@@ -385,7 +386,7 @@ def test_batch_counts_every_sequence_token(tmp_path):
     assert run["batch_size"] == 3
     # per-token energy is per sequence token: decode energy / (new tokens x batch)
     assert run["j_per_token"] == pytest.approx(run["decode_energy_j"] / (8 * 3))
-    rid = run["run_id"]
+    rid = run["id"]
     assert rows(db, f"select sum(tokens) from segments where run_id = {rid} and label like 'token-%'") == [(24,)]
     assert rows(db, f"select tokens from segments where run_id = {rid} and label = 'prefill'") == [(24,)]
 
@@ -394,12 +395,12 @@ def test_session_options_are_stored_with_each_run(tmp_path):
     db = tmp_path / "g.db"
     r = cli("measure", *FAST, "--spinning", "--graph-opt", "basic", "--db", str(db), "--json")
     assert r.returncode == 0, r.stderr
-    run_ids = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
+    run_ids = [run["id"] for run in json.loads(r.stdout)["runs"]]
     extras = [json.loads(e) for (e,) in rows(db, f"select extra from runs where id in ({','.join(map(str, run_ids))})")]
     assert extras and all(e["session"] == {"spinning": True, "graph_opt": "basic", "warmup": 1} for e in extras)
     # the default keeps spinning off while measuring
     r = cli("measure", *FAST, "--runs", "1", "--db", str(db), "--json")
-    (rid,) = [run["run_id"] for run in json.loads(r.stdout)["runs"]]
+    (rid,) = [run["id"] for run in json.loads(r.stdout)["runs"]]
     assert json.loads(rows(db, f"select extra from runs where id = {rid}")[0][0])["session"] == {
         "spinning": False, "graph_opt": "all", "warmup": 1}
 
@@ -423,3 +424,45 @@ def test_compare_and_export_show_warm_up_and_batch(tmp_path):
     rows = list(csv.DictReader(io.StringIO(cli("export", "--db", db).stdout)))
     assert [(r["warmup"], r["requested_new_tokens"], r["batch_size"]) for r in rows] == [("1", "4", "1"),
                                                                                           ("0", "4", "2")]
+
+
+def test_one_name_one_meaning_across_every_commands_json(tmp_path):
+    """A name that measure --json, runs --json, show --json (and its summary) and export -f json
+    share means the same thing: on one run, every shared name has the same value in each. (They
+    said run_id / id, model_name / model, param_count / params, `domains` was a list in some and
+    a dict in others, and export's `phases` held gross per-domain dicts under `energy_j`.)"""
+    db = str(tmp_path / "g.db")
+    r = cli("measure", "tiny", "--runs", "1", "--warmup", "0", "--new-tokens", "4", "--prompt-tokens", "4",
+            "--db", db, "--json")
+    assert r.returncode == 0, r.stderr
+    (run,) = _strict_json(r.stdout)["runs"]
+    rid = run["id"]
+    (row,) = [x for x in _strict_json(cli("runs", "--db", db, "--json").stdout)["runs"] if x["id"] == rid]
+    show = _strict_json(cli("show", str(rid), "--db", db, "--json").stdout)
+    (exported,) = [x for x in _strict_json(cli("export", "-f", "json", "--db", db).stdout)["runs"] if x["id"] == rid]
+    docs = {"measure": run, "runs": row, "show": show, "show.summary": show["summary"],
+            "export": exported, "export.summary": exported["summary"]}
+
+    def same(a, b):
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and a == b
+
+    names = list(docs)
+    shared = 0
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for k in set(docs[a]) & set(docs[b]):
+                shared += 1
+                assert same(docs[a][k], docs[b][k]), f"{k}: {a} says {docs[a][k]!r}, {b} says {docs[b][k]!r}"
+    assert shared > 100  # the documents do overlap: the check compared something
+    for d in docs.values():
+        assert "run_id" not in d and "model_name" not in d and "param_count" not in d
+        if "domains" in d:
+            assert d["domains"] == ["cpu-estimate"]
+    assert show["domain_detail"]["cpu-estimate"]["attributed_energy_j"] == pytest.approx(run["energy_j"], rel=1e-9)
+    assert show["model"] == run["model"] == "tiny" and show["params"] == row["params"] > 0

@@ -803,7 +803,7 @@ def test_a_signal_while_a_run_is_written_never_leaves_it_running(tmp_path, durin
         assert rows == [(rows[0][0], "completed"), (rows[1][0], "interrupted")] and claimed == rows[1][0]
     else:  # the second run's energy was being written: it completes, and no run is claimed
         assert rows == [(rows[0][0], "completed"), (rows[1][0], "completed")] and claimed is None
-        assert [r["run_id"] for r in ei.value.partial_doc["runs"]] == [i for i, _ in rows]
+        assert [r["id"] for r in ei.value.partial_doc["runs"]] == [i for i, _ in rows]
     store.close()
 
 
