@@ -1317,15 +1317,18 @@ class Meter:
         proc_s = busy_s = other = None
         other_around_s = None  # set when the share comes from the widened spans, not the window
         if pt_first is not None and pt_last is not None and pt_first.cpu is not None and pt_last.cpu is not None:
-            busy_s = pt_last.cpu.machine_busy_s - pt_first.cpu.machine_busy_s
+            ticks_s = pt_last.cpu.machine_busy_s - pt_first.cpu.machine_busy_s
             # this process's time from the nanosecond clock where both points have it: /proc's
             # count is in 10 ms ticks, and reads 0 for a request of a few milliseconds
             proc_s = pt_last.proc_s - pt_first.proc_s
             if proc_s != proc_s:
                 proc_s = pt_last.cpu.process_s - pt_first.cpu.process_s
-            if busy_s >= SHARE_MIN_BUSY_S:
+            # the machine was busy at least as long as this process: /proc/stat's ticks read 0
+            # for a window of a few milliseconds, where the nanosecond clock has the process's
+            busy_s = max(ticks_s, proc_s)
+            if ticks_s >= SHARE_MIN_BUSY_S:
                 # ticks undercount beside the nanosecond clock: this process's part is at most all
-                other = 1.0 - proc_s / max(busy_s, proc_s)
+                other = 1.0 - proc_s / busy_s
             else:
                 # too few ticks in the window to divide: the share the attribution used, over
                 # the spans widened around the window's intervals, weighted by their time in it

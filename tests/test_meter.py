@@ -622,3 +622,22 @@ def test_a_counter_that_reads_again_counts_again_for_later_windows_only():
     n = node.stop()
     assert "cpu-package-0" in n.lost  # open across the loss: partial
     assert n.energy_j["cpu-package-0"] < 100  # the jump while it was lost is nobody's
+
+
+def test_the_machine_is_never_less_busy_than_this_process(monkeypatch, tmp_path):
+    """/proc/stat counts busy time in 10 ms ticks: over a window of a few milliseconds it reads
+    0 s, and machine_busy_cpu_s said 0.0 beside a process_cpu_s of several milliseconds. The
+    machine was busy at least as long as this process was (here /proc/stat does not move at all)."""
+    from greenprof import cpushare
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 10000 0 0 0 0 0 0\ncpu0 100 0 100 10000 0 0 0 0 0 0\n")
+    monkeypatch.setattr(cpushare, "PROC_STAT", str(stat))
+    with Meter(collectors="cpu-estimate", sample_hz=0) as meter:
+        t = time.process_time()
+        while time.process_time() - t < 0.02:
+            pass
+    m = meter.measurement
+    assert m.process_cpu_s >= 0.02
+    assert m.machine_busy_cpu_s == m.process_cpu_s  # the ticks said 0 s
+    assert m.other_cpu_share is None  # too few ticks to divide: unknown, not a share
