@@ -454,3 +454,30 @@ def test_importing_the_module_is_cheap():
             "if m in sys.modules) or 'none')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["none"]
+
+
+def test_reading_commands_leave_no_wal_files_and_write_nothing(db):
+    """`runs`, `show`, `export` and `compare` opened the database with mode=ro, and a read-only
+    connection never removes the -wal/-shm files it makes: every read left them beside the file.
+    They read through query_only connections now; the last one to close removes them."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        c.execute("pragma wal_checkpoint(truncate)")
+        before = c.execute("select count(*), max(id) from runs").fetchone()
+    c.close()
+    sidecars = [db.with_name(db.name + s) for s in ("-wal", "-shm")]
+    for p in sidecars:
+        p.unlink(missing_ok=True)
+    for args in (["runs"], ["runs", "--json"], ["show", "1", "--json"], ["export", "-f", "json"],
+                 ["export", "-f", "csv"], ["compare", "1", "2", "--json"]):
+        r = cli(*args, "--db", str(db))
+        assert r.code == 0, (args, r.stderr)
+        assert [p.name for p in sidecars if p.exists()] == [], args
+    with sqlite3.connect(db) as c:
+        assert c.execute("select count(*), max(id) from runs").fetchone() == before
+    c.close()
+    with open_store(db, readonly=True) as store:
+        with pytest.raises(Exception, match="read-only|readonly"):
+            store.delete_run(1)
+        assert store.get_run(1) is not None

@@ -69,9 +69,13 @@ def _retry_locked(op: Callable[[], Any]) -> Any:
 
 
 def _sqlite_engine(u: URL, readonly: bool = False, immutable: bool = False) -> Engine:
-    """The engine of a SQLite database. ``readonly``: opened with ``mode=ro`` (nothing is ever
-    written, no WAL switch); ``immutable`` as well when the directory cannot be written (a
-    read-only mount: SQLite then needs no -shm file and takes no lock)."""
+    """The engine of a SQLite database. ``readonly``: nothing is ever written (``PRAGMA
+    query_only``, no WAL switch, the file is never created); ``immutable`` when the directory
+    cannot be written (a read-only mount: ``mode=ro&immutable=1``, SQLite then needs no -shm file
+    and takes no lock). Otherwise a reading connection opens the file read-write (``mode=rw``,
+    which SQLite opens read-only where the file is write-protected): a ``mode=ro`` connection
+    never removes the -wal and -shm files it makes, so every `greenprof runs` left them beside
+    the database; the last read-write connection to close checkpoints and removes them."""
     memory = sqlite_path(u) is None
     kw: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
     if memory:
@@ -83,7 +87,7 @@ def _sqlite_engine(u: URL, readonly: bool = False, immutable: bool = False) -> E
 
         path = sqlite_path(u)
         assert path is not None
-        uri = f"{path.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+        uri = f"{path.as_uri()}?mode=ro&immutable=1" if immutable else f"{path.as_uri()}?mode=rw"
         engine = create_engine("sqlite://", poolclass=QueuePool, creator=lambda: sqlite3.connect(
             uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False))
     else:
@@ -97,7 +101,9 @@ def _sqlite_engine(u: URL, readonly: bool = False, immutable: bool = False) -> E
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if not memory and not readonly:
+            if readonly:
+                cur.execute("PRAGMA query_only = ON")
+            elif not memory:
                 _retry_locked(lambda: _use_wal(cur))
                 cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
