@@ -242,10 +242,14 @@ def measurement_basis(m: Any) -> str:
 
 
 def record_basis(run: Any) -> str:
-    """``attributed`` when every domain of a stored run has its attributed energy, else ``gross``
-    (runs stored before attribution existed)."""
+    """``attributed`` when every domain of a stored run has its attributed energy, ``gross``
+    when one lacks it (runs stored before attribution existed), ``none`` when the run has no
+    energy at all (a request interrupted before it started, a run that failed before its window
+    opened): nothing was charged, on no basis, as its method is ``none``."""
     doms = [d for d in run.domains.values() if d.energy_j is not None]
-    if doms and all(getattr(d, "attributed_energy_j", None) is not None for d in doms):
+    if not doms:
+        return "none"
+    if all(getattr(d, "attributed_energy_j", None) is not None for d in doms):
         return "attributed"
     return "gross"
 

@@ -183,6 +183,7 @@ def test_runs_json_fields_from_stored_joules(db, measurements):
     # the failed run has no energy and no figures, but is listed
     d = by[4]
     assert d["status"] == "failed" and d["energy_j"] is None and d["co2e_g"] is None and d["method"] == "none"
+    assert d["basis"] == "none"  # nothing charged, on no basis (it said "gross", the pre-attribution label)
     assert d["error"] == "model file not found"
 
 

@@ -454,6 +454,8 @@ def test_sigterm_never_starts_a_queued_request_and_says_the_server_stopped(tmp_p
     finally:
         code = p.terminate()
     assert code == 0 and "Traceback" not in p.stderr(), p.stderr()
+    from greenprof.accounting import record_basis
+
     runs = serve_runs(db)
     assert len(runs) == 6
     unstarted = [r for r in runs if r.status == "interrupted" and not r.domains]
@@ -464,6 +466,7 @@ def test_sigterm_never_starts_a_queued_request_and_says_the_server_stopped(tmp_p
             if not r.domains:
                 assert r.new_tokens == 0 and "before the request started" in r.error
                 assert r.extra["serve"]["queue_s"] > 0  # it waited in the queue until then
+                assert record_basis(r) == "none"  # no energy, so on no basis (was "gross")
 
 
 def test_a_model_without_a_tokenizer_is_refused(tmp_path, tiny_built):
