@@ -471,6 +471,23 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     return document()
 
 
+def _part_of(domain: str) -> str:
+    """The hardware a domain counts: "the CPU" (RAPL package, DRAM, psys, the CPU estimate, and a
+    replayed one of those) or the GPU domain itself."""
+    base = domain.split(":", 1)[1] if domain.startswith("replay:") else domain
+    if base == "cpu" or base.startswith(("cpu-", "dram", "psys")):
+        return "the CPU"
+    return base
+
+
+def uncounted_parts(default_domains: "list[str]", domains: "list[str]") -> list[str]:
+    """What a run on the model's device is charged by default (``default_domains``, from
+    :func:`collectors_for_device`) that the chosen ``domains`` count nothing of: "the CPU" when
+    none of them is a CPU domain, and the model's GPU when it is not among them."""
+    have = {_part_of(d) for d in domains}
+    return list(dict.fromkeys(p for p in map(_part_of, default_domains) if p not in have))
+
+
 def collectors_for_device(device: str, device_id: int = 0, **discover_kwargs) -> list[str]:
     """The domain names a run on ``device`` is charged (greenprof.collectors.select_for_device):
     a CPU run its CPU domains and no GPU; a CUDA run its own GPU plus the host CPU."""
@@ -537,6 +554,15 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
     else:
         collectors = req.collectors
         collectors_label = collectors if isinstance(collectors, str) else ",".join(map(str, collectors))
+    # chosen collectors that count none of the CPU, or not the model's own GPU, which a run on its
+    # device is charged by default (a CPU model measured on gpu-0 alone: about 0 J, its CPU
+    # energy counted nowhere) say so on every run
+    default_domains: list[str] = []
+    if req.collectors not in (None, "auto"):
+        try:
+            default_domains = collectors_for_device(device, getattr(model, "device_id", 0))
+        except Exception:  # no default to compare with: nothing to say
+            default_domains = []
     if rm.file_hash is None:
         try:
             from greenprof.models.builder import file_hash
@@ -624,6 +650,11 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         m = meter.measurement
         if thread_warning:
             m.warnings.append(thread_warning)
+        left_out = uncounted_parts(default_domains, m.domains)
+        if left_out:
+            m.warnings.append(f"the model runs on {device} but the collectors chosen ({collectors_label}) count no "
+                              f"energy of {' or '.join(left_out)}, which a run on {device} is charged by default: "
+                              "it is not in these figures (use the default collectors, or add it)")
         # tokens per segment across the whole batch: the prompt of every row, one token per row
         tokens = {s.label: (gen.prompt_tokens if s.label == "prefill" else 1) * req.batch
                   for s in m.segments if s.label == "prefill" or s.label.startswith("token-")}

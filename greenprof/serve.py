@@ -127,7 +127,7 @@ class Server:
     def prepare(self) -> "Server":
         from greenprof import carbon
         from greenprof.config import CLI_FLAGS, load_settings, resolve_intensity
-        from greenprof.measure import check_model_spec, collectors_for_device, resolve_model
+        from greenprof.measure import check_model_spec, collectors_for_device, resolve_model, uncounted_parts
         from greenprof.metrics import serve_registry
         from greenprof.models import builder
         from greenprof.models.loader import load
@@ -186,6 +186,14 @@ class Server:
             else:
                 collectors = [c.strip() for c in o.collectors.split(",") if c.strip()]
                 label = ",".join(collectors)
+                try:
+                    left_out = uncounted_parts(collectors_for_device(model.device, model.device_id), collectors)
+                except Exception:  # no default to compare with: nothing to say
+                    left_out = []
+                if left_out:
+                    self.say(f"note: the model runs on {model.device} but --collectors {label} counts no energy "
+                             f"of {' or '.join(left_out)}, which a request there is charged by default: it is "
+                             "not in the requests' figures")
             file_hash = rm.file_hash
             if file_hash is None:
                 try:

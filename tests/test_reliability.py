@@ -903,3 +903,26 @@ def test_a_run_with_no_energy_says_so_in_runs_and_compare(gp, tmp_path):
 def test_serve_and_exporter_name_the_flag_of_a_bad_setting(gp):
     assert one_error(gp("exporter", "--sample-hz", "-5")).startswith("greenprof: error: --sample-hz:")
     assert "--pue" in one_error(gp("serve", "tiny", "--pue", "0.5"))
+
+
+def test_collectors_that_count_none_of_the_models_device_say_so(gp, tmp_path, monkeypatch):
+    """A CPU model measured with only a GPU's domain is charged about nothing, and its CPU energy
+    is counted nowhere: every run says so (it said nothing). A replayed CPU trace is the CPU."""
+    from greenprof.measure import uncounted_parts
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("t_s,domain,power_w\n0,gpu-0,20\n1,gpu-0,30\n0,cpu,5\n1,cpu,5\n")
+    monkeypatch.setenv("GREENPROF_REPLAY", str(trace))
+    r = gp("measure", "tiny", "--collectors", "replay:gpu-0", "--db", tmp_path / "g.db", *TINY, "--json")
+    assert r.code == 0, r.stderr
+    (run,) = r.json()["runs"]
+    (w,) = [w for w in run["warnings"] if "count no energy of the CPU" in w]
+    assert "runs on cpu" in w and "replay:gpu-0" in w
+    assert any("count no energy of the CPU" in n for n in r.json()["summary"][0]["notes"])
+    r = gp("measure", "tiny", "--collectors", "replay:gpu-0", "--db", tmp_path / "g.db", *TINY)
+    assert r.code == 0 and "note: the model runs on cpu but the collectors chosen" in r.stderr
+    r = gp("measure", "tiny", "--collectors", "replay:cpu", "--db", tmp_path / "g.db", *TINY, "--json")
+    assert r.code == 0 and not any("count no energy" in w for w in r.json()["runs"][0]["warnings"])
+    assert uncounted_parts(["gpu-1", "cpu-package-0", "dram-0"], ["gpu-0", "cpu-package-0"]) == ["gpu-1"]
+    assert uncounted_parts(["cpu-package-0", "dram-0"], ["cpu-estimate"]) == []
+    assert uncounted_parts(["gpu-0", "cpu-estimate"], ["gpu-0"]) == ["the CPU"]

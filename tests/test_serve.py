@@ -576,3 +576,18 @@ def test_a_second_sigterm_after_stopped_still_exits_0(tmp_path, tiny_built):
     finally:
         p.terminate()
     assert code == 0, p.stderr()
+
+
+def test_collectors_that_count_none_of_the_models_device_are_noted_at_start(tmp_path, tiny_built):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("t_s,domain,power_w\n0,gpu-0,20\n100,gpu-0,30\n")
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", str(tmp_path / "g.db"), "--collectors", "replay:gpu-0",
+              "--idle-run-s", "0"], env_with(GREENPROF_REPLAY=str(trace)), tmp_path / "note.err")
+    try:
+        p.wait_http(f"http://127.0.0.1:{port}/health")
+    finally:
+        code = p.terminate()
+    assert code == 0, p.stderr()
+    assert ("note: the model runs on cpu but --collectors replay:gpu-0 counts no energy of the CPU"
+            in p.stderr()), p.stderr()
