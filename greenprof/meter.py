@@ -354,18 +354,19 @@ class _Hub:
                 w._warn(f"{self.domains[i]} reads again; the energy it counted while it was lost is "
                         "not charged to any window")
 
-    def _thread_weights(self) -> list[float]:
-        """CPU seconds each open window's thread used since the last read, shared equally
-        among the windows running on one thread (asyncio tasks: each split window that shares
-        its thread is told so, see Meter._thread_shared). A suspended window (a tracked
-        generator between items) has none: its thread's time is the others'."""
-        per_thread: dict[int, int] = {}
-        split_per_thread: dict[int, int] = {}
-        for w in self.windows:
-            if not w._suspended:
-                per_thread[w._tid] = per_thread.get(w._tid, 0) + 1
-                if w.split:
-                    split_per_thread[w._tid] = split_per_thread.get(w._tid, 0) + 1
+    def _thread_weights(self, up: list[int]) -> list[float]:
+        """CPU seconds each open split window's thread used since the last read, shared equally
+        among the split windows of one group (``up``: each window's nearest split ancestor, see
+        _distribute) running on that thread: asyncio tasks, each of which is told so (see
+        Meter._thread_shared). A window nested in another on its thread is in a group of its
+        own, so it does not halve its parent's weight. A suspended window (a tracked generator
+        between items) has none: its thread's time is the others'. Plain windows weigh nothing
+        (they take their split ancestor's part)."""
+        per_slot: dict[tuple[int, int], int] = {}
+        for k, w in enumerate(self.windows):
+            if w.split and not w._suspended:
+                key = (w._tid, up[k])
+                per_slot[key] = per_slot.get(key, 0) + 1
         used: dict[int, float] = {}
         for tid in {w._tid for w in self.windows}:  # a suspended window's thread clock moves on too
             reader, last = self.thread_clocks.get(tid, (None, _NAN))
@@ -376,14 +377,14 @@ class _Hub:
             used[tid] = now - last if (now == now and last == last and now >= last) else 0.0
             self.thread_clocks[tid] = (reader, now)
         out = []
-        for w in self.windows:
-            if w._suspended:
+        for k, w in enumerate(self.windows):
+            if w._suspended or not w.split:
                 out.append(0.0)
                 continue
-            n = split_per_thread.get(w._tid, 0)
-            if w.split and n > 1 and n - 1 > w._thread_shared:
+            n = per_slot[(w._tid, up[k])]
+            if n - 1 > w._thread_shared:
                 w._thread_shared = n - 1
-            out.append(used[w._tid] / per_thread[w._tid])
+            out.append(used[w._tid] / n)
         return out
 
     def _clock_thread(self, tid: int) -> None:
@@ -406,7 +407,6 @@ class _Hub:
             for i, d in enumerate(delta):
                 acc[i] += d
             return
-        weights = self._thread_weights()
         # each window's nearest open *split* ancestor (-1: the process): a plain window in
         # between is transparent, so a reference Meter around some blocks does not make them a
         # group of their own that is charged its energy a second time
@@ -417,6 +417,7 @@ class _Hub:
             while p is not None and not p.split:
                 p = p._open_parent()
             up.append(index.get(id(p), -1) if p is not None else -1)
+        weights = self._thread_weights(up)
         kids: dict[int, list[int]] = {}
         for k, w in enumerate(ws):
             if w.split:

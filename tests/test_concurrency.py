@@ -430,3 +430,47 @@ def test_a_short_windows_cpu_share_is_not_taken_from_before_it_opened(tmp_path, 
         assert own is not None and abs(share - min(1.0, own)) < 0.2, (share, own)
     else:
         assert share < 0.15, (share, own)
+
+
+def test_a_window_nested_on_its_thread_does_not_halve_its_parents_part():
+    """Split windows on one thread were weighed as asyncio tasks sharing it, so a track block
+    with another nested in it weighed half its thread's CPU time beside a block in another
+    thread (and both were warned of sharing a thread): the two blocks, which burn the same CPU
+    time, were charged about 1:2. A nested window is in its parent's group, not beside it."""
+    import warnings
+
+    import greenprof
+
+    def spin(s):
+        t = time.thread_time()
+        while time.thread_time() - t < s:
+            pass
+
+    res = {}
+    go = threading.Barrier(2)
+
+    def nested():
+        go.wait()
+        with greenprof.track(model="outer", store=False, collectors="cpu-estimate") as outer:
+            with greenprof.track(model="inner", store=False, collectors="cpu-estimate") as inner:
+                spin(0.3)
+        res["nested"] = (outer, inner)
+
+    def alone():
+        go.wait()
+        with greenprof.track(model="other", store=False, collectors="cpu-estimate") as other:
+            spin(0.3)
+        res["alone"] = other
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=f) for f in (nested, alone)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    (outer, inner), other = res["nested"], res["alone"]
+    assert 0.75 < outer.energy_j / other.energy_j < 1.33, (outer.energy_j, other.energy_j)
+    assert inner.energy_j <= outer.energy_j * (1 + 1e-9)
+    for t in (outer, inner, other):
+        assert not any("split equally" in w for w in t.warnings), t.warnings
