@@ -422,6 +422,8 @@ def run_summary(run: Any, costing: "Costing") -> dict[str, Any]:
     return {
         "id": run.id,
         "batch_id": run.batch_id,
+        # the run this one ran inside (its energy is part of that run's): sum only runs without one
+        "parent_run_id": run.parent_run_id,
         "kind": run.kind,
         "status": run.status,
         "started_at": run.started_at.isoformat(),

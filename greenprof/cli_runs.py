@@ -331,6 +331,8 @@ def render_show(run: "RunRecord", s: dict[str, Any], phases: dict[str, Any], n_s
     add("status", run.status)
     add("error", run.error)
     add("kind", run.kind)
+    if run.parent_run_id is not None:
+        add("nested in", f"run {run.parent_run_id} (its energy includes this run's: count it once)")
     add("batch id", run.batch_id)
     add("started", _local(s["started_at"]))
     add("ended", _local(s["ended_at"]))

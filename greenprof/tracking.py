@@ -127,6 +127,27 @@ class RunFigures:
         return dict(self._m().uncertain)
 
 
+def stored_as(meter: Any, store: Any, run_id: int) -> None:
+    """Say that ``meter``'s window is stored as run ``run_id`` in ``store`` (see enclosing_run)."""
+    meter._stored_run = (store.url, run_id)
+
+
+def enclosing_run(store: Any) -> int | None:
+    """The stored run, in the same database as ``store``, of the nearest running window around
+    the current context (a ``track`` block or a streamer this one is nested in), or None. Its
+    energy includes the nested run's: stored as ``parent_run_id``, so a sum over runs can count
+    each joule once."""
+    from greenprof.meter import _CURRENT
+
+    w = _CURRENT.get()
+    while w is not None:
+        ref = getattr(w, "_stored_run", None)
+        if ref is not None and w._state == "running" and ref[0] == store.url:
+            return ref[1]
+        w = w._parent
+    return None
+
+
 class track(RunFigures):
     """Decorator and context manager measuring one run per call or block.
 
@@ -447,6 +468,8 @@ class track(RunFigures):
         # concurrent track() blocks split the process's energy among themselves (each joule once)
         self._meter = Meter(collectors=self._collectors, sample_hz=settings.sample_hz,
                             idle_s=self._idle_s, split=True)
+        if self._store is not None and self.run_id is not None:
+            stored_as(self._meter, self._store, self.run_id)
         try:
             self._meter.start()
         except BaseException as e:
@@ -466,7 +489,8 @@ class track(RunFigures):
             return
         try:
             self.run_id = store.start_run(
-                kind="track", model_name=self.model or "unnamed", precision=self.precision,
+                kind="track", parent_run_id=enclosing_run(store),
+                model_name=self.model or "unnamed", precision=self.precision,
                 param_count=self.params, region=self.grid.region,
                 intensity_g_per_kwh=self.grid.intensity_g_per_kwh, intensity_source=self.grid.source,
                 intensity_year=self.grid.year, pue=self.pue, price_usd_per_kwh=self.price_usd_per_kwh,

@@ -135,6 +135,19 @@ def test_one_run_per_generate_and_composable_lists(llama: Any, package: Any, tmp
             [(3, 4, "completed"), (6, 2, "completed")]
 
 
+def test_a_generate_inside_a_track_block_names_it_as_its_parent(llama: Any, package: Any, tmp_path: Path) -> None:
+    import greenprof
+
+    db = str(tmp_path / "hf.db")
+    with greenprof.track(model="pipeline", db=db, collectors=["cpu-package-0"]) as t:
+        s = EnergyStreamer(llama, db=db, collectors=["cpu-package-0"])
+        generate(llama, s, batch=1, prompt=3, new=2)
+    generate(llama, s, batch=1, prompt=3, new=2)  # outside the block: no parent
+    with sqlite3.connect(db) as c:
+        parents = dict(c.execute("select id, parent_run_id from runs").fetchall())
+    assert parents == {t.run_id: None, s.runs[0]: t.run_id, s.runs[1]: None}
+
+
 def test_a_generate_that_raises_is_stored_failed(llama: Any, package: Any, tmp_path: Path) -> None:
     db = str(tmp_path / "hf.db")
     with pytest.raises(RuntimeError, match="the user's streamer failed"):

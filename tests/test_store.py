@@ -387,6 +387,26 @@ SEED: dict[str, list[str]] = {
         "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
         "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
     ],
+    "0004": [
+        "INSERT INTO runs (id, batch_id, kind, status, started_at, ended_at, model_name, precision, "
+        "prompt_tokens, new_tokens, batch_size, extra, collectors, process_cpu_s, machine_busy_cpu_s, "
+        "other_cpu_share, concurrent_windows) VALUES (7, 'b-4', 'measure', 'completed', "
+        "'2026-12-02 03:04:05.000000', '2026-12-02 03:04:09.500000', 'SmolLM-135M', 'int8', 32, 64, 8, "
+        "'{\"tag\": \"old\"}', 'cpu', 4.1, 8.3, 0.5060240963855422, 0)",
+        "INSERT INTO runs (id, kind, status, started_at, error, parent_run_id) VALUES (8, 'track', 'failed', "
+        "'2026-12-03 00:00:00.000000', 'boom', 7)",
+        "INSERT INTO run_domains VALUES (7, 'cpu-package-0', 'measured', 'rapl', 123.5, 10.0, 78.5, 0.001, NULL, "
+        "61.0, 0.4939, 'machine', 'a wrap may have been missed', NULL)",
+        "INSERT INTO run_domains VALUES (7, 'gpu-0', NULL, 'nvml', NULL, NULL, NULL, NULL, 'GPU fell off the bus', "
+        "NULL, NULL, 'gpu', NULL, 'not shared-checked')",
+        "INSERT INTO segments VALUES (7, 0, 'prefill', 'prefill', 0.0, 0.5, 32)",
+        "INSERT INTO segments VALUES (7, 1, 'token-1', 'decode', 0.5, 0.06, 1)",
+        "INSERT INTO segment_energy VALUES (7, 0, 'cpu-package-0', 20.0, 15.0, 10.0)",
+        "INSERT INTO segment_energy VALUES (7, 1, 'cpu-package-0', 3.0, 2.4, 1.5)",
+        "INSERT INTO samples VALUES (7, -0.5, 'cpu-package-0', 10.0)",
+        "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
+        "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
+    ],
 }
 
 
@@ -432,6 +452,8 @@ def test_old_database_migrates_to_head_and_keeps_every_row(tmp_path, revision):
             assert old.domains["cpu-package-0"].attributed_energy_j == 61.0
             assert old.phases["decode"].attributed_energy_j == {"cpu-package-0": 1.5}
             assert old.other_cpu_share == pytest.approx(0.506, abs=1e-3) and old.collectors == "cpu"
+        # 0004: the run a nested one ran inside; unknown (NULL) for runs stored before it
+        assert store.get_run(8).parent_run_id == (7 if revision >= "0004" else None)
         new = store.start_run()  # and the migrated database takes new runs
         assert new == 9
         store.delete_run(new)

@@ -792,3 +792,49 @@ def test_asyncio_tasks_split_equally_say_so():
     with greenprof.track(model="alone", store=False, collectors="cpu-estimate") as alone:
         _burn_thread(0.01)
     assert not any("split equally" in w for w in alone.warnings)
+
+
+def test_a_nested_run_names_the_run_it_ran_inside(tmp_path):
+    """A track block inside another was stored as a run of its own, unlinked, although its energy
+    is part of the outer run's: a sum over runs counted those joules twice. It now stores the
+    outer run as its parent_run_id (through a tracked generator, across a plain Meter, not
+    across databases), and deleting the outer run leaves it, unlinked."""
+    import subprocess
+    import sys
+
+    db, other = str(tmp_path / "t.db"), str(tmp_path / "other.db")
+    with greenprof.track(model="outer", db=db) as outer:
+        with greenprof.Meter(collectors="cpu-estimate", sample_hz=0):  # a plain Meter in between
+            with greenprof.track(model="inner", db=db) as inner:
+                burn(0.03)
+        with greenprof.track(model="elsewhere", db=other) as elsewhere:
+            burn(0.01)
+        burn(0.01)
+    with greenprof.track(model="after", db=db) as after:
+        burn(0.01)
+
+    def gen():
+        with greenprof.track(model="in-gen", db=db) as t:
+            yield t
+
+    (in_gen,) = list(greenprof.track(model="gen", db=db)(gen)())
+    parents = dict(rows(db, "select id, parent_run_id from runs"))
+    assert parents[inner.run_id] == outer.run_id
+    assert parents[outer.run_id] is None and parents[after.run_id] is None
+    assert parents[in_gen.run_id] is not None and parents[in_gen.run_id] != outer.run_id
+    assert dict(rows(other, "select id, parent_run_id from runs"))[elsewhere.run_id] is None
+    assert inner.energy_j <= outer.energy_j * (1 + 1e-9)
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "greenprof.cli", *args, "--db", db], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    listed = {r["id"]: r for r in json.loads(cli("runs", "--json"))["runs"]}
+    assert listed[inner.run_id]["parent_run_id"] == outer.run_id and listed[outer.run_id]["parent_run_id"] is None
+    assert f"run {outer.run_id} (its energy includes this run's" in cli("show", str(inner.run_id))
+    from greenprof.store import open_store
+
+    with open_store(db) as store:
+        store.delete_run(outer.run_id)
+        assert store.get_run(inner.run_id).parent_run_id is None

@@ -51,7 +51,7 @@ import sys
 from typing import Any, Sequence
 
 from greenprof.errors import UsageError
-from greenprof.tracking import RunFigures, _one_line
+from greenprof.tracking import RunFigures, _one_line, enclosing_run, stored_as
 
 __all__ = ["EnergyStreamer"]
 
@@ -279,6 +279,8 @@ class EnergyStreamer(RunFigures):
         if self._use_store:
             self._open_store(settings.db, label)
         meter = Meter(collectors=collectors, sample_hz=settings.sample_hz, idle_s=self._idle_s, split=True)
+        if self._store is not None and self.run_id is not None:
+            stored_as(meter, self._store, self.run_id)
         try:
             meter.start()
         except BaseException as e:
@@ -324,7 +326,8 @@ class EnergyStreamer(RunFigures):
         info = self.model_info
         try:
             self.run_id = store.start_run(
-                kind="track", model_name=str(info.get("name") or "unnamed")[:255], param_count=info.get("params"),
+                kind="track", parent_run_id=enclosing_run(store),
+                model_name=str(info.get("name") or "unnamed")[:255], param_count=info.get("params"),
                 precision=info.get("precision"), provider=(info.get("provider") or None),
                 threads=info.get("threads"), prompt_tokens=self.prompt_tokens, batch_size=self.batch,
                 region=self.grid.region, intensity_g_per_kwh=self.grid.intensity_g_per_kwh,

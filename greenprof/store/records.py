@@ -100,6 +100,7 @@ class RunRecord:
     machine_busy_cpu_s: float | None = None
     other_cpu_share: float | None = None
     concurrent_windows: int | None = None
+    parent_run_id: int | None = None
     domains: dict[str, DomainRecord] = field(default_factory=dict)
     phases: dict[str, PhaseSummary] = field(default_factory=dict)  # by segment kind
     segments: list[SegmentRecord] = field(default_factory=list)  # filled by get_run only

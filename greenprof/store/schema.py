@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 
 #: Head revision of the migrations; the version a database is at after ``open_store``.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 #: Alembic's bookkeeping table. Not the default ``alembic_version``, so that a PostgreSQL database
 #: shared with an application that has its own Alembic history does not collide with ours.
@@ -89,6 +89,9 @@ runs = Table(
     Column("machine_busy_cpu_s", Float, nullable=True),  # every CPU's busy seconds over the run (0003)
     Column("other_cpu_share", Float, nullable=True),  # other processes' share of the busy time (0003)
     Column("concurrent_windows", Integer, nullable=True),  # windows it split energy with (0003)
+    # the run whose window this one was nested in (a track block inside another): its energy is
+    # part of that run's, so a sum over runs counts it once only without it (0004)
+    Column("parent_run_id", Integer, ForeignKey("runs.id", ondelete="SET NULL"), nullable=True),
     Column("region", String(64), nullable=True),
     Column("intensity_g_per_kwh", Float, nullable=True),
     Column("intensity_source", String(255), nullable=True),
