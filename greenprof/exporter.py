@@ -65,7 +65,7 @@ def start_exporter(host: str = "127.0.0.1", port: int = 9464, collectors: str = 
         raise UsageError(f"--port must be 0..65535 (got {port!r})")
     settings = load_settings({"sample_hz": sample_hz}, names=CLI_FLAGS)
     spec = collectors if collectors in (None, "auto") else [c.strip() for c in collectors.split(",") if c.strip()]
-    node = NodeMeter(_node_collectors(spec or "auto"), settings.sample_hz).start()
+    node = NodeMeter(_node_collectors(spec or "auto"), settings.sample_hz, on_warning=_say).start()
     try:
         from prometheus_client import start_http_server
 

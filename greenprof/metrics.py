@@ -75,8 +75,13 @@ class NodeMeter:
 
     def __init__(self, collectors: "str | Sequence" = "auto", sample_hz: float = 10.0, *,
                  roll_s: float = 5.0, min_roll_s: float = 0.02,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.collectors = collectors
+        #: told, once each, what an operator must know as it happens (a domain lost, reading
+        #: again, the sampler stopped): requests carry it in their runs, the server's log did not
+        self.on_warning = on_warning
+        self._told_lost: set[str] = set()  # domains on_warning was told are lost (until they read again)
         self.sample_hz = sample_hz
         self.roll_s = roll_s
         self.min_roll_s = min_roll_s
@@ -190,6 +195,7 @@ class NodeMeter:
         """Add a stopped window's segments (lock held). Its last segment, from the cut to its
         stop, is left out: the next window already counts from its own start."""
         segs = [s for s in m.segments if s.label != "end"]
+        news = [w for w in dict.fromkeys(m.warnings) if w not in self._totals.warnings and _operator_news(w)]
         for t in (self._totals, self._period):
             for s in segs:
                 _add(t.gross_j, s.energy_j)
@@ -208,6 +214,19 @@ class NodeMeter:
             for w in m.warnings:
                 if w not in t.warnings and not w.startswith("other processes used"):
                     t.warnings.append(w)
+        if self.on_warning is not None:
+            for w in news:
+                dom = w.split(" ", 1)[0]
+                if w.startswith(f"{dom} reads again"):
+                    self._told_lost.discard(dom)
+                elif w.startswith(f"{dom} lost"):  # each window opened meanwhile says so again: once per loss
+                    if dom in self._told_lost:
+                        continue
+                    self._told_lost.add(dom)
+                try:
+                    self.on_warning(w)
+                except Exception:  # a log that cannot be written must not stop the counting
+                    pass
         dur = math.fsum(s.duration_s for s in segs)
         if dur > 0:
             power: dict[str, float] = {}
@@ -231,6 +250,12 @@ class NodeMeter:
             t0, t1 = self._period_start, time.time()
             self._period_start = t1
         return period, t0, t1
+
+
+def _operator_news(warning: str) -> bool:
+    """A node window's warning that an operator must see as it happens (see NodeMeter.on_warning)."""
+    dom = warning.split(" ", 1)[0]
+    return warning.startswith((f"{dom} lost", f"{dom} reads again")) or "sampler stopped" in warning
 
 
 def _copy(t: NodeTotals) -> NodeTotals:

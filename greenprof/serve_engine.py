@@ -281,7 +281,7 @@ class Engine:
         closing = None
         with self._lock:
             if on and self.node is None:
-                self.node = NodeMeter(self.collectors, self.sample_hz).start()
+                self.node = NodeMeter(self.collectors, self.sample_hz, on_warning=self._warn).start()
             elif not on and self.node is not None:
                 closing, self.node = self.node, None
             self._accounting = on

@@ -474,3 +474,49 @@ def test_a_window_nested_on_its_thread_does_not_halve_its_parents_part():
     assert inner.energy_j <= outer.energy_j * (1 + 1e-9)
     for t in (outer, inner, other):
         assert not any("split equally" in w for w in t.warnings), t.warnings
+
+
+def test_a_server_says_when_a_counter_is_lost_and_when_it_reads_again():
+    """A counter lost mid-serve was in every request's run (partial) and in the node totals, but
+    the server's log said nothing: an operator saw only zeros. The node window tells its
+    on_warning (serve's and exporter's stderr) once when a domain is lost and once when it reads
+    again."""
+    from greenprof import meter as meter_mod
+    from greenprof.collectors.base import CounterCollector
+    from greenprof.metrics import NodeMeter
+
+    class Flaky(CounterCollector):
+        source, method, domain, scope = "test", "measured", "cpu-package-0", "process"
+
+        def __init__(self):
+            self.j, self.failing = 0.0, False
+
+        def read_j(self):
+            self.j += 1.0
+            if self.failing:
+                raise OSError(5, "Input/output error")
+            return self.j
+
+    told: list[str] = []
+    c = Flaky()
+    node = NodeMeter([c], sample_hz=0, min_roll_s=0.0, on_warning=told.append).start()
+    try:
+        node.renew(force=True)
+        assert told == []
+        c.failing = True
+        node.request_started()  # the node window is marked: the read fails
+        node.request_finished()
+        node.renew(force=True)
+        node.renew(force=True)
+        (lost,) = told
+        assert lost.startswith("cpu-package-0 lost") and "Input/output error" in lost
+        c.failing = False
+        time.sleep(meter_mod.REVIVE_EVERY_S)
+        with meter_mod.Meter(collectors=[c], sample_hz=0):  # a request starts: the counter is tried again
+            pass
+        node.renew(force=True)
+        node.renew(force=True)
+        assert len(told) == 2 and "cpu-package-0 reads again" in told[1]
+    finally:
+        node.close()
+    assert len(told) == 2  # each said once
