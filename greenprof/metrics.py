@@ -66,6 +66,10 @@ def _add(into: dict[str, float], more: dict[str, float]) -> None:
             into[d] = into.get(d, 0.0) + v
 
 
+#: distinct warnings the node totals keep (the first ones; each also reaches the requests' runs)
+MAX_NODE_WARNINGS = 50
+
+
 class NodeMeter:
     """The node's energy, counted by a renewed non-split window (see the module docs).
 
@@ -212,7 +216,10 @@ class NodeMeter:
             t.lost.update(m.lost)
             t.uncertain.update(m.uncertain)
             for w in m.warnings:
-                if w not in t.warnings and not w.startswith("other processes used"):
+                # a server runs for months and a window's warning may carry its own figure
+                # (an unchecked share's percentage): the first ones are kept, not all
+                if (len(t.warnings) < MAX_NODE_WARNINGS and w not in t.warnings
+                        and not w.startswith("other processes used")):
                     t.warnings.append(w)
         if self.on_warning is not None:
             for w in news:

@@ -520,3 +520,18 @@ def test_a_server_says_when_a_counter_is_lost_and_when_it_reads_again():
     finally:
         node.close()
     assert len(told) == 2  # each said once
+
+
+def test_the_node_totals_keep_a_bounded_number_of_warnings():
+    """Every renewed node window's warnings were added to the totals when new: a warning that
+    carries its own figure (an unchecked GPU share's percentage) grew the list for the life of a
+    server."""
+    from types import SimpleNamespace
+
+    from greenprof.metrics import MAX_NODE_WARNINGS, NodeMeter
+
+    node = NodeMeter([CountingCounter()], sample_hz=0)
+    for i in range(3 * MAX_NODE_WARNINGS):
+        node._account(SimpleNamespace(segments=[], method={}, scope={}, sources={}, lost={}, uncertain={},
+                                      warnings=[f"gpu-0 uncertain: {i}% of its energy was charged whole"]))
+    assert len(node.totals().warnings) == MAX_NODE_WARNINGS
