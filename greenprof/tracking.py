@@ -177,7 +177,9 @@ class track(RunFigures):
     share of the process's energy), ``gross_energy_j`` (what the counters saw), ``tokens``,
     ``j_per_token``, ``co2e_g``, ``cost_usd``, ``run_id``, ``measurement``, ``warnings``; and
     what they are: ``method``, ``basis``, ``partial``, ``uncertain`` (as in `greenprof runs`). On a
-    decorated function, ``fn.greenprof_track.last`` is the latest call's tracker.
+    decorated function, ``fn.greenprof_track.last`` is the tracker of the call that last started
+    or ended: once a call returns, that call (a recursive function's outermost one), unless
+    another started or ended since.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -215,6 +217,7 @@ class track(RunFigures):
         self._use_store = store
         self._reset()
         self.last: "track | None" = None
+        self._owner: "track | None" = None  # a call's tracker: the decorated function's, told at the end
 
     def _reset(self) -> None:
         """Per-run state (a fresh tracker, or a ``with`` block entered again)."""
@@ -396,11 +399,14 @@ class track(RunFigures):
 
     def _fresh(self) -> "track":
         """A tracker per call, so recursive or concurrent calls never share a run; it becomes
-        ``self.last`` (the latest call's run_id, energy_j, j_per_token, ...)."""
+        ``self.last`` (its run_id, energy_j, j_per_token, ...) as the call starts, and again as
+        it ends (see __exit__): only the start left a recursive function's ``last`` on its
+        innermost call, not the call the user made."""
         t = track.__new__(track)
         t.__dict__.update(self.__dict__)
         t._reset()
         t.last = None
+        t._owner = self
         t.model = self.model or None
         self.last = t
         return t
@@ -533,6 +539,8 @@ class track(RunFigures):
         error = None if exc_type is None or status == "interrupted" else f"{exc_type.__name__}: {exc}"
         self._keep_warnings()
         self._close_store(status=status, error=error)
+        if self._owner is not None:
+            self._owner.last = self
         return False  # the user's exception propagates unchanged
 
     def _decode_holds(self, n: int) -> None:

@@ -838,3 +838,36 @@ def test_a_nested_run_names_the_run_it_ran_inside(tmp_path):
     with open_store(db) as store:
         store.delete_run(outer.run_id)
         assert store.get_run(inner.run_id).parent_run_id is None
+
+
+def test_last_is_the_call_that_last_started_or_ended():
+    """`.last` was only the latest call to *start*: a recursive function's innermost call (not
+    the call the user made), and, once a concurrent call ended before an older one, the older
+    one still running, without figures. A call is `.last` again as it ends."""
+    @greenprof.track(model="rec", store=False, collectors="cpu-estimate")
+    def rec(n):
+        burn(0.01)
+        return rec(n - 1) + 1 if n else 0
+
+    assert rec(3) == 3
+    outer = rec.greenprof_track.last
+    assert outer.energy_j is not None and outer.measurement.duration_s >= 0.04 - 1e-3  # all 4 levels
+
+    started, release = threading.Event(), threading.Event()
+
+    @greenprof.track(model="slow", store=False, collectors="cpu-estimate")
+    def slow(wait):
+        if wait:
+            started.set()
+            release.wait(10)
+        return wait
+
+    th = threading.Thread(target=slow, args=(True,))
+    th.start()
+    started.wait(10)
+    slow(False)  # starts after the slow call and ends before it
+    quick = slow.greenprof_track.last
+    assert quick is not None and quick.energy_j is not None  # not the one still running
+    release.set()
+    th.join()
+    assert slow.greenprof_track.last is not quick and slow.greenprof_track.last.energy_j is not None
