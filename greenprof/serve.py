@@ -86,6 +86,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _DropLostConnectionWrites:
+    """asyncio logs "socket.send() raised exception." for writes to a connection its client has
+    closed: a stream whose client hung up printed it a few times, with nothing to act on (the
+    request is stored as interrupted, with the reason)."""
+
+    def filter(self, record: Any) -> bool:
+        return record.getMessage() != "socket.send() raised exception."
+
+
+def _quiet_lost_connections() -> None:
+    import logging
+
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropLostConnectionWrites) for f in log.filters):
+        log.addFilter(_DropLostConnectionWrites())
+
+
 def _store_opener(settings: Any) -> Callable[[], Any]:
     """Check the store named by --db, GREENPROF_DB or [tool.greenprof] db now (nothing is
     written); the returned function opens it (creating or migrating it) once the model loaded."""
@@ -253,6 +270,7 @@ class Server:
         log = copy.deepcopy(LOGGING_CONFIG)
         for h in log["handlers"].values():  # stdout is for data: every log line goes to stderr
             h["stream"] = "ext://sys.stderr"
+        _quiet_lost_connections()
         config = uvicorn.Config(self.app, log_config=log, log_level="warning", access_log=self.opts.access_log,
                                 lifespan="off", timeout_graceful_shutdown=self.opts.graceful_timeout_s,
                                 server_header=False)

@@ -591,3 +591,54 @@ def test_collectors_that_count_none_of_the_models_device_are_noted_at_start(tmp_
     assert code == 0, p.stderr()
     assert ("note: the model runs on cpu but --collectors replay:gpu-0 counts no energy of the CPU"
             in p.stderr()), p.stderr()
+
+
+def test_a_client_that_hangs_up_mid_stream_leaves_no_noise_on_stderr(tmp_path, tiny_built):
+    """asyncio printed "socket.send() raised exception." for the writes after a streaming client
+    hung up (twice per request here): nothing to act on, the request is stored interrupted."""
+    db = str(tmp_path / "g.db")
+    port = free_port()
+    p = Proc(["serve", "tiny", "--port", str(port), "--db", db, "--idle-run-s", "0"], env_with(),
+             tmp_path / "noise.err")
+    try:
+        p.wait_http(f"http://127.0.0.1:{port}/health")
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port))
+            body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 2000, "stream": True,
+                               "ignore_eos": True}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert s.recv(2000).startswith(b"HTTP/1.1 200")
+            s.close()
+            time.sleep(1.0)
+    finally:
+        code = p.terminate()
+    assert code == 0, p.stderr()
+    runs = serve_runs(db)
+    assert [r.status for r in runs] == ["interrupted", "interrupted"]
+    assert "socket.send()" not in p.stderr() and "Traceback" not in p.stderr(), p.stderr()
+
+
+def test_only_asyncios_lost_connection_write_message_is_dropped():
+    import logging
+
+    from greenprof.serve import _quiet_lost_connections
+
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            got.append(record.getMessage())
+
+    log = logging.getLogger("asyncio")
+    h = Keep()
+    log.addHandler(h)
+    try:
+        _quiet_lost_connections()
+        _quiet_lost_connections()  # once only
+        log.warning("socket.send() raised exception.")
+        log.error("Task exception was never retrieved")
+    finally:
+        log.removeHandler(h)
+    assert got == ["Task exception was never retrieved"]
+    assert sum(type(f).__name__ == "_DropLostConnectionWrites" for f in log.filters) == 1
