@@ -387,27 +387,11 @@ SEED: dict[str, list[str]] = {
         "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
         "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
     ],
-    "0004": [
-        "INSERT INTO runs (id, batch_id, kind, status, started_at, ended_at, model_name, precision, "
-        "prompt_tokens, new_tokens, batch_size, extra, collectors, process_cpu_s, machine_busy_cpu_s, "
-        "other_cpu_share, concurrent_windows) VALUES (7, 'b-4', 'measure', 'completed', "
-        "'2026-12-02 03:04:05.000000', '2026-12-02 03:04:09.500000', 'SmolLM-135M', 'int8', 32, 64, 8, "
-        "'{\"tag\": \"old\"}', 'cpu', 4.1, 8.3, 0.5060240963855422, 0)",
-        "INSERT INTO runs (id, kind, status, started_at, error, parent_run_id) VALUES (8, 'track', 'failed', "
-        "'2026-12-03 00:00:00.000000', 'boom', 7)",
-        "INSERT INTO run_domains VALUES (7, 'cpu-package-0', 'measured', 'rapl', 123.5, 10.0, 78.5, 0.001, NULL, "
-        "61.0, 0.4939, 'machine', 'a wrap may have been missed', NULL)",
-        "INSERT INTO run_domains VALUES (7, 'gpu-0', NULL, 'nvml', NULL, NULL, NULL, NULL, 'GPU fell off the bus', "
-        "NULL, NULL, 'gpu', NULL, 'not shared-checked')",
-        "INSERT INTO segments VALUES (7, 0, 'prefill', 'prefill', 0.0, 0.5, 32)",
-        "INSERT INTO segments VALUES (7, 1, 'token-1', 'decode', 0.5, 0.06, 1)",
-        "INSERT INTO segment_energy VALUES (7, 0, 'cpu-package-0', 20.0, 15.0, 10.0)",
-        "INSERT INTO segment_energy VALUES (7, 1, 'cpu-package-0', 3.0, 2.4, 1.5)",
-        "INSERT INTO samples VALUES (7, -0.5, 'cpu-package-0', 10.0)",
-        "INSERT INTO samples VALUES (7, 0.05, 'cpu-package-0', 41.0)",
-        "INSERT INTO samples VALUES (7, 0.15, 'cpu-package-0', 43.5)",
-    ],
 }
+# 0004: the same rows; the failed run (8) is a track block that ran inside run 7
+SEED["0004"] = [r.replace("'b-3'", "'b-4'") for r in SEED["0003"]]
+SEED["0004"][1] = ("INSERT INTO runs (id, kind, status, started_at, error, parent_run_id) VALUES (8, 'track', "
+                   "'failed', '2026-12-03 00:00:00.000000', 'boom', 7)")
 
 
 def released_revisions() -> list[str]:
