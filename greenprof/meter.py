@@ -534,19 +534,23 @@ class _Hub:
         for tid in list(self.thread_clocks):
             if tid not in alive:
                 del self.thread_clocks[tid]
-        self._trim()
+        self._trim(keep=w)  # w's own points and samples are read after this (Meter.stop)
         return t, vals, idx
 
-    def _trim(self) -> None:
-        """Drop share points and samples that no open window can need."""
-        if not self.windows:
+    def _trim(self, keep: "Meter | None" = None) -> None:
+        """Drop share points and samples that no open window, nor ``keep`` (a window being
+        removed, which reads its own next), can need. Without ``keep`` a long window removed
+        after a newer one had opened (the node window, cut at every renewal) lost its points
+        here and was charged a machine-wide counter whole."""
+        users = self.windows + [keep] if keep is not None else self.windows
+        if not users:
             return
-        oldest_point = min(o._first_point for o in self.windows)
+        oldest_point = min(o._first_point for o in users)
         drop = oldest_point - self.point_base - 1  # keep the point that opens the oldest interval
         if drop > 256:
             del self.points[:drop]
             self.point_base += drop
-        oldest_t = min(o._t0 for o in self.windows)
+        oldest_t = min(o._t0 for o in users)
         # keep the last sample at or before the oldest window's start (samples are in time order)
         k = max(0, bisect.bisect_right(self.samples, oldest_t, key=_sample_t) - 1)
         if k > 256:

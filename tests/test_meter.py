@@ -641,3 +641,20 @@ def test_the_machine_is_never_less_busy_than_this_process(monkeypatch, tmp_path)
     assert m.process_cpu_s >= 0.02
     assert m.machine_busy_cpu_s == m.process_cpu_s  # the ticks said 0 s
     assert m.other_cpu_share is None  # too few ticks to divide: unknown, not a share
+
+
+def test_a_long_window_removed_after_a_newer_one_keeps_its_share_points():
+    """The node window of a server is cut at every renewal: the next one opens, then the old one
+    stops. Removing it trimmed the hub's share points to what the *remaining* windows need, before
+    the old window read its own, so past 256 points it had no CPU share and a machine-wide
+    counter was charged whole to it ("not shared-checked: no /proc/stat CPU times")."""
+    pkg = _SharedDevice("cpu-package-0", "machine")
+    old = Meter(collectors=[pkg], sample_hz=0).start()
+    for _ in range(300):  # requests: a share point at each start and stop
+        with Meter(collectors=[pkg], sample_hz=0, split=True):
+            pass
+    new = Meter(collectors=[pkg], sample_hz=0).start()
+    m = old.stop()
+    new.stop()
+    assert m.uncertain == {} and not any("charged whole" in w for w in m.warnings), m.warnings
+    assert m.share_notes.get("cpu-package-0") is None or "no /proc/stat" not in m.share_notes["cpu-package-0"]
