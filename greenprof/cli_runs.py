@@ -195,11 +195,16 @@ def runs_cmd(
     costing = _Costing(settings, what_if)
     with _open_marking_stale(settings) as store:
         records = store.list_runs(limit=limit or None, model_name=model, host=host)
+        total = store.count_runs(model_name=model, host=host) if limit and len(records) >= limit else len(records)
         where = _where(store)
     rows = [summarize(r, costing) for r in records]
+    if total > len(rows):  # never a silent cut: a sum over the listed runs is not the database's
+        _note(f"the newest {len(rows)} of {total} runs are listed; --limit 0 lists them all")
     if as_json:
         _echo_json({
             "db": where,
+            "total_runs": total,
+            "listed_runs": len(rows),
             "runs": rows,
             "region": what_if.region if what_if else None,
             "intensity_g_per_kwh": what_if.intensity_g_per_kwh if what_if else None,
@@ -210,7 +215,8 @@ def runs_cmd(
     from rich.table import Table
 
     co2_head = f"g CO2e @ {what_if.region}" if what_if else "g CO2e"
-    title = (f"Runs in {where}" + (f", re-costed for {what_if.region} "
+    shown = f"The newest {len(rows)} of {total} runs" if total > len(rows) else "Runs"
+    title = (f"{shown} in {where}" + (f", re-costed for {what_if.region} "
                                    f"({what_if.intensity_g_per_kwh:g} g/kWh)" if what_if else ""))
     table = Table(title=title, title_justify="left")
     settings_col = any(session_cell(s) for s in rows)

@@ -482,3 +482,19 @@ def test_reading_commands_leave_no_wal_files_and_write_nothing(db):
         with pytest.raises(Exception, match="read-only|readonly"):
             store.delete_run(1)
         assert store.get_run(1) is not None
+
+
+def test_runs_never_cuts_the_list_silently(db):
+    """`runs` lists the newest 50 by default: a sum over its JSON was the database's total only
+    while it held 50 runs or fewer, and nothing said so."""
+    r = cli("runs", "--db", str(db), "--json", "--limit", "2")
+    assert r.code == 0, r.stderr
+    doc = r.json()
+    assert (doc["total_runs"], doc["listed_runs"], [x["id"] for x in doc["runs"]]) == (4, 2, [4, 3])
+    assert "the newest 2 of 4 runs are listed; --limit 0 lists them all" in r.stderr
+    text = cli("runs", "--db", str(db), "--limit", "2")
+    assert "The newest 2 of 4 runs" in text.stdout and "--limit 0" in text.stderr
+    every = cli("runs", "--db", str(db), "--json", "--limit", "0")
+    assert every.json()["total_runs"] == every.json()["listed_runs"] == 4 and "--limit 0" not in every.stderr
+    filtered = cli("runs", "--db", str(db), "--json", "--limit", "1", "--model", "SmolLM-135M")
+    assert filtered.json()["total_runs"] == len([x for x in every.json()["runs"] if x["model"] == "SmolLM-135M"])

@@ -571,25 +571,33 @@ class Store:
                   since: datetime | None = None, host: str | None = None) -> list[RunRecord]:
         """Runs, newest first, with their domains and phase summaries (not their segments).
         ``host``: only runs of that host id (see greenprof.hostinfo.host)."""
-        q = select(S.runs).order_by(S.runs.c.id.desc())
-        if host is not None:
-            q = q.where(S.runs.c.host == host)
-        if status is not None:
-            q = q.where(S.runs.c.status == status)
-        if kind is not None:
-            q = q.where(S.runs.c.kind == kind)
-        if model_name is not None:
-            q = q.where(S.runs.c.model_name == model_name)
-        if batch_id is not None:
-            q = q.where(S.runs.c.batch_id == batch_id)
-        if since is not None:
-            q = q.where(S.runs.c.started_at >= _to_utc_naive(since))
+        q = self._runs_where(select(S.runs).order_by(S.runs.c.id.desc()), status=status, kind=kind,
+                             model_name=model_name, batch_id=batch_id, since=since, host=host)
         if limit is not None and limit < _MAX_ID:  # beyond a 64-bit count is every run
             q = q.limit(limit)
         with self._read() as conn:
             records = [self._record(r) for r in conn.execute(q).mappings()]
             self._attach_details(conn, records)
         return records
+
+    def count_runs(self, *, status: str | None = None, kind: str | None = None, model_name: str | None = None,
+                   batch_id: str | None = None, since: datetime | None = None, host: str | None = None) -> int:
+        """How many runs :meth:`list_runs` would list with no limit (the same filters)."""
+        q = self._runs_where(select(func.count()).select_from(S.runs), status=status, kind=kind,
+                             model_name=model_name, batch_id=batch_id, since=since, host=host)
+        with self._read() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    @staticmethod
+    def _runs_where(q: Any, *, status: str | None, kind: str | None, model_name: str | None,
+                    batch_id: str | None, since: datetime | None, host: str | None) -> Any:
+        for col, v in (("host", host), ("status", status), ("kind", kind), ("model_name", model_name),
+                       ("batch_id", batch_id)):
+            if v is not None:
+                q = q.where(S.runs.c[col] == v)
+        if since is not None:
+            q = q.where(S.runs.c.started_at >= _to_utc_naive(since))
+        return q
 
     def get_run(self, run_id: int) -> RunRecord:
         """One run with its domains, phase summaries and every segment."""
