@@ -493,6 +493,15 @@ def export_cmd(
             skipped = len(records) - len(kept)
             _note(f"{skipped} run{'s' if skipped > 1 else ''} without any energy (failed before "
                   "measuring, or still running) left out of the CodeCarbon export")
+        # a run nested in another exported here is in that run's energy: CodeCarbon's rows are
+        # summed (its emissions.csv has one row per tracker), so it would be counted twice
+        ids = {r.id for r in kept}
+        nested = [r for r in kept if r.parent_run_id is not None and r.parent_run_id in ids]
+        if nested:
+            kept = [r for r in kept if r not in nested]
+            _note(f"{len(nested)} nested run{'s' if len(nested) > 1 else ''} left out of the CodeCarbon "
+                  f"export: {'their' if len(nested) > 1 else 'its'} energy is in the run "
+                  f"{'they' if len(nested) > 1 else 'it'} ran inside (see parent_run_id in `runs --json`)")
         written = len(kept)
         w = csv.DictWriter(buf, fieldnames=list(CODECARBON_COLUMNS), lineterminator="\n")
         w.writeheader()

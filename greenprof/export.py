@@ -29,7 +29,7 @@ CODECARBON_VERSION_WRITTEN = "3.3.2"
 
 #: Columns of `greenprof export --format csv` (one row per run).
 EXPORT_COLUMNS = (
-    "id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
+    "id", "parent_run_id", "batch_id", "kind", "status", "started_at", "ended_at", "host", "model", "model_shape",
     "params", "precision", "model_file_hash", "provider", "threads", "spinning", "graph_opt", "warmup",
     "prompt_tokens", "new_tokens", "requested_new_tokens", "batch_size", "collectors", "domains", "method", "methods", "basis",
     "duration_s", "energy_j", "gross_energy_j", "energy_j_by_domain", "gross_energy_j_by_domain", "share",

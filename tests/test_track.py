@@ -833,6 +833,20 @@ def test_a_nested_run_names_the_run_it_ran_inside(tmp_path):
     listed = {r["id"]: r for r in json.loads(cli("runs", "--json"))["runs"]}
     assert listed[inner.run_id]["parent_run_id"] == outer.run_id and listed[outer.run_id]["parent_run_id"] is None
     assert f"run {outer.run_id} (its energy includes this run's" in cli("show", str(inner.run_id))
+    import csv
+    import io
+
+    flat = list(csv.DictReader(io.StringIO(cli("export", "-f", "csv"))))
+    assert {r["id"]: r["parent_run_id"] for r in flat}[str(inner.run_id)] == str(outer.run_id)
+    # CodeCarbon's rows are summed: a nested run's energy is in its parent's row already
+    r = subprocess.run([sys.executable, "-m", "greenprof.cli", "export", "--codecarbon", "--db", db],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "2 nested runs left out of the CodeCarbon export" in r.stderr, r.stderr
+    cc = list(csv.DictReader(io.StringIO(r.stdout)))
+    roots = [x for x in listed.values() if x["parent_run_id"] is None]
+    assert len(cc) == len(roots) == 3
+    assert sum(float(x["energy_consumed"]) for x in cc) * 3.6e6 == pytest.approx(
+        sum(x["energy_j"] for x in roots), rel=1e-6)
     from greenprof.store import open_store
 
     with open_store(db) as store:
