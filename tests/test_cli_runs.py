@@ -330,7 +330,7 @@ def test_export_output_file_refused_without_force(db, tmp_path):
     r = cli("export", "--format", "csv", "-o", str(out), "--db", str(db))
     assert r.code == 0 and r.stdout == "" and "wrote 4 runs" in r.stderr
     first = out.read_text()
-    assert first.startswith("id,batch_id,")
+    assert first.startswith("id,parent_run_id,batch_id,")
     out.write_text("precious\n")
     r = cli("export", "--format", "json", "-o", str(out), "--db", str(db))
     assert r.code == 2 and r.stderr == f"greenprof: error: {out} exists: pass --force to overwrite it\n"
