@@ -73,6 +73,11 @@ def model_labels(models: Sequence["ModelAggregate"]) -> list[str]:
         workloads.setdefault(b, set()).add(m.workload)
     base = [f"{b} · {m.workload[0]}+{m.workload[1]} tokens" if len(workloads[b]) > 1 and m.workload else b
             for b, m in zip(base, models)]
+    # the same model measured and estimated (a RAPL host, and the estimate there): say which
+    methods: dict[str, set] = {}
+    for b, m in zip(base, models):
+        methods.setdefault(b, set()).add(m.method)
+    base = [f"{b} · {m.method}" if len(methods[b]) > 1 else b for b, m in zip(base, models)]
     counts = {}
     for b in base:
         counts[b] = counts.get(b, 0) + 1

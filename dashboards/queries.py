@@ -41,9 +41,10 @@ if TYPE_CHECKING:
     from greenprof.accounting import RunFigures
     from greenprof.store import RunRecord, Store, Timeline
 
-#: Runs of one model on one machine at one precision and batch size, on one energy basis, as the
+#: Runs of one model on one machine at one precision and batch size, on one energy basis and one
+#: method (a RAPL measurement and a CPU-time estimate are never averaged together), as the
 #: dashboard aggregates them.
-GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint", "host", "basis")
+GROUP_KEY = ("model_name", "precision", "batch_size", "hardware_fingerprint", "host", "basis", "method")
 
 #: The phases of a request, in the order they are drawn.
 PHASE_ORDER = ("setup", "prefill", "decode", "teardown")
@@ -265,11 +266,12 @@ def _per_request(x: float | int | None, fig: "RunFigures") -> float | None:
 
 
 def _key(row: RunRow) -> tuple:
-    """The group of a run: one model, precision, batch, machine, host and basis, made the same way
-    (measure, track, serve) and, for measure runs, on the same prompt and generation lengths."""
+    """The group of a run: one model, precision, batch, machine, host, basis and method, made the
+    same way (measure, track, serve) and, for measure runs, on the same prompt and generation
+    lengths."""
     r = row.run
-    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, r.host, row.basis, r.kind,
-            (r.prompt_tokens, r.new_tokens) if r.kind == "measure" else None)
+    return (r.model_name, r.precision, r.batch_size, r.hardware_fingerprint, r.host, row.basis, row.method,
+            r.kind, (r.prompt_tokens, r.new_tokens) if r.kind == "measure" else None)
 
 
 def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
@@ -284,7 +286,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[ModelAggregate]:
             partial.setdefault(_key(row), []).append(row.id)
     out: list[ModelAggregate] = []
     for key, members in groups.items():
-        model_name, precision, batch, fingerprint, host, basis, kind, workload = key
+        model_name, precision, batch, fingerprint, host, basis, _method, kind, workload = key
         latest = max(members, key=lambda r: r.id)
         lr = latest.run
         pues = [r.pue for r in members]

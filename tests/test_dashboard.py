@@ -964,3 +964,24 @@ def test_a_database_without_runs_gives_the_report_that_says_so(tmp_path):
     assert db.stat().st_size == 0  # read only: nothing was created in it
     code, _, stderr = cli("dashboard", "--db", str(db), "-o", str(out), "--run", "1")
     assert code == 2 and "holds no greenprof runs yet" in stderr
+
+
+def test_measured_and_estimated_runs_of_one_model_are_never_averaged_together(tmp_path):
+    """A model measured with RAPL and, on the same host, with the CPU-time estimate was one group
+    labelled "mixed", its J/token the mean of a measurement and an estimate 8x apart."""
+    from greenprof.dashboards import queries
+
+    db = tmp_path / "mix.db"
+    with open_store(db) as store:
+        ids = {"measured": [], "estimated": []}
+        for method, scale in (("measured", 1.0), ("measured", 1.1), ("estimated", 0.12), ("estimated", 0.13)):
+            ids[method].append(store_run(store, "one", 100_000_000, "fp32",
+                                         as_method(replay_measurement(scale), method)))
+        aggs = [a for a in queries.model_aggregates(store, fallback_intensity=475.0, fallback_price=0.1)
+                if a.model_name == "one"]
+    assert sorted((a.method, a.run_ids) for a in aggs) == [("estimated", sorted(ids["estimated"])),
+                                                           ("measured", sorted(ids["measured"]))]
+    assert all(a.method != "mixed" for a in aggs)
+    from greenprof.dashboards import figures as F
+
+    assert sorted(F.model_labels(aggs)) == ["one · fp32 · estimated", "one · fp32 · measured"]
