@@ -84,8 +84,11 @@ def select(spec: "str | Sequence[str | Collector]" = "auto", **discover_kwargs) 
 def check_overlaps(collectors: "Iterable[Collector]") -> str | None:
     """A one-line complaint when a set would count the same joules twice, else None."""
     domains = {c.domain for c in collectors}
-    if "psys" in domains and any(d.startswith("cpu-package-") for d in domains):
-        return "psys already includes the CPU packages: choose psys or cpu-package-*, not both"
+    if "psys" in domains:
+        inside = sorted(d for d in domains if d.startswith(("cpu-package-", "cpu-core-", "uncore-", "dram-")))
+        if inside:  # the platform domain: the SoC and what hangs off it, memory included
+            return (f"psys (the whole platform) already includes {', '.join(inside)}: choose psys or the "
+                    "other RAPL domains, not both")
     for d in domains:
         if d.startswith(("cpu-core-", "uncore-")):
             n = d.rsplit("-", 1)[-1]

@@ -303,6 +303,10 @@ def test_overlapping_domains_are_refused():
     b = ReplayCounterCollector(PowerTrace("y", [0.0, 1.0], [1.0, 1.0]), domain="cpu-package-0")
     with pytest.raises(UsageError, match="psys already includes"):
         Meter(collectors=[a, b]).start()
+    # the platform domain holds the memory too: psys beside dram-0 counted DRAM twice
+    c = ReplayCounterCollector(PowerTrace("z", [0.0, 1.0], [1.0, 1.0]), domain="dram-0")
+    with pytest.raises(UsageError, match=r"psys \(the whole platform\) already includes dram-0"):
+        Meter(collectors=[a, c]).start()
 
 
 def test_unknown_domain_name_says_what_exists(monkeypatch, tmp_path):
