@@ -232,13 +232,15 @@ def test_stale_running_run_is_reported_interrupted(db):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with open_store(db) as store:
-            rid = store.start_run(model_name="victim", pid=child.pid,
+            rid = store.start_run(model_name="victim", pid=child.pid, new_tokens=250,
                                   started_at=datetime(2024, 1, 1, tzinfo=timezone.utc))
             assert store.get_run(rid).status == "running"
         r = cli("runs", "--db", str(db), "--json")
         assert r.code == 0, r.stderr
         (victim,) = [x for x in r.json()["runs"] if x["id"] == rid]
         assert victim["status"] == "interrupted" and "process ended without closing" in victim["error"]
+        # how many of the 250 tokens it was asked for were generated is not known (it said all 250)
+        assert victim["new_tokens"] is None and victim["requested_new_tokens"] == 250
         assert f"run {rid} left 'running'" in r.stderr
         r = cli("runs", "--db", str(db), "--json")  # reported once
         assert "left 'running'" not in r.stderr

@@ -534,7 +534,8 @@ class Store:
 
         host = this_host()
         with self._read() as conn:
-            rows = conn.execute(select(S.runs.c.id, S.runs.c.pid, S.runs.c.started_at)
+            rows = conn.execute(select(S.runs.c.id, S.runs.c.pid, S.runs.c.started_at, S.runs.c.new_tokens,
+                                       S.runs.c.extra)
                                 .where(S.runs.c.status == "running", S.runs.c.host == host)).all()
         dead = [r.id for r in rows if not pid_alive(r.pid, r.started_at)]
         if not dead:
@@ -552,9 +553,15 @@ class Store:
             for r in rows:
                 if r.id not in dead:
                     continue
+                # a run is stored with the tokens it was asked for; how many it generated before its
+                # process died is not known: unknown, not the request (which stays in extra)
+                extra = dict(r.extra or {})
+                if r.new_tokens is not None:
+                    extra.setdefault("requested_new_tokens", r.new_tokens)
                 res = conn.execute(
                     update(S.runs).where(S.runs.c.id == r.id, S.runs.c.status == "running")
-                    .values(status="interrupted", error=f"{STALE_NOTE} (pid {r.pid} on {host})"))
+                    .values(status="interrupted", error=f"{STALE_NOTE} (pid {r.pid} on {host})",
+                            new_tokens=None, extra=extra or None))
                 if res.rowcount:
                     updated.append(r.id)
         return updated
