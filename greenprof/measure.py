@@ -471,6 +471,34 @@ def measure_models(req: MeasureRequest, *, settings=None, store=None,
     return document()
 
 
+def _start_meter(collectors: Any, auto: bool, vanished: dict[str, str], device: str, device_id: int,
+                 req: Any) -> tuple[Any, Any]:
+    """Start a run's Meter on ``collectors``; with the device's default domains (``auto``), a
+    domain that has disappeared since they were chosen (a zone gone between runs) is left out
+    and noted in ``vanished``, instead of failing the whole measure as if the user had named a
+    domain this machine lacks. Returns (the running meter, the collectors it uses)."""
+    from greenprof.errors import SensorUnavailable
+    from greenprof.meter import Meter
+
+    meter = Meter(collectors=collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
+    try:
+        meter.start()
+        return meter, collectors
+    except (UsageError, SensorUnavailable) as e:
+        if not auto or not isinstance(collectors, list):
+            raise
+        fresh = collectors_for_device(device, device_id)
+        gone = [d for d in collectors if d not in fresh]
+        if not gone:
+            raise
+        why = str(e).split(" (available here")[0]
+        for d in gone:
+            vanished[d] = f"gone since the model's domains were chosen: {why}"
+    meter = Meter(collectors=fresh, sample_hz=req.sample_hz, idle_s=req.idle_s)
+    meter.start()
+    return meter, fresh
+
+
 def _part_of(domain: str) -> str:
     """The hardware a domain counts: "the CPU" (RAPL package, DRAM, psys, the CPU estimate, and a
     replayed one of those) or the GPU domain itself."""
@@ -518,7 +546,6 @@ def run_figures_of(m: Any, gen: Any, batch: int, grid: Any, pue: float, price: f
 def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progress, doc_runs,
                  thread_warning=None, state=None) -> ModelSummary:
     from greenprof import accounting
-    from greenprof.meter import Meter
     from greenprof.models.inspect import count_params
     from greenprof.models.loader import load
     from greenprof.models.runner import generate
@@ -554,6 +581,8 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
     else:
         collectors = req.collectors
         collectors_label = collectors if isinstance(collectors, str) else ",".join(map(str, collectors))
+    auto_collectors = req.collectors in (None, "auto")
+    vanished: dict[str, str] = {}  # default domains that disappeared between runs: why
     # chosen collectors that count none of the CPU, or not the model's own GPU, which a run on its
     # device is charged by default (a CPU model measured on gpu-0 alone: about 0 J, its CPU
     # energy counted nowhere) say so on every run
@@ -622,19 +651,25 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
             extra={"session": session},
         )
         state["run_id"] = run_id
-        meter = Meter(collectors=collectors, sample_hz=req.sample_hz, idle_s=req.idle_s)
+        meter = None
         gen = None
         try:
             state["hold"] = False
             stop_check()  # a signal held while the run was started: it is stored as interrupted
-            with meter:
+            meter, collectors = _start_meter(collectors, auto_collectors, vanished, device,
+                                             getattr(model, "device_id", 0), req)
+            try:
                 gen = generate(model, meter=meter, **gen_kw)
                 state["hold"] = True  # from here to the end of this run, a signal waits (see _install_sigterm)
+            except BaseException as e:
+                meter.__exit__(type(e), e, e.__traceback__)
+                raise
+            meter.__exit__(None, None, None)
         except BaseException as e:
             state["hold"] = True
             status = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
             try:
-                m = meter.measurement  # what was measured until the interruption
+                m = meter.measurement if meter is not None else None  # what was measured until then
             except UsageError:
                 m = None  # the meter never started
             if m is not None and thread_warning:
@@ -650,6 +685,10 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         m = meter.measurement
         if thread_warning:
             m.warnings.append(thread_warning)
+        for d, why in vanished.items():  # a default domain gone since an earlier run: this run lacks it
+            if d not in m.domains:
+                m.lost.setdefault(d, why)
+                m.warnings.append(f"{d} lost ({why}); this run is measured without it and marked partial")
         left_out = uncounted_parts(default_domains, m.domains)
         if left_out:
             m.warnings.append(f"the model runs on {device} but the collectors chosen ({collectors_label}) count no "

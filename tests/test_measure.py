@@ -466,3 +466,34 @@ def test_one_name_one_meaning_across_every_commands_json(tmp_path):
             assert d["domains"] == ["cpu-estimate"]
     assert show["domain_detail"]["cpu-estimate"]["attributed_energy_j"] == pytest.approx(run["energy_j"], rel=1e-9)
     assert show["model"] == run["model"] == "tiny" and show["params"] == row["params"] > 0
+
+
+def test_a_default_domain_gone_before_a_run_is_left_out_and_marked_not_blamed_on_the_user(tmp_path, monkeypatch):
+    """A RAPL zone that disappeared after measure chose the device's domains (here: during the
+    warm-up) made the next run's meter refuse "cannot use dram-0" as if the user had named it,
+    and the whole measure stopped. The runs now go on without it and are marked partial."""
+    from powercap_fake import build
+
+    from greenprof.config import load_settings
+    from greenprof.models import runner
+
+    pc = build(tmp_path / "pc", sockets=1, dram=True)
+    monkeypatch.setenv("GREENPROF_POWERCAP_ROOT", str(pc.root))
+    real = runner.generate
+
+    def generate(model, *a, meter=None, **kw):
+        if meter is None:  # the unmeasured first call: the DRAM zone goes away
+            (pc.zone("intel-rapl:0:0").path / "energy_uj").unlink(missing_ok=True)
+        return real(model, *a, meter=meter, **kw)
+
+    monkeypatch.setattr(runner, "generate", generate)
+    settings = load_settings({"db": str(tmp_path / "g.db")})
+    doc = measure_models(MeasureRequest(models=["tiny"], runs=2, warmup=0, new_tokens=4, prompt_tokens=4),
+                         settings=settings)
+    assert [r["domains"] for r in doc["runs"]] == [["cpu-package-0"], ["cpu-package-0"]]
+    for r in doc["runs"]:
+        assert "dram-0" in r["lost"] and any(w.startswith("dram-0 lost") for w in r["warnings"])
+    (s,) = doc["summary"]
+    assert s["partial_run_ids"] == [r["id"] for r in doc["runs"]]
+    got = rows(tmp_path / "g.db", "select status from runs order by id")
+    assert got == [("completed",), ("completed",)]
