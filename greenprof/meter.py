@@ -81,6 +81,9 @@ UNCHECKED_SHARE_FLAG = 0.01
 #: A measured counter that did not move in a window this many update periods long is not just
 #: too coarse for the window: it may not count at all on this machine (both are flagged uncertain).
 STILL_COUNTER_UPDATES = 20
+#: A measured counter that moved in a window but then stood still this long (and at least
+#: STILL_COUNTER_UPDATES of its update periods) stalled: the window is flagged uncertain.
+STALL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -1079,6 +1082,14 @@ class Meter:
                     if _CURRENT.get() is self:
                         _CURRENT.set(self._parent)
                 self._ctx_token = None
+                # windows stopped out of order (a newer one last) give back one already stopped:
+                # the current window is the nearest that still runs
+                cur = _CURRENT.get()
+                live = cur
+                while live is not None and live._state != "running":
+                    live = live._parent
+                if live is not cur:
+                    _CURRENT.set(live)
             uncertain = {}
             for i, c in enumerate(hub.collectors):
                 n = int(getattr(c, "uncertain_count", 0) or 0)
@@ -1128,6 +1139,38 @@ class Meter:
                and (i == first - 1 or hub.points[i - hub.point_base].t >= t_from)):
             out[i] = hub.points[i - hub.point_base]
             i -= 1
+        return out
+
+    @staticmethod
+    def _stalls(rows: list, hub_samples: list, hub: _Hub, energy: dict[str, float], lost: dict,
+                uncertain: dict) -> dict[str, tuple[float, float]]:
+        """Measured counters that moved in the window but stood still, across every reading of
+        it (marks and sampler ticks), for at least STALL_S and STILL_COUNTER_UPDATES of their
+        update periods: {domain: (longest still seconds, when it began)}. A counter that stops
+        mid-run (a driver or firmware fault, a zone going away while a read keeps returning its
+        last value) read less than the time it covered, with no flag."""
+        reads = sorted([(r[0], r[2]) for r in rows] + [(t, v) for t, v in hub_samples], key=lambda x: x[0])
+        out: dict[str, tuple[float, float]] = {}
+        for i, d in enumerate(hub.domains):
+            res = hub.resolutions.get(d)
+            if (not res or hub.methods.get(d) != "measured" or d in lost or d in uncertain
+                    or not energy.get(d, 0.0) > 0):
+                continue
+            need = max(STALL_S, STILL_COUNTER_UPDATES * res)
+            longest, at, start = 0.0, 0.0, None
+            for (ta, va), (tb, vb) in zip(reads, reads[1:]):
+                a, b = va[i], vb[i]
+                if a != a or b != b:  # a lost reading: nothing to say about it here
+                    start = None
+                    continue
+                if b == a:
+                    start = ta if start is None else start
+                    if tb - start > longest:
+                        longest, at = tb - start, start
+                else:
+                    start = None
+            if longest >= need:
+                out[d] = (longest, at)
         return out
 
     @staticmethod
@@ -1402,6 +1445,10 @@ class Meter:
                                         f"about every {res * 1e3:.3g} ms: it may not count on this machine (some "
                                         "platforms expose a DRAM or GPU counter that stays still); 0 J is not a "
                                         "measurement: leave the domain out with --collectors / collectors=")
+        for d, (still_s, _at) in self._stalls(rows, hub_samples, hub, energy, lost, uncertain).items():
+            uncertain[d] = (f"its counter stood still for {still_s:.3g} s of this {dur:.3g} s window although it "
+                            f"updates about every {hub.resolutions[d] * 1e3:.3g} ms and moved in the rest: a "
+                            "counter that stalls undercounts (the energy of that time is missing)")
         for d, why in uncertain.items():
             self._warn(f"{d} uncertain: {why}")
         for d, why in lost.items():  # also a domain lost before this window registered

@@ -660,5 +660,41 @@ def test_a_long_window_removed_after_a_newer_one_keeps_its_share_points():
     new = Meter(collectors=[pkg], sample_hz=0).start()
     m = old.stop()
     new.stop()
+    from greenprof.meter import _CURRENT
+
+    assert _CURRENT.get() is None  # stopped out of order: no stopped window is left current
     assert m.uncertain == {} and not any("charged whole" in w for w in m.warnings), m.warnings
     assert m.share_notes.get("cpu-package-0") is None or "no /proc/stat" not in m.share_notes["cpu-package-0"]
+
+
+class _SettableCounter(CounterCollector):
+    source, method, domain, scope, resolution_s = "test", "measured", "dram-0", "process", 0.001
+
+    def __init__(self):
+        self.j = 0.0
+
+    def read_j(self):
+        return self.j
+
+
+def test_a_counter_that_stalls_mid_window_is_uncertain():
+    """A counter that moved and then stood still (a zone gone while reads return its last value,
+    a firmware fault) read half the energy of the window, unflagged: only a counter still for
+    the whole window was. Still for >= 1 s and 20 update periods after moving: uncertain."""
+    now = [0.0]
+    c = _SettableCounter()
+    with Meter(collectors=[c], sample_hz=0, clock=lambda: now[0]) as meter:
+        for i in range(20):  # 2 s of marks; it moves for the first 0.8 s only
+            now[0] += 0.1
+            if now[0] <= 0.8:
+                c.j += 0.5
+            meter.mark(f"m{i}")
+    m = meter.measurement
+    assert "stood still for 1.2 s" in m.uncertain["dram-0"], m.uncertain
+    now[0] = 10.0
+    with Meter(collectors=[c], sample_hz=0, clock=lambda: now[0]) as steady:
+        for i in range(20):
+            now[0] += 0.1
+            c.j += 0.5
+            steady.mark(f"m{i}")
+    assert steady.measurement.uncertain == {}
