@@ -185,8 +185,15 @@ def measure(
     from rich.console import Console
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    import warnings
+
+    from greenprof.meter import GreenprofWarning
+
     try:
-        with _build_progress(err) as (on_build, status):
+        # a measurement's warnings reach the runs and the notes printed below, each as one line:
+        # not also as Python's "file:line: GreenprofWarning: ..." with a source line
+        with _build_progress(err) as (on_build, status), warnings.catch_warnings():
+            warnings.simplefilter("ignore", GreenprofWarning)
             doc = measure_models(req, settings=settings, progress=status, build_progress=on_build)
     except BaseException as e:
         partial = getattr(e, "partial_doc", None)

@@ -497,3 +497,17 @@ def test_a_default_domain_gone_before_a_run_is_left_out_and_marked_not_blamed_on
     assert s["partial_run_ids"] == [r["id"] for r in doc["runs"]]
     got = rows(tmp_path / "g.db", "select status from runs order by id")
     assert got == [("completed",), ("completed",)]
+
+
+def test_a_meter_warning_in_measure_is_one_note_not_a_python_warning(tmp_path):
+    """measure printed a sampling-rate warning as Python does ("measure.py:630: GreenprofWarning:
+    ..." and the source line `with meter:`): it is one `note:` line, and it stays on the run."""
+    from powercap_fake import build
+
+    pc = build(tmp_path / "pc", sockets=1, dram=False, max_energy_range_uj=3_000_000)  # wraps in ~ms at max power
+    r = cli("measure", *FAST, "--db", str(tmp_path / "g.db"), "--json",
+            env={"GREENPROF_POWERCAP_ROOT": str(pc.root), "GREENPROF_RAPL_WATCH": "0", "GREENPROF_SAMPLE_HZ": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "GreenprofWarning" not in r.stderr and "with meter" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    assert any("could miss a counter wrap" in w for w in doc["runs"][0]["warnings"]), doc["runs"][0]["warnings"]
