@@ -242,7 +242,9 @@ def _print_result(doc: dict, as_json: bool, error: BaseException | None = None) 
         from greenprof.accounting import clean_json
 
         if error is not None:
-            doc = {**doc, "error": f"{error}" or type(error).__name__, "complete": False}
+            # the run in progress is stored as interrupted (its tokens and energy so far): say which
+            doc = {**doc, "error": f"{error}" or type(error).__name__, "complete": False,
+                   "interrupted_run_id": getattr(error, "interrupted_run_id", None)}
         typer.echo(json.dumps(clean_json(doc), indent=2, allow_nan=False))
         return
     _print_summary(doc)

@@ -264,6 +264,8 @@ def test_json_output_of_a_terminated_measurement_lists_the_stored_runs(tmp_path)
     assert doc["complete"] is False and "error" in doc and doc["summary"] == []
     stored = dict(rows(db, "select id, status from runs"))
     assert doc["runs"] and all(stored[r["id"]] == "completed" for r in doc["runs"])
+    # the run in progress, stored as interrupted, is named too (it was only on stderr)
+    assert stored[doc["interrupted_run_id"]] == "interrupted"
 
 
 def test_killed_process_leaves_running_row_reported_interrupted(tmp_path):
