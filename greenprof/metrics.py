@@ -58,6 +58,9 @@ class NodeTotals:
     lost: dict[str, str] = field(default_factory=dict)
     uncertain: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: {domain: reason} flagged uncertain / lost in the last renewed window (the gauges' state)
+    last_uncertain: dict[str, str] = field(default_factory=dict)
+    last_lost: dict[str, str] = field(default_factory=dict)
 
 
 def _add(into: dict[str, float], more: dict[str, float]) -> None:
@@ -240,6 +243,8 @@ class NodeMeter:
             for s in segs:
                 _add(power, s.energy_j)
             self._totals.power_w = {d: e / dur for d, e in power.items()}
+        self._totals.last_uncertain = dict(m.uncertain)
+        self._totals.last_lost = dict(m.lost)
 
     def totals(self, renew: bool = False) -> NodeTotals:
         """A copy of the totals; ``renew=True`` counts the open window first (a scrape)."""
@@ -268,7 +273,8 @@ def _operator_news(warning: str) -> bool:
 def _copy(t: NodeTotals) -> NodeTotals:
     return NodeTotals(dict(t.gross_j), dict(t.attributed_j), dict(t.idle_gross_j),
                       dict(t.idle_attributed_j), t.idle_s, t.busy_s, dict(t.method), dict(t.scope),
-                      dict(t.sources), dict(t.power_w), dict(t.lost), dict(t.uncertain), list(t.warnings))
+                      dict(t.sources), dict(t.power_w), dict(t.lost), dict(t.uncertain), list(t.warnings),
+                      dict(t.last_uncertain), dict(t.last_lost))
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +322,19 @@ class NodeCollector:
         for d, w in sorted(t.power_w.items()):
             power.add_metric([d], w)
         yield power
+        # what the figures above are worth, as the runs say it: 1 while the last renewed window
+        # flagged the domain (a share charged whole, a missed wrap, a stalled counter; a lost one)
+        doubt = GaugeMetricFamily("greenprof_energy_uncertain", "1 when the last renewal of the node "
+                                  "window flagged this domain's energy uncertain (see the server's runs "
+                                  "for the reason), else 0.", labels=["domain"])
+        lost = GaugeMetricFamily("greenprof_energy_partial", "1 when this domain's counter was lost in "
+                                 "the last renewal of the node window (its energy since is missing), else 0.",
+                                 labels=["domain"])
+        for d in sorted(t.gross_j):
+            doubt.add_metric([d], 1.0 if d in t.last_uncertain else 0.0)
+            lost.add_metric([d], 1.0 if d in t.last_lost else 0.0)
+        yield doubt
+        yield lost
         if self.serving:
             proc = CounterMetricFamily("greenprof_process_energy_joules", "This server process's "
                                        "attributed share of each domain, in joules.",

@@ -535,3 +535,42 @@ def test_the_node_totals_keep_a_bounded_number_of_warnings():
         node._account(SimpleNamespace(segments=[], method={}, scope={}, sources={}, lost={}, uncertain={},
                                       warnings=[f"gpu-0 uncertain: {i}% of its energy was charged whole"]))
     assert len(node.totals().warnings) == MAX_NODE_WARNINGS
+
+
+def test_metrics_say_when_the_node_energy_is_uncertain_or_partial():
+    """/metrics exported figures charged whole, or from a counter that may have missed a wrap,
+    as if clean: only the stored runs said so. greenprof_energy_uncertain / _partial{domain}
+    follow the last renewed node window."""
+    from greenprof.collectors.base import CounterCollector
+    from greenprof.metrics import NodeCollector, NodeMeter
+
+    class Doubtful(CounterCollector):
+        source, method, domain, scope = "test", "measured", "cpu-package-0", "process"
+        uncertain_reason = "a wrap may have been missed"
+
+        def __init__(self):
+            self.j, self.uncertain_count = 0.0, 0
+
+        def read_j(self):
+            self.j += 1.0
+            return self.j
+
+    c = Doubtful()
+    node = NodeMeter([c], sample_hz=0, min_roll_s=0.0).start()
+
+    def gauges():
+        got = {}
+        for fam in NodeCollector(node, serving=True).collect():
+            if fam.name in ("greenprof_energy_uncertain", "greenprof_energy_partial"):
+                for smp in fam.samples:
+                    got[(fam.name, smp.labels["domain"])] = smp.value
+        return got
+
+    try:
+        assert gauges() == {("greenprof_energy_uncertain", "cpu-package-0"): 0.0,
+                            ("greenprof_energy_partial", "cpu-package-0"): 0.0}
+        c.uncertain_count += 1  # the collector doubts a reading in this window
+        assert gauges()[("greenprof_energy_uncertain", "cpu-package-0")] == 1.0
+        assert gauges()[("greenprof_energy_uncertain", "cpu-package-0")] == 0.0  # the next window is clean
+    finally:
+        node.close()
