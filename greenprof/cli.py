@@ -70,6 +70,17 @@ def sensors(
         sys.stderr.write(f"greenprof sensors: {d}'s counter did not move in the check: it may not count on this "
                          "machine, and would read 0 J (flagged uncertain); leave it out with --collectors / "
                          "collectors=\n")
+    # RAPL in the default set keeps the CPU estimate out of it: not when none of its CPU counters moves
+    from greenprof.collectors import _is_cpu_domain
+
+    cpu_measured = [d for d in measured if _is_cpu_domain(d)]
+    notes = []
+    if cpu_measured and all(d in still for d in cpu_measured):
+        notes.append(f"none of the measured CPU counters ({', '.join(cpu_measured)}) moved in the check: RAPL "
+                     "may not count on this machine (some hypervisors expose it this way), and the CPU "
+                     "estimate is left out of the default set because RAPL is there; measure with "
+                     "--collectors cpu-estimate / collectors=[\"cpu-estimate\"] instead")
+        sys.stderr.write(f"greenprof sensors: {notes[-1]}\n")
     if as_json:
         doc = {
             "greenprof_version": __version__,
@@ -78,6 +89,7 @@ def sensors(
                         for s in found.statuses],
             "default_set": default,
             "estimate_only": not measured,
+            "notes": notes,
         }
         typer.echo(json.dumps(doc, indent=2))
         return
@@ -97,8 +109,11 @@ def sensors(
         if w is not None:
             note = (f"{note}\n[red]did not move in the check: may not count here[/red]" if w == 0.0
                     else f"{note}\nreads {w:.3g} W now")
-        if s.why_not:
-            note = f"{note}\n{s.why_not}" if note else s.why_not
+        why = s.why_not
+        if notes and s.domain == "cpu-estimate":  # "RAPL measures the CPU here" is not so
+            why = "RAPL is in the default set, but none of its CPU counters moved: use --collectors cpu-estimate"
+        if why:
+            note = f"{note}\n{why}" if note else why
         table.add_row(s.source, s.domain, s.method, state, note)
     out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000)  # piped: never wrapped
     out.print(table)

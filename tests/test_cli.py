@@ -57,6 +57,20 @@ def test_sensors_reads_each_counter_and_names_one_that_does_not_move(tmp_path):
     assert "did not move in the check" in t.stdout and "W now" in t.stdout
 
 
+def test_sensors_does_not_call_the_estimate_unneeded_when_no_rapl_cpu_counter_moves(tmp_path):
+    """RAPL in the default set keeps the CPU estimate out of it, and sensors said "RAPL measures
+    the CPU here; the estimate is not needed" although no counter moved (a hypervisor's RAPL):
+    measure then read 0 J per token."""
+    pc = build(tmp_path, sockets=1, dram=True)  # no writer: every counter stands still
+    r = run("sensors", "--json", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
+    t = run("sensors", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
+    assert r.returncode == 0 and t.returncode == 0, r.stderr + t.stderr
+    (note,) = json.loads(r.stdout)["notes"]
+    assert "none of the measured CPU counters (cpu-package-0, dram-0) moved" in note
+    assert "--collectors cpu-estimate" in note and "--collectors cpu-estimate" in r.stderr
+    assert "the estimate is not needed" not in t.stdout and "use --collectors cpu-estimate" in t.stdout
+
+
 def test_sensors_table_marks_the_default_set(tmp_path):
     pc = build(tmp_path, sockets=1, dram=False)
     r = run("sensors", env={"GREENPROF_POWERCAP_ROOT": str(pc.root)})
