@@ -222,6 +222,7 @@ class track(RunFigures):
     def _reset(self) -> None:
         """Per-run state (a fresh tracker, or a ``with`` block entered again)."""
         self._tokens = 0
+        self._counted = False  # tokens were counted (add_tokens, tokens=), zero included
         self._tokens_unknown = False
         self.run_id: int | None = None
         self.measurement = None
@@ -427,6 +428,7 @@ class track(RunFigures):
                               f"not a whole number >= 0")
             return
         self._tokens += k
+        self._counted = True
 
     def _lose_tokens(self, why: str) -> None:
         self._tokens_unknown = True
@@ -444,15 +446,17 @@ class track(RunFigures):
         if k is None:
             raise UsageError(f"add_tokens() takes a whole number >= 0 (got {n!r})")
         self._tokens += k
+        self._counted = True
 
     @property
     def tokens(self) -> int | None:
         """Tokens counted so far; once the run has ended and none were counted, the tokens its
         own marks say (``mark("token-N")``, the runner's ``meter=``). None when ``tokens=``
-        failed (the count is unknown)."""
+        failed (the count is unknown), or when the run ended with no token counted nor marked
+        (as the store keeps it: not counted is not zero; ``add_tokens(0)`` is 0)."""
         if self._tokens_unknown:
             return None
-        return self._tokens if self.measurement is None else (self._generated() or 0)
+        return self._tokens if self.measurement is None else self._generated()
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "track":
@@ -566,7 +570,7 @@ class track(RunFigures):
         neither counted any or the count is unknown."""
         if self._tokens_unknown:
             return None
-        if self._tokens:
+        if self._tokens or self._counted:
             return self._tokens
         from greenprof.accounting import generated_tokens
 
@@ -598,7 +602,7 @@ class track(RunFigures):
         try:
             if self.run_id is not None:
                 n = self._generated()
-                if n:
+                if n is not None:  # counted, zero included (not counted: unknown, as stored)
                     store.update_run(self.run_id, new_tokens=n)
                 store.finish_run(self.run_id, self.measurement, status=status, error=error, tokens={})
         except Exception as e:

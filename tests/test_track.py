@@ -885,3 +885,18 @@ def test_last_is_the_call_that_last_started_or_ended():
     release.set()
     th.join()
     assert slow.greenprof_track.last is not quick and slow.greenprof_track.last.energy_j is not None
+
+
+def test_tokens_counted_as_zero_and_never_counted_are_stored_as_the_tracker_says(tmp_path):
+    """add_tokens(0) was stored as unknown (null) while t.tokens said 0; a block that counted
+    nothing said 0 while the store said unknown. Zero counted is 0 in both, nothing counted None."""
+    db = str(tmp_path / "t.db")
+    with greenprof.track(model="zero", db=db) as zero:
+        burn(0.01)
+        zero.add_tokens(0)
+    with greenprof.track(model="none", db=db) as none:
+        burn(0.01)
+    stored = dict(rows(db, "select model_name, new_tokens from runs"))
+    assert (zero.tokens, stored["zero"]) == (0, 0)
+    assert (none.tokens, stored["none"]) == (None, None)
+    assert zero.j_per_token is None and none.j_per_token is None
