@@ -765,9 +765,20 @@ def test_help_has_clean_metavars(gp):
     assert "[MODEL]..." in usage and "--threads" in usage and "--name" in usage
 
 
+@pytest.fixture
+def foreground_sigint():
+    """SIGINT as a foreground program has it. pytest started as a background job (`make test &`,
+    nohup) inherits SIGINT ignored, and measure rightly leaves an ignored SIGINT alone."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("during", ["start_run", "finish_run"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_a_run_is_written_never_leaves_it_running(tmp_path, during, sig):
+def test_a_signal_while_a_run_is_written_never_leaves_it_running(tmp_path, during, sig, foreground_sigint):
     """A signal that lands while a run's row is inserted or its energy written waits until that
     write is done: the run ends stored (interrupted, or completed), never ``running`` with no
     energy while the message claims it was stored."""
