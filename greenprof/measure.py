@@ -575,21 +575,22 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
                                                    or "unknown")
     provider = getattr(model, "provider", "CPUExecutionProvider")
     device = getattr(model, "device", "cpu")
-    if req.collectors in (None, "auto"):
-        collectors: Any = collectors_for_device(device, getattr(model, "device_id", 0))
+    device_id = getattr(model, "device_id", 0)
+    auto_collectors = req.collectors in (None, "auto")
+    if auto_collectors:
+        collectors: Any = collectors_for_device(device, device_id)
         collectors_label = f"{device} (auto)"
     else:
         collectors = req.collectors
         collectors_label = collectors if isinstance(collectors, str) else ",".join(map(str, collectors))
-    auto_collectors = req.collectors in (None, "auto")
     vanished: dict[str, str] = {}  # default domains that disappeared between runs: why
     # chosen collectors that count none of the CPU, or not the model's own GPU, which a run on its
     # device is charged by default (a CPU model measured on gpu-0 alone: about 0 J, its CPU
     # energy counted nowhere) say so on every run
     default_domains: list[str] = []
-    if req.collectors not in (None, "auto"):
+    if not auto_collectors:
         try:
-            default_domains = collectors_for_device(device, getattr(model, "device_id", 0))
+            default_domains = collectors_for_device(device, device_id)
         except Exception:  # no default to compare with: nothing to say
             default_domains = []
     if rm.file_hash is None:
@@ -656,8 +657,7 @@ def _measure_one(plan, req, store, grid, pue, price, threads, say, build_progres
         try:
             state["hold"] = False
             stop_check()  # a signal held while the run was started: it is stored as interrupted
-            meter, collectors = _start_meter(collectors, auto_collectors, vanished, device,
-                                             getattr(model, "device_id", 0), req)
+            meter, collectors = _start_meter(collectors, auto_collectors, vanished, device, device_id, req)
             try:
                 gen = generate(model, meter=meter, **gen_kw)
                 state["hold"] = True  # from here to the end of this run, a signal waits (see _install_sigterm)

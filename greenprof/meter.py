@@ -1079,11 +1079,10 @@ class Meter:
                 try:
                     _CURRENT.reset(self._ctx_token)
                 except ValueError:  # stopped in another context (a generator resumed elsewhere)
-                    if _CURRENT.get() is self:
-                        _CURRENT.set(self._parent)
+                    pass
                 self._ctx_token = None
-                # windows stopped out of order (a newer one last) give back one already stopped:
-                # the current window is the nearest that still runs
+                # this window (stopped in another context), or one stopped out of order (a newer
+                # one last) that the reset gave back: the current window is the nearest that runs
                 cur = _CURRENT.get()
                 live = cur
                 while live is not None and live._state != "running":
@@ -1142,35 +1141,31 @@ class Meter:
         return out
 
     @staticmethod
-    def _stalls(rows: list, hub_samples: list, hub: _Hub, energy: dict[str, float], lost: dict,
-                uncertain: dict) -> dict[str, tuple[float, float]]:
-        """Measured counters that moved in the window but stood still, across every reading of
-        it (marks and sampler ticks), for at least STALL_S and STILL_COUNTER_UPDATES of their
-        update periods: {domain: (longest still seconds, when it began)}. A counter that stops
-        mid-run (a driver or firmware fault, a zone going away while a read keeps returning its
-        last value) read less than the time it covered, with no flag."""
-        reads = sorted([(r[0], r[2]) for r in rows] + [(t, v) for t, v in hub_samples], key=lambda x: x[0])
-        out: dict[str, tuple[float, float]] = {}
+    def _stalls(rows: list, hub: _Hub, energy: dict[str, float], lost: dict,
+                uncertain: dict) -> dict[str, float]:
+        """Measured counters that moved in the window but stood still, across its rows (every
+        reading of it: marks, and the sampler ticks, which add a row to each open window), for
+        at least STALL_S and STILL_COUNTER_UPDATES of their update periods: {domain: longest
+        still seconds}. A counter that stops mid-run (a driver or firmware fault, a zone going
+        away while a read keeps returning its last value) read less than the time it covered,
+        with no flag."""
+        out: dict[str, float] = {}
         for i, d in enumerate(hub.domains):
             res = hub.resolutions.get(d)
             if (not res or hub.methods.get(d) != "measured" or d in lost or d in uncertain
                     or not energy.get(d, 0.0) > 0):
                 continue
             need = max(STALL_S, STILL_COUNTER_UPDATES * res)
-            longest, at, start = 0.0, 0.0, None
-            for (ta, va), (tb, vb) in zip(reads, reads[1:]):
+            longest, start = 0.0, None
+            for (ta, _la, va, _aa, _pa), (tb, _lb, vb, _ab, _pb) in zip(rows, rows[1:]):
                 a, b = va[i], vb[i]
-                if a != a or b != b:  # a lost reading: nothing to say about it here
+                if a != a or b != b or b != a:  # moved, or a lost reading: no stall runs through it
                     start = None
                     continue
-                if b == a:
-                    start = ta if start is None else start
-                    if tb - start > longest:
-                        longest, at = tb - start, start
-                else:
-                    start = None
+                start = ta if start is None else start
+                longest = max(longest, tb - start)
             if longest >= need:
-                out[d] = (longest, at)
+                out[d] = longest
         return out
 
     @staticmethod
@@ -1445,7 +1440,7 @@ class Meter:
                                         f"about every {res * 1e3:.3g} ms: it may not count on this machine (some "
                                         "platforms expose a DRAM or GPU counter that stays still); 0 J is not a "
                                         "measurement: leave the domain out with --collectors / collectors=")
-        for d, (still_s, _at) in self._stalls(rows, hub_samples, hub, energy, lost, uncertain).items():
+        for d, still_s in self._stalls(rows, hub, energy, lost, uncertain).items():
             uncertain[d] = (f"its counter stood still for {still_s:.3g} s of this {dur:.3g} s window although it "
                             f"updates about every {hub.resolutions[d] * 1e3:.3g} ms and moved in the rest: a "
                             "counter that stalls undercounts (the energy of that time is missing)")

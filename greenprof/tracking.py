@@ -570,7 +570,7 @@ class track(RunFigures):
         neither counted any or the count is unknown."""
         if self._tokens_unknown:
             return None
-        if self._tokens or self._counted:
+        if self._counted:  # add_tokens / tokens= ran: their count, zero included
             return self._tokens
         from greenprof.accounting import generated_tokens
 
